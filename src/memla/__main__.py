@@ -1,0 +1,7 @@
+"""`python -m memla` runs the command line."""
+
+import sys
+
+from memla.cli import main
+
+sys.exit(main())

@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny random models of every architecture (see tests/tiny.py)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import ARCHS, tiny_model  # noqa: E402
+
+
+@pytest.fixture(params=ARCHS)
+def tiny(request):
+    """``(model, tokenizer)`` for each supported architecture in turn."""
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real embedded Gemma 3 270M (slow tests only)."""
+    from memla import load_model
+
+    return load_model()
