@@ -1,9 +1,13 @@
 """Shared fixtures: tiny random models of every architecture (see tests/tiny.py)."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Tests never download: make the hub client fail fast instead of retrying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -333,3 +333,23 @@ def _build_gguf_cache(target: Path, make_gguf, *, source: str) -> None:
         if target.exists():  # an older incomplete cache
             shutil.rmtree(target)
         os.replace(out, target)
+
+
+def describe(model: nn.Module) -> dict[str, object]:
+    """Architecture summary: type, sizes, parameter count and the MLP module paths of layer 0."""
+    spec = arch_spec(model)
+    d_model, d_ff = mlp_dims(model)
+    return {
+        "model type": spec.model_type,
+        "layers": num_layers(model),
+        "d_model": d_model,
+        "d_ff": d_ff,
+        "vocabulary": model.config.vocab_size,
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "mlp input": ", ".join(spec.path(p, 0) for p in spec.mlp_in),
+        "mlp down-projection": f"{spec.path(spec.mlp_down, 0)} ({spec.down_layout})",
+        "attention output": spec.path(spec.attn_out, 0),
+        "post-FFN norm": spec.path(spec.post_ffn_norm, 0) if spec.post_ffn_norm else "none",
+        "final norm / LM head": f"{spec.final_norm} / {spec.lm_head}",
+    }
