@@ -26,3 +26,13 @@ def default_model():
     from memla import load_model
 
     return load_model()
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(request, tmp_path_factory, monkeypatch):
+    """Fast tests write caches (neuron scores, statistics) into a temporary folder.
+
+    Slow tests keep the user's cache, where the converted default model lives.
+    """
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("MEMLA_CACHE", str(tmp_path_factory.mktemp("memla-cache")))
