@@ -8,6 +8,13 @@ metrics.
 
 __version__ = "0.1.0"
 
-from memla.models import ArchSpec, arch_spec, load_model  # noqa: E402
-
 __all__ = ["ArchSpec", "arch_spec", "load_model", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: importing memla (e.g. for `memla --help`) must not import torch.
+    if name in ("ArchSpec", "arch_spec", "load_model"):
+        from memla import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'memla' has no attribute {name!r}")

@@ -30,7 +30,7 @@ class EditRequest:
 
     Attributes:
         prompt: the edit prompt with one ``{}`` for the subject, e.g. "The capital of {} is".
-        subject: the subject, e.g. "France".
+        subject: the subject, e.g. "France" (may be ``None`` only when ``templated`` is False).
         target_new: the new object, e.g. "Rome".
         target_true: the current object, e.g. "Paris" (``None`` when unknown).
         lang: ISO code of the source language.
@@ -43,7 +43,7 @@ class EditRequest:
     """
 
     prompt: str
-    subject: str
+    subject: str | None
     target_new: str
     target_true: str | None = None
     lang: str = "en"
@@ -58,7 +58,7 @@ class EditRequest:
             raise EditError(f"{where}: the prompt must contain exactly one '{{}}' for the subject: {self.prompt!r}")
         if not self.prompt.strip():
             raise EditError(f"{where}: empty prompt")
-        if not self.subject.strip():
+        if (self.subject is None or not self.subject.strip()) and (self.templated or self.subject is not None):
             raise EditError(f"{where}: empty subject")
         if not self.target_new.strip():
             raise EditError(f"{where}: empty target_new")
