@@ -1,0 +1,29 @@
+"""MKEB-format data: the record schema, validation, loading / saving, converters.
+
+Public API::
+
+    from memla.data import load_dataset, save_dataset, validate, builtin_datasets
+    records = load_dataset("mkeb-mini", split="dev")     # built-in, or a .json / .jsonl path
+    records[0].edit["zh"].prompt                         # "{}的首都是"
+
+See DESIGN.md ("Data schema") for the layout; `memla.data.formats` converts
+BMIKE-53, MzsRE, MLaKE, CounterFact and MQuAKE files into it.
+"""
+
+from memla.data.io import builtin_datasets, load_dataset, read_raw, save_dataset
+from memla.data.schema import EditFact, Record
+from memla.data.validation import Problem, ValidationReport, validate
+from memla.errors import DataError
+
+__all__ = [
+    "DataError",
+    "EditFact",
+    "Problem",
+    "Record",
+    "ValidationReport",
+    "builtin_datasets",
+    "load_dataset",
+    "read_raw",
+    "save_dataset",
+    "validate",
+]

@@ -1,0 +1,240 @@
+"""Reading and writing datasets: JSON / JSONL files and the built-in datasets.
+
+`load_dataset` accepts a file path or the name of a dataset shipped in
+``memla/data/builtin/<name>.json`` (found with `importlib.resources`), checks
+it with `memla.data.schema.validate` and returns `Record` objects.  Files are
+opened read-only and never rewritten.  `save_dataset` writes atomically (a
+temporary file in the target folder, then a rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from memla.data.schema import Record
+from memla.data.validation import validate
+from memla.errors import DataError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PACKAGE = "memla.data.builtin"
+FORMATS: tuple[str, ...] = ("auto", "json", "jsonl")
+
+
+def builtin_datasets() -> list[str]:
+    """Names of the datasets shipped with memla (``load_dataset(name)`` loads them).
+
+    Returns:
+        Sorted names, without the ``.json`` suffix.
+    """
+    root = resources.files(BUILTIN_PACKAGE)
+    return sorted(entry.name[: -len(".json")] for entry in root.iterdir() if entry.is_file() and entry.name.endswith(".json"))
+
+
+def resolve_path(path_or_name: str | os.PathLike[str]) -> tuple[Path | Traversable, str]:
+    """Find a dataset file: an existing path, else a built-in dataset name.
+
+    Args:
+        path_or_name: file path, or built-in name (``"mkeb-mini"``, with or without ``.json``).
+
+    Returns:
+        ``(file, label)``: a readable path-like object and the name to use in messages.
+
+    Raises:
+        DataError: when neither a file nor a built-in dataset has that name.
+    """
+    path = Path(path_or_name)
+    if path.is_file():
+        return path, str(path)
+    if path.exists():
+        raise DataError(f"{path}: not a file")
+    name = str(path_or_name)
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    if "/" not in stem and os.sep not in stem and stem in builtin_datasets():
+        return resources.files(BUILTIN_PACKAGE) / f"{stem}.json", stem
+    known = ", ".join(builtin_datasets()) or "none installed"
+    raise DataError(f"no dataset file or built-in dataset named {name!r} (built-in: {known})")
+
+
+def decode_utf8(data: bytes, *, source: str) -> str:
+    """Decode file bytes as UTF-8 (a leading byte-order mark is allowed).
+
+    Args:
+        data: the file content.
+        source: file name for the error message.
+
+    Returns:
+        The text.
+
+    Raises:
+        DataError: naming the byte offset and line of the first invalid byte.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{source}: not valid UTF-8 (byte {err.start}, line {line}): {err.reason}") from None
+
+
+def parse_records(text: str, *, source: str, format: str = "auto") -> list[Any]:
+    """Parse a JSON list of records or JSONL (one record per line).
+
+    Args:
+        text: the file text.
+        source: file name for error messages; with ``format="auto"`` a ``.jsonl``
+            suffix selects JSONL, otherwise a JSON list is tried first.
+        format: ``"auto"``, ``"json"`` or ``"jsonl"``.
+
+    Returns:
+        The raw record objects (not yet validated).
+
+    Raises:
+        DataError: on malformed JSON (with line and column) or a top level that is not a list.
+    """
+    if format not in FORMATS:
+        raise DataError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format == "jsonl" or (format == "auto" and source.endswith(".jsonl")):
+        return _parse_jsonl(text, source=source)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if format == "auto" and _looks_like_jsonl(text):
+            return _parse_jsonl(text, source=source)
+        raise DataError(f"{source}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{source}: expected a JSON list of records (or JSONL), got a JSON {type(data).__name__}")
+    return data
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return len(lines) > 1 and all(line.lstrip().startswith("{") for line in lines)
+
+
+def _parse_jsonl(text: str, *, source: str) -> list[Any]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{source}: invalid JSON on line {number}, column {err.colno}: {err.msg}") from None
+    return records
+
+
+def read_raw(path_or_name: str | os.PathLike[str], *, format: str = "auto") -> tuple[list[Any], str]:
+    """Read a dataset file without validating it.
+
+    Args:
+        path_or_name: file path or built-in dataset name.
+        format: ``"auto"``, ``"json"`` or ``"jsonl"``.
+
+    Returns:
+        ``(raw records, label)``, label being the file or dataset name for messages.
+
+    Raises:
+        DataError: when the file is missing, not UTF-8 or not valid JSON / JSONL.
+    """
+    file, label = resolve_path(path_or_name)
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise DataError(f"{label}: cannot read: {err.strerror or err}") from None
+    text = decode_utf8(data, source=label)
+    return parse_records(text, source=label, format=format), label
+
+
+def load_dataset(
+    path_or_name: str | os.PathLike[str],
+    *,
+    format: str = "auto",
+    split: str | None = None,
+) -> list[Record]:
+    """Load and validate a dataset in the MKEB layout.
+
+    Args:
+        path_or_name: a JSON / JSONL file, or the name of a built-in dataset
+            (`builtin_datasets`, e.g. ``"mkeb-mini"``).
+        format: ``"auto"`` (by suffix / content), ``"json"``, ``"jsonl"``, or the
+            name of a source format of `memla.data.formats` (``"bmike53"``,
+            ``"mzsre"``, ``"mlake"``, ``"counterfact"``, ``"mquake"``) to convert on the fly.
+        split: keep only records of this split (``"dev"``, ``"test"``); None keeps all.
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        DataError: naming file, record id, language and field of the first errors
+            (missing key, no ``{}``, empty target, unknown language, bad UTF-8, ...),
+            or when no record has the requested split.
+    """
+    if format not in FORMATS:
+        from memla.data.formats import CONVERTERS, convert
+
+        if format not in CONVERTERS:
+            known = ", ".join(FORMATS + tuple(CONVERTERS))
+            raise DataError(f"unknown dataset format {format!r}; expected one of {known}")
+        records, label = convert(format, [path_or_name]), str(path_or_name)
+        _check(records, label)
+    else:
+        raw, label = read_raw(path_or_name, format=format)
+        _check(raw, label)
+        records = [Record.from_dict(item, source=label) for item in raw]
+    return _select_split(records, split, label)
+
+
+def _check(data: list[Any], label: str) -> None:
+    report = validate(data, source=label)
+    report.raise_for_errors(source=label)
+    if report.warnings:
+        log.warning("%s: %d warning(s); run `memla data check %s` to list them", label, len(report.warnings), label)
+
+
+def _select_split(records: list[Record], split: str | None, label: str) -> list[Record]:
+    if split is None:
+        return records
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        present = sorted({r.split for r in records if r.split is not None})
+        raise DataError(f"{label}: no record in split {split!r} (splits present: {', '.join(present) or 'none'})")
+    return chosen
+
+
+def save_dataset(records: Iterable[Record | Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write records as a JSON list (``.json``) or JSONL (``.jsonl``), atomically.
+
+    Args:
+        records: `Record` objects or raw record dicts.
+        path: output file; its suffix picks the layout (JSON unless ``.jsonl``).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    dicts = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dicts)
+    else:
+        text = json.dumps(dicts, ensure_ascii=False, indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        # mkstemp creates 0600; give the result the usual permissions of a data file
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("wrote %d records to %s", len(dicts), path)
+    return path
