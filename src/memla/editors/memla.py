@@ -49,6 +49,7 @@ class MemlaConfig:
         ig_steps: Riemann steps of the integrated gradients (Eq. 2).
         ig_point: ``"down_in"`` (down-projection input) or ``"mlp_in"`` (gate/c_fc output).
         ig_baseline: ``"zero"`` or ``"sig_mean"``.
+        ig_cache: reuse attributions from the disk cache (keyed by model, prompt, target, settings).
         lr: Adam learning rate of the LoRA factors.
         max_steps: most optimisation steps (reference code: 60).
         weight_new: weight of NLL(target_new) in the loss (reference code: 2.5).
@@ -73,6 +74,7 @@ class MemlaConfig:
     ig_steps: int = 20
     ig_point: str = "down_in"
     ig_baseline: str = "zero"
+    ig_cache: bool = True
     lr: float = 5e-3
     max_steps: int = 60
     weight_new: float = 2.5
@@ -141,7 +143,8 @@ class MemlaEditor:
             per_language[k] = knowledge_neurons(
                 model, tokenizer, prompts, fact.target_true, lang=k,
                 threshold=cfg.threshold, thresholds=cfg.thresholds, share=cfg.share,
-                steps=cfg.ig_steps, baseline=cfg.ig_baseline, point=cfg.ig_point, progress=False,
+                steps=cfg.ig_steps, baseline=cfg.ig_baseline, point=cfg.ig_point, cache=cfg.ig_cache,
+                progress=False,
             )
         independent, specific = split_language_neurons(per_language, request.lang)
         return per_language, independent, specific

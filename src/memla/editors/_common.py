@@ -1,0 +1,148 @@
+"""Settings and helpers shared by the locate-then-edit baselines ROME, MEMIT and PMET.
+
+`KeyValueConfig` holds the fields the three methods share (v* optimisation, context
+prefixes, covariance statistics); each method's config subclasses it and overrides the
+defaults with the values of its own paper and reference code.  Layer choices of the
+reference configs (GPT-J, 28 layers) are scaled to the edited model's depth by
+`scaled_layers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from memla.editors._locate import ROME_SEEDS
+from memla.editors.stats import DTYPES, covariances
+from memla.errors import EditError
+from memla.models import num_layers
+
+GPTJ_LAYERS = 28  # depth of GPT-J 6B, the model of the reference hyper-parameter files
+GPTJ_D_FF = 16384  # its MLP width, the scale of MEMIT's λ = 15000
+
+
+@dataclass(frozen=True)
+class KeyValueConfig:
+    """Fields shared by `RomeConfig`, `MemitConfig` and `PmetConfig`.
+
+    Attributes:
+        covariance: ``"stats"`` (``C = E[k kᵀ]`` from `memla.editors.stats`, ROME/MEMIT
+            ``mom2_adjustment: true``) or ``"identity"`` (no statistics needed).
+        stats_corpus: corpus of the statistics: ``"builtin"`` (offline multilingual),
+            ``"hf:NAME[:CONFIG[:SPLIT]]"`` or text file paths (see `memla.editors.stats`).
+        stats_samples: keys (token positions) averaged into ``C``.  The reference code
+            uses 100,000 Wikipedia texts; 50,000 keys keep the one-off cost on a CPU under
+            a minute for a 270M model.
+        stats_dtype: ``"float32"`` (reference ``mom2_dtype``) or ``"float64"``.
+        context_lengths: ``(tokens, count)`` pairs of model-generated context prefixes
+            (``context_template_length_params``); the bare prompt is always added.
+        context_seeds: seed words of the generated prefixes (reference code).
+        kl_prompts: essence-drift prompts of the KL term, with ``{}`` for the subject.
+        steps: forward passes of the v* optimisation (``v_num_grad_steps``).
+        lr: Adam learning rate of δ (``v_lr``).
+        weight_decay: factor of ``‖δ‖ / ‖v₀‖²`` (``v_weight_decay``).
+        kl_factor: factor of the KL term (``kl_factor``).
+        clamp_norm_factor: ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` (``clamp_norm_factor``).
+        stop_loss: stop the optimisation once the loss is below it (reference code: 5e-2).
+        seed: seed of the prefix sampling.
+    """
+
+    covariance: str = "stats"
+    stats_corpus: tuple[str, ...] = ("builtin",)
+    stats_samples: int = 50_000
+    stats_dtype: str = "float32"
+    context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
+    context_seeds: tuple[str, ...] = ROME_SEEDS
+    kl_prompts: tuple[str, ...] = ("{} is a",)
+    steps: int = 20
+    lr: float = 0.5
+    weight_decay: float = 0.5
+    kl_factor: float = 0.0625
+    clamp_norm_factor: float = 4.0
+    stop_loss: float = 5e-2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("stats_corpus", "context_seeds", "kl_prompts"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        object.__setattr__(self, "context_lengths", tuple(tuple(int(x) for x in p) for p in self.context_lengths))
+        if self.covariance not in ("stats", "identity"):
+            raise ValueError(f"covariance must be 'stats' or 'identity', got {self.covariance!r}")
+        if self.stats_dtype not in DTYPES:
+            raise ValueError(f"stats_dtype must be one of {', '.join(DTYPES)}, got {self.stats_dtype!r}")
+        if self.stats_samples < 1 or self.steps < 1:
+            raise ValueError("stats_samples and steps must be >= 1")
+        if any(len(p) != 2 or p[0] < 1 or p[1] < 0 for p in self.context_lengths):
+            raise ValueError("context_lengths must hold (tokens >= 1, count >= 0) pairs")
+        if not self.context_seeds or not self.stats_corpus:
+            raise ValueError("context_seeds and stats_corpus must not be empty")
+        if any(p.count("{}") != 1 for p in self.kl_prompts):
+            raise ValueError("every kl_prompt must contain exactly one '{}'")
+        if self.lr <= 0 or self.clamp_norm_factor <= 0:
+            raise ValueError("lr and clamp_norm_factor must be > 0")
+        if min(self.weight_decay, self.kl_factor, self.stop_loss) < 0:
+            raise ValueError("weight_decay, kl_factor and stop_loss must be >= 0")
+
+
+def scaled_layers(reference: Sequence[int], model: nn.Module, *, depth: int = GPTJ_LAYERS) -> tuple[int, ...]:
+    """Reference layers of a ``depth``-layer model mapped proportionally onto ``model``'s depth.
+
+    ``l ↦ round(l · n / depth)``, clipped to ``0..n-1``, duplicates removed (e.g. ROME's
+    GPT-J layer 5 of 28 is layer 3 of Gemma 3 270M's 18; MEMIT's 3..8 become 2..5).
+    """
+    n = num_layers(model)
+    return tuple(sorted({min(n - 1, max(0, round(layer * n / depth))) for layer in reference}))
+
+
+def check_layers(layers: Sequence[int], model: nn.Module) -> tuple[int, ...]:
+    """Validate layer indices against the model (``EditError`` names the valid range)."""
+    n = num_layers(model)
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise EditError(f"layer(s) {bad} out of range: the model has layers 0..{n - 1}")
+    return tuple(sorted(set(layers)))
+
+
+def prefix_groups(lengths: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Index groups of `context_prefixes`: the bare prompt, then one group per ``(tokens, count)``."""
+    groups, start = [[0]], 1
+    for _, count in lengths:
+        if count:
+            groups.append(list(range(start, start + count)))
+        start += count
+    return groups
+
+
+def group_mean(keys: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
+    """MEMIT's ``compute_ks`` average: the mean over prefixes of each group, then over groups.
+
+    Args:
+        keys: ``(P, d)`` keys of one request, in prefix order.
+        groups: `prefix_groups`.
+
+    Returns:
+        ``(d,)``.
+    """
+    return torch.stack([keys[list(g)].mean(0) for g in groups]).mean(0)
+
+
+def layer_covariances(model: nn.Module, tokenizer, layers: Sequence[int], cfg: KeyValueConfig) -> dict[int, Tensor] | None:
+    """``{layer: C}`` from the statistics (``covariance="stats"``), or None for the identity."""
+    if cfg.covariance == "identity":
+        return None
+    return covariances(model, tokenizer, layers, corpus=cfg.stats_corpus, samples=cfg.stats_samples,
+                       dtype=cfg.stats_dtype, progress=True)
+
+
+def down_weight(model: nn.Module, layer: int) -> tuple[Tensor, Tensor | None]:
+    """Layer ``layer``'s down-projection as ``(W (d_model, d_ff), bias or None)``."""
+    from memla.models import arch_spec, get_module
+
+    spec = arch_spec(model)
+    module = get_module(model, spec.path(spec.mlp_down, layer))
+    w = module.weight.detach().float()
+    return (w.T if spec.down_layout == "conv1d" else w), (None if module.bias is None else module.bias.detach().float())

@@ -1,0 +1,274 @@
+"""Where ROME, MEMIT and PMET read keys and write values: subject positions and context prefixes.
+
+* **Subject position** (ROME §3.1 "fact_token = subject_last"): the token that holds the
+  last character of the subject in the tokenised prompt, found through the tokenizer's
+  character offsets (or, for tokenizers without offsets, by tokenising the text up to the
+  subject's end as ROME's code does).  **Fallback:** when the subject cannot be found
+  (question-form prompts without ``{}`` whose text does not contain the subject verbatim,
+  e.g. an inflected subject), the *last prompt token* is used and the fallback is reported
+  (``Located.fallback``; editors record it as ``info["subject_fallback"]``).
+* **Context prefixes** (ROME Eq. 3, "k* averaged over short texts x_j"): short texts the
+  model generates itself from a few seed words with top-k sampling, each followed by
+  ``". "`` and the prompt; the empty prefix (the bare prompt) always comes first.
+  Generated once per model and settings, then reused (memoised in this module).
+* **Rows**: tokenised prefix + prompt (+ target_new by the DESIGN join rule, teacher forcing).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from memla.editors.base import EditRequest
+from memla.evaluate.scoring import encode_pair
+
+log = logging.getLogger(__name__)
+
+ROME_SEEDS = ("The", "Therefore", "Because", "I", "You")  # ROME/MEMIT get_context_templates
+_PREFIX_MEMO: OrderedDict[tuple, tuple[str, ...]] = OrderedDict()
+_MEMO_SIZE = 16
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with the tokenizer's leading specials (BOS) but no trailing ones (EOS)."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    specials = set(tokenizer.all_special_ids)
+    while len(ids) > len(plain) and ids[-1] in specials:
+        ids.pop()
+    return ids
+
+
+def pad_id(tokenizer) -> int:
+    """An id for padding positions (masked out, so its value does not matter)."""
+    return int(next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0))
+
+
+def left_pad(seqs: Sequence[Sequence[int]], *, pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad sequences: ``(input_ids, attention_mask, position_ids)``, each ``(B, T)``; real tokens at 0..len-1."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+@dataclass(frozen=True)
+class Located:
+    """A tokenised prompt and the position where the fact is looked up.
+
+    Attributes:
+        prompt_ids: tokens of ``prefix + prompt`` (with the tokenizer's BOS, if any).
+        pos: index into ``prompt_ids`` of the subject's last token (or the fallback).
+        fallback: True when the subject was not found and ``pos`` is the last prompt token.
+    """
+
+    prompt_ids: tuple[int, ...]
+    pos: int
+    fallback: bool
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sequence of the v* optimisation (ROME Eq. 4, MEMIT Eq. 16).
+
+    Attributes:
+        ids: prompt tokens followed by ``target_new[:-1]`` (teacher forcing); prompt only for KL rows.
+        pos: where δ is added (the subject's last token).
+        targets: ``(position, token)`` pairs: the token the model must predict after ``position``.
+        kl: True for the "{} is a" rows whose output distribution at ``pos`` is kept (the KL term).
+    """
+
+    ids: tuple[int, ...]
+    pos: int
+    targets: tuple[tuple[int, int], ...] = ()
+    kl: bool = False
+
+
+def subject_span(request: EditRequest, prompt: str | None = None) -> tuple[str, int | None]:
+    """The prompt text and the character index just past the subject in it.
+
+    Args:
+        request: the edit request.
+        prompt: a template with ``{}`` to use instead of the request's prompt (KL prompts).
+
+    Returns:
+        ``(text, end)``; ``end`` is None when the subject does not occur in the text
+        (question-form prompt, inflected subject).
+    """
+    template = request.prompt if prompt is None else prompt
+    if prompt is not None or request.templated:
+        start = template.index("{}")
+        return template.replace("{}", request.subject), start + len(request.subject)
+    start = template.find(request.subject)
+    return template, (None if start < 0 else start + len(request.subject))
+
+
+def locate(tokenizer, text: str, end: int | None, *, ids: Sequence[int] | None = None) -> Located:
+    """Tokenise ``text`` and find the token holding character ``end - 1`` (the subject's last).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        text: the prompt with the subject written in (and any prefix).
+        end: character index just past the subject; None forces the fallback.
+        ids: the prompt's token ids when already known (`encode_pair`'s ``prompt_ids``).
+
+    Returns:
+        The `Located` prompt; ``fallback`` is True when ``end`` is None.
+    """
+    ids = prompt_ids(tokenizer, text) if ids is None else list(ids)
+    if end is None or end <= 0:
+        return Located(tuple(ids), len(ids) - 1, True)
+    pos = None
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        if list(enc["input_ids"][:len(ids)]) == ids:
+            spans = enc["offset_mapping"][:len(ids)]
+            hits = [i for i, (a, b) in enumerate(spans) if b > a and a < end]
+            pos = hits[-1] if hits else None
+    if pos is None:  # ROME's rule: the last token of the text cut after the subject
+        pos = len(prompt_ids(tokenizer, text[:end])) - 1
+    return Located(tuple(ids), max(0, min(pos, len(ids) - 1)), False)
+
+
+def locate_request(tokenizer, request: EditRequest, prefix: str = "", *, prompt: str | None = None,
+                   ids: Sequence[int] | None = None) -> Located:
+    """`locate` for ``prefix + request's prompt`` (or ``prefix + prompt.format(subject)``)."""
+    text, end = subject_span(request, prompt)
+    return locate(tokenizer, prefix + text, None if end is None else len(prefix) + end, ids=ids)
+
+
+def rewriting_rows(tokenizer, request: EditRequest, prefixes: Sequence[str]) -> tuple[list[Row], bool]:
+    """One teacher-forced row of ``prefix + prompt + target_new`` per prefix (ROME Eq. 4 first term).
+
+    Returns:
+        ``(rows, fallback)``; ``fallback`` is True when the subject was not found.
+    """
+    rows, fallback = [], False
+    for prefix in prefixes:
+        enc = encode_pair(tokenizer, prefix + subject_span(request)[0], request.target_new, request.lang)
+        loc = locate_request(tokenizer, request, prefix, ids=enc.prompt_ids)
+        n = len(loc.prompt_ids)
+        tgt = enc.target_ids
+        targets = tuple((n - 1 + j, t) for j, t in enumerate(tgt))
+        rows.append(Row(loc.prompt_ids + tuple(tgt[:-1]), loc.pos, targets))
+        fallback |= loc.fallback
+    return rows, fallback
+
+
+def kl_rows(tokenizer, request: EditRequest, kl_prompts: Sequence[str]) -> list[Row]:
+    """Rows of the essence-drift prompts ("{} is a"; ROME Eq. 4 second term), cut after the subject."""
+    rows = []
+    for template in kl_prompts:
+        loc = locate_request(tokenizer, request, prompt=template)
+        rows.append(Row(loc.prompt_ids[:loc.pos + 1], loc.pos, kl=True))
+    return rows
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _accepts_position_ids(model: nn.Module) -> bool:
+    return "position_ids" in inspect.signature(type(model).forward).parameters
+
+
+@torch.no_grad()
+def sample_texts(
+    model: nn.Module,
+    tokenizer,
+    seeds: Sequence[str],
+    *,
+    new_tokens: int,
+    top_k: int = 5,
+    seed: int = 0,
+) -> list[str]:
+    """Continue each seed text by top-k sampling (ROME's ``generate_fast``), with a KV cache.
+
+    Args:
+        model, tokenizer: the model and its tokenizer.
+        seeds: texts to continue (one sample each; repeat a seed for more).
+        new_tokens: tokens to generate per sample (fewer when EOS comes first).
+        top_k: sample among the ``top_k`` most likely tokens.
+        seed: seed of a private generator (the global RNG is not touched).
+
+    Returns:
+        The seed texts with their continuations, decoded without special tokens.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seqs = [prompt_ids(tokenizer, s) for s in seeds]
+    ids, mask, pos = left_pad(seqs, pad=pad_id(tokenizer), device=device)  # (B, T)
+    eos = {tokenizer.eos_token_id} - {None}
+    cache = DynamicCache(config=model.config)
+    out = [list(s) for s in seqs]
+    done = [False] * len(seqs)
+    use_pos = _accepts_position_ids(model)
+    for _ in range(new_tokens):
+        kwargs = dict(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+        if use_pos:
+            kwargs["position_ids"] = pos
+        logits = model(**kwargs).logits[:, -1].float()  # (B, V)
+        top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+        pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=gen).to(device)  # (B, 1)
+        nxt = top.indices.gather(-1, pick)  # (B, 1)
+        for row, tok in enumerate(nxt[:, 0].tolist()):
+            if not done[row]:
+                done[row] = tok in eos
+                if not done[row]:
+                    out[row].append(tok)
+        if all(done):
+            break
+        ids = nxt
+        mask = torch.cat([mask, mask.new_ones((len(seqs), 1))], dim=-1)  # (B, T + 1)
+        pos = pos[:, -1:] + 1  # (B, 1)
+    return [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+
+
+def context_prefixes(
+    model: nn.Module,
+    tokenizer,
+    lengths: Sequence[tuple[int, int]],
+    *,
+    seeds: Sequence[str] = ROME_SEEDS,
+    seed: int = 0,
+) -> tuple[str, ...]:
+    """The empty prefix plus model-generated prefixes (ROME Eq. 3 / MEMIT Eq. 19 context templates).
+
+    Args:
+        lengths: ``(tokens, count)`` pairs, as ROME's ``context_template_length_params``:
+            ``count`` texts of about ``tokens`` tokens, spread evenly over ``seeds``.
+        seeds: seed words the samples start with.
+        seed: sampling seed.
+
+    Returns:
+        ``("", "<text 1>. ", ...)``: prepend to a prompt; memoised per model (its
+        fingerprint without the down-projections, which editors change) and settings.
+    """
+    from memla.editors.stats import stats_fingerprint
+
+    key = (stats_fingerprint(model), getattr(tokenizer, "name_or_path", ""), len(tokenizer),
+           tuple(map(tuple, lengths)), tuple(seeds), seed)
+    if key in _PREFIX_MEMO:
+        _PREFIX_MEMO.move_to_end(key)
+        return _PREFIX_MEMO[key]
+    prefixes = [""]
+    for tokens, count in lengths:
+        group = [seeds[i % len(seeds)] for i in range(count)]
+        texts = sample_texts(model, tokenizer, group, new_tokens=max(1, tokens - 1), seed=seed + tokens)
+        prefixes += [t.replace("{", " ").replace("}", " ").strip() + ". " for t in texts]
+    _PREFIX_MEMO[key] = result = tuple(prefixes)
+    while len(_PREFIX_MEMO) > _MEMO_SIZE:
+        _PREFIX_MEMO.popitem(last=False)
+    log.debug("context prefixes: %s", result)
+    return result

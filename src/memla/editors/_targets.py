@@ -1,0 +1,355 @@
+"""Shared machinery of ROME, MEMIT and PMET: key capture, v*/z optimisation, the closed-form updates.
+
+* `capture` reads module inputs (keys k) and outputs (values v) at given token positions.
+* `optimise_targets` finds the vectors δ added at the subject's last token of one or more
+  modules' outputs so that the model predicts ``target_new`` (ROME Eq. 4, MEMIT Eq. 16,
+  PMET Eq. 9): ``L(δ) = NLL(target_new | prefix_j + prompt) + kl_factor · KL("{} is a")
+  + weight_decay · ‖δ‖ / ‖v₀‖²``, Adam, ‖δ‖ clamped to ``clamp_norm_factor · ‖v₀‖``
+  (the reference code's exact loss, early stop at ``loss < stop_loss``).
+  Speed: positions before the subject's last token do not depend on δ, so their KV cache
+  is computed once and every step runs only the suffix; only the rows and positions that
+  the loss reads go through the LM head (the final norm is traced, the forward stops there).
+* `residual_to_down`: for architectures with a post-FFN norm (Gemma 2/3) a residual-stream
+  target is mapped to the down-projection output through the norm's Jacobian
+  (pseudo-inverse; the norm is scale-invariant, so the component along v is free).
+* `rank_one_update` (ROME Eq. 2) and `memit_update` (MEMIT Eq. 14) in float64.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from memla.editors._locate import Row, _accepts_position_ids, left_pad, pad_id
+from memla.hooks import trace
+from memla.models import arch_spec, get_module
+
+log = logging.getLogger(__name__)
+
+CAPTURE_ROWS = 64  # rows per forward pass when reading keys
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def right_pad(seqs: Sequence[Sequence[int]], *, pad_id: int, device) -> tuple[Tensor, Tensor]:
+    """Right-pad token sequences: ``(input_ids, attention_mask)``, each ``(B, T)``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def capture(
+    model: nn.Module,
+    tokenizer,
+    seqs: Sequence[Sequence[int]],
+    positions: Sequence[int],
+    modules: Sequence[str],
+    *,
+    inputs: bool = True,
+) -> dict[str, Tensor]:
+    """Module inputs (``inputs=True``) or outputs at one position per sequence.
+
+    Args:
+        model, tokenizer: the model and its tokenizer (for the padding id).
+        seqs: token sequences.
+        positions: per sequence, the position to read.
+        modules: module paths.
+        inputs: read the first positional input (keys) instead of the output (values).
+
+    Returns:
+        ``{module: (N, d)}`` in sequence order.
+    """
+    device = next(model.parameters()).device
+    out: dict[str, list[Tensor]] = {m: [] for m in modules}
+    for start in range(0, len(seqs), CAPTURE_ROWS):
+        chunk = list(seqs[start:start + CAPTURE_ROWS])
+        ids, mask = right_pad(chunk, pad_id=pad_id(tokenizer), device=device)  # (B, T)
+        rows = torch.arange(len(chunk), device=device)
+        cols = torch.tensor(list(positions[start:start + CAPTURE_ROWS]), device=device)  # (B,)
+        with trace(model, list(modules), retain_input=inputs, retain_output=not inputs, stop=True) as tr:
+            model(input_ids=ids, attention_mask=mask)
+        for m in modules:
+            x = tr[m].input if inputs else _first(tr[m].output)  # (B, T, d)
+            out[m].append(x[rows, cols].float())  # (B, d)
+    return {m: torch.cat(v) for m, v in out.items()}
+
+
+# --------------------------------------------------------------------------- v* / z optimisation
+
+
+@dataclass
+class TargetResult:
+    """Outcome of `optimise_targets`.
+
+    Attributes:
+        init: per site, the module output at the bare prompt's subject token before editing (v₀).
+        delta: per site, the optimised δ (target = init + delta).
+        loss, p_new: per step, the total loss and the mean P(target_new) over the rewriting rows.
+    """
+
+    init: dict[str, Tensor]
+    delta: dict[str, Tensor]
+    loss: list[float] = field(default_factory=list)
+    p_new: list[float] = field(default_factory=list)
+
+
+class _Runner:
+    """Forward passes over the rows with δ added at each row's subject token.
+
+    When every row's subject token has a prefix before it, the prefix KV cache is computed
+    once (left padding) and each call runs only the suffix (right padding), so that δ sits
+    at suffix column 0; otherwise whole rows run with δ at each row's own column.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, rows: Sequence[Row]):
+        self.model = model
+        self.device = next(model.parameters()).device
+        pad = pad_id(tokenizer)
+        self.split = [r.pos for r in rows] if min(r.pos for r in rows) >= 1 else [0] * len(rows)
+        self.cache = None
+        extra = {}
+        if any(self.split):
+            heads = [r.ids[:s] for r, s in zip(rows, self.split)]
+            ids, self.head_mask, pos = left_pad(heads, pad=pad, device=self.device)  # (B, H)
+            self.cache = DynamicCache(config=model.config)
+            if _accepts_position_ids(model):
+                extra["position_ids"] = pos
+            with torch.no_grad():
+                with trace(model, [arch_spec(model).final_norm], retain_output=False, stop=True):
+                    model(input_ids=ids, attention_mask=self.head_mask, cache=self.cache, use_cache=True, **extra)
+        tails = [r.ids[s:] for r, s in zip(rows, self.split)]
+        self.ids, self.mask = right_pad(tails, pad_id=pad, device=self.device)  # (B, T)
+        B, T = self.ids.shape
+        self.onehot = torch.zeros(B, T, 1, device=self.device)  # (B, T, 1)
+        for i, (r, s) in enumerate(zip(rows, self.split)):
+            self.onehot[i, r.pos - s] = 1.0
+        head_len = torch.tensor(self.split, device=self.device)[:, None]  # (B, 1)
+        self.position_ids = head_len + torch.arange(T, device=self.device)[None]  # (B, T)
+        self.full_mask = self.mask if self.cache is None else torch.cat([self.head_mask, self.mask], dim=1)
+
+    def _fresh_cache(self) -> DynamicCache:
+        # Cache layers replace (never modify) their tensors on update, so shallow copies
+        # of the prefix cache are independent: no tensor is copied.
+        fresh = copy.copy(self.cache)
+        fresh.layers = [copy.copy(layer) for layer in self.cache.layers]
+        return fresh
+
+    def column(self, row: int, position: int) -> int:
+        """Column in the suffix batch of absolute ``position`` of ``row``."""
+        return position - self.split[row]
+
+    def hidden(self, sites: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Final-norm output ``(B, T, d_model)`` with ``δ_site`` added at the subject tokens,
+        and each site's output ``(B, T, d)`` (after adding δ)."""
+        spec = arch_spec(self.model)
+
+        def add(output, name):
+            if name not in sites:
+                return output
+            h = _first(output)
+            h = h + self.onehot.to(h.dtype) * sites[name].to(h.dtype)  # (B, T, d)
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+
+        kwargs = dict(input_ids=self.ids, attention_mask=self.full_mask)
+        if self.cache is not None:
+            kwargs.update(cache=self._fresh_cache(), use_cache=True)
+        if _accepts_position_ids(self.model):
+            kwargs["position_ids"] = self.position_ids
+        with trace(self.model, [*sites, spec.final_norm], edit=add, stop=True) as tr:
+            self.model(**kwargs)
+        return _first(tr[spec.final_norm].output), {s: _first(tr[s].output) for s in sites}
+
+
+def head_logits(model: nn.Module, h: Tensor) -> Tensor:
+    """LM head (with Gemma 2's final logit soft-capping) on ``h`` ``(N, d)`` -> ``(N, V)``."""
+    logits = get_module(model, arch_spec(model).lm_head)(h).float()  # (N, V)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def optimise_targets(
+    model: nn.Module,
+    tokenizer,
+    rows: Sequence[Row],
+    sites: Sequence[str],
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    kl_factor: float,
+    clamp_norm_factor: float,
+    nll_factor: float = 1.0,
+    stop_loss: float = 5e-2,
+    pmet_schedule: bool = False,
+) -> TargetResult:
+    """Optimise δ at ``sites`` (module outputs) for the rows (ROME Eq. 4, MEMIT Eq. 16, PMET Eq. 9).
+
+    Args:
+        model, tokenizer: the model and its tokenizer.
+        rows: rewriting rows (the first is the bare prompt, whose output is v₀) and KL rows.
+        sites: module paths whose output gets δ at the subject token (one δ per site).
+        steps: forward passes (``steps - 1`` updates), as the reference code counts.
+        lr: Adam learning rate.
+        weight_decay: factor of ``‖δ‖ / ‖v₀‖²`` (ROME/MEMIT code).
+        kl_factor: factor of ``KL(P_δ ‖ P_0)`` at the KL rows' subject token.
+        clamp_norm_factor: ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` after every step.
+        nll_factor: factor of the NLL term (PMET ``nll_loss_factor``).
+        stop_loss: stop once the loss falls below it (reference code: 5e-2).
+        pmet_schedule: PMET's rule: once every target token is the argmax, weight the NLL
+            by 0.1 and stop when the KL term is ≤ 0.01.
+
+    Returns:
+        The `TargetResult`.
+    """
+    runner = _Runner(model, tokenizer, rows)
+    rw = [i for i, r in enumerate(rows) if not r.kl]
+    kl = [i for i, r in enumerate(rows) if r.kl]
+    pick_r = [(i, runner.column(i, p)) for i in rw for p, _ in rows[i].targets]
+    pick_k = [(i, runner.column(i, rows[i].pos)) for i in kl]
+    tokens = torch.tensor([t for i in rw for _, t in rows[i].targets], device=runner.device)  # (M,)
+    owner = torch.tensor([n for n, i in enumerate(rw) for _ in rows[i].targets], device=runner.device)  # (M,)
+    counts = torch.bincount(owner, minlength=len(rw)).float()  # (R,)
+    d_model = model.config.hidden_size
+    delta = {s: torch.zeros(d_model, device=runner.device, requires_grad=True) for s in sites}
+    opt = torch.optim.Adam(list(delta.values()), lr=lr)
+    bare = (rw[0], runner.column(rw[0], rows[rw[0]].pos))
+    init: dict[str, Tensor] = {}
+    kl_init = None
+    result = TargetResult(init, {})
+    factor = nll_factor
+    for step in range(steps):
+        h, outs = runner.hidden(delta)  # (B, T, d)
+        if step == 0:  # δ = 0: the unedited values v₀ and output distributions
+            init.update({s: outs[s][bare].detach().float() for s in sites})  # (d,) per site
+        idx = torch.tensor(pick_r + pick_k, device=runner.device)
+        logp = head_logits(model, h[idx[:, 0], idx[:, 1]]).log_softmax(-1)  # (M + K, V)
+        lp_tok = logp[:len(pick_r)].gather(-1, tokens[:, None])[:, 0]  # (M,)
+        nll_each = -torch.zeros(len(rw), device=runner.device).index_add(0, owner, lp_tok) / counts  # (R,)
+        nll = factor * nll_each.mean()
+        kl_loss = torch.zeros((), device=runner.device)
+        if kl:
+            cur = logp[len(pick_r):]  # (K, V)
+            kl_init = cur.detach() if kl_init is None else kl_init
+            kl_loss = kl_factor * (cur.exp() * (cur - kl_init)).sum(-1).mean()
+        decay = sum(weight_decay * delta[s].norm() / init[s].norm() ** 2 for s in sites)
+        loss = nll + kl_loss + decay
+        result.loss.append(round(loss.item(), 5))
+        result.p_new.append(round(torch.exp(-nll_each.detach()).mean().item(), 5))
+        if loss.item() < stop_loss:
+            break
+        if pmet_schedule:
+            argmax_hit = bool((logp[:len(pick_r)].argmax(-1) == tokens).all())
+            factor = 0.1 * nll_factor if argmax_hit else nll_factor
+            if argmax_hit and kl_loss.item() <= 0.01:
+                break
+        if step == steps - 1:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for s in sites:
+                max_norm = clamp_norm_factor * init[s].norm()
+                if delta[s].norm() > max_norm:
+                    delta[s].mul_(max_norm / delta[s].norm())
+    result.delta = {s: d.detach() for s, d in delta.items()}
+    return result
+
+
+# --------------------------------------------------------------------------- post-FFN norm
+
+
+def residual_to_down(model: nn.Module, layer: int, v: Tensor, r: Tensor) -> Tensor:
+    """Map residual-stream changes to down-projection output changes of ``layer`` (Gemma 2/3).
+
+    With a post-FFN norm the block adds ``n(v)`` (not ``v``) to the residual stream, so the
+    change ``r`` wanted there is reached, to first order, by ``Δv = J⁺ r`` with ``J = ∂n/∂v``
+    at the current output ``v``.  Without a post-FFN norm ``Δv = r``.
+
+    Args:
+        model: the model.
+        layer: the edited layer.
+        v: current down-projection outputs, ``(d_model, N)``.
+        r: wanted residual changes, ``(d_model, N)``.
+
+    Returns:
+        ``Δv``, ``(d_model, N)`` in float64.
+    """
+    spec = arch_spec(model)
+    if spec.post_ffn_norm is None:
+        return r.double()
+    norm = get_module(model, spec.path(spec.post_ffn_norm, layer))
+    cols = []
+    for j in range(v.shape[1]):
+        vj = v[:, j].to(next(norm.parameters()).dtype)
+        jac = torch.autograd.functional.jacobian(lambda x: norm(x[None])[0].float(), vj).double()  # (d, d)
+        # The radial singular value is 0 up to float32 noise (the norm is scale-invariant): cut it.
+        cols.append(torch.linalg.pinv(jac, rtol=1e-4) @ r[:, j].double())  # (d,)
+    return torch.stack(cols, dim=1)
+
+
+def down_to_residual(model: nn.Module, layer: int, v: Tensor, v_new: Tensor) -> Tensor:
+    """The residual-stream change when the down-projection output moves from ``v`` to ``v_new`` ``(d, N)``."""
+    spec = arch_spec(model)
+    if spec.post_ffn_norm is None:
+        return (v_new - v).double()
+    norm = get_module(model, spec.path(spec.post_ffn_norm, layer))
+    with torch.no_grad():
+        return (norm(v_new.T.float()) - norm(v.T.float())).T.double()
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+def rank_one_update(v_star: Tensor, w_k: Tensor, k_num: Tensor, k_den: Tensor, C: Tensor | None) -> Tensor:
+    """ROME's rank-one update (ROME Eq. 2): ``Δ = (v* − W k) (C⁻¹ k_num)ᵀ / ((C⁻¹ k_num)ᵀ k_den)``.
+
+    Args:
+        v_star: the target value v* ``(d_model,)``.
+        w_k: the current value ``W k_den`` ``(d_model,)``.
+        k_num: key of the direction ``C⁻¹ k`` ``(d_ff,)``.
+        k_den: key the update must map to v* ``(d_ff,)`` (r-ROME: ``k_num = k_den``).
+        C: the key covariance ``E[k kᵀ]`` ``(d_ff, d_ff)``, or None for the identity.
+
+    Returns:
+        ``Δ`` ``(d_model, d_ff)`` in float64 (``(W + Δ) k_den = v*``).
+    """
+    k_num, k_den = k_num.double(), k_den.double()
+    u = k_num if C is None else torch.linalg.solve(C.double(), k_num)  # (d_ff,)
+    return torch.outer(v_star.double() - w_k.double(), u) / (u @ k_den)
+
+
+def memit_update(R: Tensor, K: Tensor, C: Tensor, lam: float) -> Tensor:
+    """MEMIT's batch update (MEMIT Eq. 14): ``Δ = R Kᵀ (λ C + K Kᵀ)⁻¹`` in float64.
+
+    Args:
+        R: residuals ``(d_model, n)``.
+        K: keys ``(d_ff, n)``.
+        C: key covariance ``E[k kᵀ]`` ``(d_ff, d_ff)``.
+        lam: λ, the weight of the preserved keys (``mom2_update_weight``).
+
+    Returns:
+        ``Δ`` ``(d_model, d_ff)``.
+    """
+    K, R = K.double(), R.double()
+    A = lam * C.double() + K @ K.T  # (d_ff, d_ff), symmetric positive definite
+    return torch.linalg.solve(A, K @ R.T).T  # (d_model, d_ff)
+
+
+def to_layout(delta: Tensor, layout: str, like: Tensor) -> Tensor:
+    """A ``(d_model, d_ff)`` update in the parameter's own layout and dtype."""
+    delta = delta.T if layout == "conv1d" else delta
+    return delta.to(dtype=like.dtype, device=like.device).contiguous()

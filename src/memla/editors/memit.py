@@ -1,0 +1,192 @@
+"""MEMIT: mass-editing memory in a transformer (Meng et al. 2023, §4, Alg. 1).
+
+1. **Targets** (Eq. 16): for each edit, ``z = h_L + δ`` at the residual stream output of
+   the last edited layer ``L`` (subject's last token), δ optimised like ROME's v*
+   (NLL over model-generated prefixes + KL + weight decay, clamped).
+2. **Spread** (Alg. 1): for each edited layer ``l`` in ascending order, with the updates
+   of the layers below already applied: keys ``K`` (down-projection inputs averaged over
+   the prefixes), residuals ``R = (z − h_L) / (#layers left)`` and
+   ``ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹`` (Eq. 14) in float64, for all edits in one update.
+
+Post-FFN norm (Gemma 2/3): the block adds ``n(W k)`` to the residual stream, not
+``W k``.  The residual ``R`` is a residual-stream quantity, so it is mapped to a target
+change of the down-projection output through the norm's Jacobian at the current value
+(`memla.editors._targets.residual_to_down`); the next layer's residual, measured again
+after the update, absorbs the linearisation error, as MEMIT's own spreading does.
+Subject not found: the last prompt token (``info["subject_fallback"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from memla.editors._common import (GPTJ_D_FF, KeyValueConfig, check_layers, down_weight, group_mean,
+                                   layer_covariances, prefix_groups, scaled_layers)
+from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
+from memla.editors._targets import capture, memit_update, optimise_targets, residual_to_down, to_layout
+from memla.editors.base import EditRequest, EditResult, apply, register_editor
+from memla.errors import EditError
+from memla.models import arch_spec, get_module, mlp_dims
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemitConfig(KeyValueConfig):
+    """Settings of MEMIT (defaults: the authors' GPT-J file ``hparams/MEMIT/EleutherAI_gpt-j-6B.json``).
+
+    Attributes:
+        layers: the edited layers; None = GPT-J's layers 3..8 of 28 scaled to the model's
+            depth (`scaled_layers`: 2..5 of Gemma 3 270M's 18).
+        mom2_update_weight: λ of Eq. 14; None = GPT-J's 15000 scaled by ``d_ff / 16384`` so
+            that ``kᵀ(λC)⁻¹k ≈ d_ff / λ`` keeps GPT-J's value (1875 for Gemma 3 270M).
+        context_lengths: MEMIT's ``[[10, 5]]``: 5 prefixes of 10 tokens (+ the bare prompt).
+        steps: 25 (``v_num_grad_steps``).  lr: 0.5.  weight_decay: 0.5.  kl_factor: 0.0625.
+        clamp_norm_factor: 0.75 (MEMIT's, per ``‖h_L‖``).
+        (the other fields: see `KeyValueConfig`; ``covariance="identity"`` uses
+        ``C = (mean ‖k‖² / d_ff) · I`` from the edits' own keys, so that λ keeps its meaning.)
+    """
+
+    layers: tuple[int, ...] | None = None
+    mom2_update_weight: float | None = None
+    context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
+    steps: int = 25
+    lr: float = 0.5
+    weight_decay: float = 0.5
+    kl_factor: float = 0.0625
+    clamp_norm_factor: float = 0.75
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, int) else tuple(self.layers)
+            if not layers or min(layers) < 0:
+                raise ValueError("layers must be a non-empty list of indices >= 0 (or None for the scaled default)")
+            object.__setattr__(self, "layers", layers)
+        if self.mom2_update_weight is not None and self.mom2_update_weight <= 0:
+            raise ValueError("mom2_update_weight must be > 0 (or None for the scaled default)")
+
+
+@register_editor("memit", config=MemitConfig, summary="MEMIT: multi-layer batch edit of MLPs (Meng et al. 2023)")
+class MemitEditor:
+    """MEMIT (Alg. 1): targets at the last edited layer, residuals spread over the layers."""
+
+    method = "memit"
+    reference_layers = (3, 4, 5, 6, 7, 8)  # GPT-J
+
+    def __init__(self, config: MemitConfig | None = None):
+        self.config = config or MemitConfig()
+
+    def layers(self, model: nn.Module) -> tuple[int, ...]:
+        """The edited layers (configured, or the reference layers scaled to the model's depth)."""
+        if self.config.layers is None:
+            return scaled_layers(self.reference_layers, model)
+        return check_layers(self.config.layers, model)
+
+    def lam(self, model: nn.Module) -> float:
+        """λ of Eq. 14 (configured, or 15000 scaled by ``d_ff / 16384``)."""
+        if self.config.mom2_update_weight is not None:
+            return float(self.config.mom2_update_weight)
+        return 15000.0 * mlp_dims(model)[1] / GPTJ_D_FF
+
+    def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
+        """Edit one fact (a batch of one)."""
+        return self.edit_batch(model, tokenizer, [request])
+
+    # ------------------------------------------------------------------ per-method parts (PMET overrides)
+    def target_sites(self, model: nn.Module, layer: int) -> list[str]:
+        """Modules whose output gets δ in the target optimisation (MEMIT: the block output)."""
+        return [f"{arch_spec(model).layers}.{layer}"]
+
+    def optimise(self, model: nn.Module, tokenizer, rows, sites: Sequence[str]):
+        cfg = self.config
+        return optimise_targets(model, tokenizer, rows, sites, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                kl_factor=cfg.kl_factor, clamp_norm_factor=cfg.clamp_norm_factor, stop_loss=cfg.stop_loss)
+
+    def residuals(self, model, tokenizer, bare, z: Tensor, last: int, layer: int, left: int, v: Tensor) -> Tensor:
+        """Down-projection target changes of ``layer`` ``(d_model, n)``: ``(z − h_L) / left`` mapped through the post-FFN norm."""
+        site = self.target_sites(model, last)[-1]
+        cur = capture(model, tokenizer, [b.prompt_ids for b in bare], [b.pos for b in bare], [site], inputs=False)[site]
+        return residual_to_down(model, layer, v, (z - cur.T) / left)  # (d_model, n)
+
+    # ------------------------------------------------------------------ the batch edit
+    def edit_batch(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> EditResult:
+        """Edit all ``requests`` in one update per layer (MEMIT Alg. 1).
+
+        Args:
+            model, tokenizer: the model (unchanged on return) and its tokenizer.
+            requests: the edits, e.g. 10 facts at once.
+
+        Returns:
+            `EditResult` with one delta per edited down-projection; ``info`` has the layers,
+            λ, per-edit losses and P(target_new), ``subject_fallback`` and timings.
+        """
+        if not requests:
+            raise EditError(f"{self.method}: no edit requests given")
+        cfg = self.config
+        t0 = time.perf_counter()
+        layers = self.layers(model)
+        spec = arch_spec(model)
+        prefixes = context_prefixes(model, tokenizer, cfg.context_lengths, seeds=cfg.context_seeds, seed=cfg.seed)
+        groups = prefix_groups(cfg.context_lengths)
+        sites = self.target_sites(model, layers[-1])
+
+        targets, losses, probs, fallbacks = [], [], [], []
+        for n, request in enumerate(requests):
+            rows, fallback = rewriting_rows(tokenizer, request, prefixes)
+            found = self.optimise(model, tokenizer, rows + kl_rows(tokenizer, request, cfg.kl_prompts), sites)
+            targets.append(found.init[sites[-1]] + found.delta[sites[-1]])  # (d_model,)
+            losses.append(found.loss)
+            probs.append(found.p_new)
+            if fallback:
+                fallbacks.append(n)
+                log.info("%s: subject %r not found in %r; used the last prompt token", self.method, request.subject, request.prompt)
+        z = torch.stack(targets, dim=1)  # (d_model, n)
+        t_opt = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        C = layer_covariances(model, tokenizer, layers, cfg)
+        t_stats = time.perf_counter() - t1
+        locs = [[locate_request(tokenizer, r, p) for p in prefixes] for r in requests]
+        bare = [loc[0] for loc in locs]
+        lam = self.lam(model)
+        deltas: dict[str, Tensor] = {}
+        norms = {}
+        for i, layer in enumerate(layers):
+            down = spec.path(spec.mlp_down, layer)
+            with apply(model, EditResult(deltas=dict(deltas))):  # the layers below, already updated
+                flat = [l for loc in locs for l in loc]
+                keys = capture(model, tokenizer, [l.prompt_ids for l in flat], [l.pos for l in flat], [down])[down]
+                keys = keys.view(len(requests), len(prefixes), -1)  # (n, P, d_ff)
+                K = torch.stack([group_mean(k, groups) for k in keys], dim=1)  # (d_ff, n)
+                W, b = down_weight(model, layer)  # (d_model, d_ff)
+                v = W @ K + (0 if b is None else b[:, None])  # (d_model, n), current values at the keys
+                R = self.residuals(model, tokenizer, bare, z, layers[-1], layer, len(layers) - i, v)  # (d_model, n)
+            C_l = C[layer] if C is not None else (K.pow(2).sum(0).mean() / K.shape[0]) * torch.eye(K.shape[0])
+            delta = memit_update(R, K, C_l.to(K.device), lam)  # (d_model, d_ff)
+            deltas[spec.down_weight_name(layer)] = to_layout(delta, spec.down_layout, get_module(model, down).weight)
+            norms[str(layer)] = round(float(delta.norm()), 5)
+        info = {
+            "method": self.method,
+            "layers": list(layers),
+            "lambda": lam,
+            "covariance": cfg.covariance,
+            "edits": len(requests),
+            "prefixes": len(prefixes),
+            "subject_fallback": bool(fallbacks),
+            "subject_fallback_edits": fallbacks,
+            "loss": losses[0] if len(requests) == 1 else losses,
+            "p_new": probs[0] if len(requests) == 1 else probs,
+            "steps": len(losses[0]) if len(requests) == 1 else [len(x) for x in losses],
+            "update_norm": norms,
+            "seconds_optimise": round(t_opt, 3),
+            "seconds_stats": round(t_stats, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        return EditResult(deltas=deltas, info=info)

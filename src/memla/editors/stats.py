@@ -1,0 +1,388 @@
+"""Second-moment statistics of MLP keys, ``C = E[k kᵀ]`` per layer (ROME Eq. 2, MEMIT Eq. 14).
+
+A key ``k`` is the input of a layer's down-projection (``d_ff``) at one token.  ``C`` is
+estimated from a text corpus, given as a tuple of items:
+
+* ``"builtin"`` (the default, offline): a multilingual corpus made of the sentences of
+  the built-in dataset mkeb-mini (edit prompts with their true answers, paraphrases,
+  neighbourhood prompts with answers, multi-hop questions; 12 languages) plus text the
+  model itself samples from seed words in the 12 languages;
+* ``"hf:NAME[:CONFIG[:SPLIT]]"``: a Hugging Face dataset's ``text`` column (needs the
+  ``datasets`` package and the network; when unreachable, falls back to ``"builtin"``
+  with a warning);
+* paths of UTF-8 text files, one text per non-empty line.
+
+Texts are tokenised (at most 256 tokens each, BOS included but its key left out: it is
+an outlier that would dominate ``C``) and keys are gathered until ``samples`` keys.
+Results are cached under ``memla.models.cache_dir()/"stats"``, keyed by the model
+fingerprint, the layer, the corpus hash, the sample count and the dtype.  The model
+fingerprint leaves out the down-projection weights (the weights editors change), so the
+statistics of the unedited model serve sequential edits, as in MEMIT's code (computed once).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from memla.errors import MemlaError
+from memla.models import arch_spec, cache_dir, get_module, num_layers
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the meaning of stored statistics changes
+MAX_TOKENS = 256  # per text
+BATCH_TOKENS = 4096  # padded tokens per forward pass
+DTYPES = ("float32", "float64")
+
+# Seed words of the model-sampled part of the builtin corpus (4 per language).
+SAMPLE_SEEDS = {
+    "en": ("The", "In", "It is", "Many"), "zh": ("这", "在", "我们", "历史上"),
+    "fr": ("Le", "La", "Il est", "Dans"), "de": ("Der", "Die", "Es ist", "In"),
+    "ja": ("日本", "この", "私は", "今日は"), "ko": ("한국", "이", "우리는", "오늘은"),
+    "pt": ("O", "A", "Em", "Ele"), "ru": ("В", "Это", "Он", "Мы"),
+    "it": ("Il", "La", "In", "Ci sono"), "es": ("El", "La", "En", "Es"),
+    "pl": ("W", "To", "Jest", "Polska"), "th": ("ประเทศ", "วันนี้", "เรา", "ใน"),
+}
+SAMPLE_TOKENS = 48  # new tokens per sampled text
+
+
+def stats_fingerprint(model: nn.Module) -> str:
+    """A hash of the model's config and weights *without* its down-projections (editors' targets).
+
+    Like `memla.models.model_fingerprint`: the config plus a strided sample of every
+    other parameter.
+    """
+    spec = arch_spec(model)
+    skip = {spec.down_weight_name(i) for i in range(num_layers(model))}
+    skip |= {f"{spec.path(spec.mlp_down, i)}.bias" for i in range(num_layers(model))}
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, p in model.named_parameters():
+        if name in skip:
+            continue
+        flat = p.detach().reshape(-1)
+        h.update(name.encode() + str(tuple(p.shape)).encode())
+        h.update(flat[::max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- corpora
+
+
+@functools.cache
+def _builtin_sentences() -> tuple[str, ...]:
+    return tuple(builtin_sentences())
+
+
+def builtin_sentences() -> list[str]:
+    """The sentences of the built-in dataset mkeb-mini, all languages (deterministic order)."""
+    from memla.data import load_dataset
+    from memla.langs import join
+
+    texts = []
+    for record in load_dataset("mkeb-mini"):
+        for lang, fact in record.edit.items():
+            texts.append(join(fact.filled(), fact.target_true, lang) if fact.target_true else fact.filled())
+        for lang, prompts in record.neighborhood_prompts.items():
+            answers = record.neighborhood_answers.get(lang, [])
+            texts += [join(p, a, lang) for p, a in zip(prompts, answers)] + prompts[len(answers):]
+        for field_ in (record.paraphrase_prompts, record.multi_hop_questions):
+            for prompts in field_.values():
+                texts += list(prompts)
+    return texts
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A resolved corpus: its items, its hash and a way to produce its texts.
+
+    Attributes:
+        items: the corpus items as given (``"builtin"``, ``"hf:..."``, file paths).
+        key: hash of the contents (files) or recipes (builtin, hf) of the items.
+    """
+
+    items: tuple[str, ...]
+    key: str
+
+    def texts(self, model: nn.Module, tokenizer, *, samples: int) -> list[str]:
+        """The corpus texts in the order keys are drawn from them."""
+        out: list[str] = []
+        for item in self.items:
+            if item == "builtin":
+                out += _builtin_texts(model, tokenizer)
+            elif item.startswith("hf:"):
+                out += _hf_texts(item, samples=samples)
+            else:
+                out += [line for line in Path(item).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return out
+
+
+def _builtin_texts(model: nn.Module, tokenizer) -> list[str]:
+    from memla.editors._locate import sample_texts
+
+    seeds = [s for lang in SAMPLE_SEEDS for s in SAMPLE_SEEDS[lang]]
+    log.info("sampling %d texts from the model for the builtin corpus", len(seeds))
+    sampled = sample_texts(model, tokenizer, seeds, new_tokens=SAMPLE_TOKENS, seed=0)
+    sentences = list(_builtin_sentences())
+    random.Random(0).shuffle(sentences)
+    return sampled + sentences  # the model's own text first: always part of C
+
+
+def _hf_texts(item: str, *, samples: int) -> list[str]:
+    name, config, split = (item[3:].split(":") + [None, None])[:3]
+    import datasets  # optional dependency; ImportError is handled by resolve_corpus's caller
+
+    data = datasets.load_dataset(name, config, split=split or "train", streaming=True)
+    texts, chars = [], 0
+    for row in data:
+        text = str(row.get("text", "")).strip()
+        if text:
+            texts.append(text)
+            chars += len(text)
+        if chars > 8 * samples:  # a generous bound on the characters that give `samples` tokens
+            break
+    return texts
+
+
+def _hf_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+        return False
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_corpus(items: str | Sequence[str]) -> Corpus:
+    """Check a corpus specification and hash it.
+
+    Args:
+        items: ``"builtin"``, ``"hf:NAME[:CONFIG[:SPLIT]]"``, text file paths, or a sequence of them.
+
+    Returns:
+        The `Corpus`; ``hf:`` items that cannot be reached are replaced by ``"builtin"``.
+
+    Raises:
+        MemlaError: a file does not exist or is not UTF-8, or no item is given.
+    """
+    items = (items,) if isinstance(items, str) else tuple(items)
+    if not items:
+        raise MemlaError("no corpus given for the covariance statistics")
+    resolved, parts = [], []
+    for item in items:
+        if item.startswith("hf:") and not _hf_reachable():
+            log.warning("%s: Hugging Face datasets not reachable (offline or `datasets` not installed); "
+                        "using the offline builtin corpus instead", item)
+            item = "builtin"
+        if item == "builtin":
+            parts.append(f"builtin:{FORMAT}:{SAMPLE_TOKENS}:" + hashlib.sha256(
+                "\n".join([*_builtin_sentences(), *(s for v in SAMPLE_SEEDS.values() for s in v)]).encode()).hexdigest())
+        elif item.startswith("hf:"):
+            parts.append(item)
+        else:
+            path = Path(item)
+            if not path.is_file():
+                raise MemlaError(f"corpus file not found: {path}")
+            data = path.read_bytes()
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise MemlaError(f"{path}: corpus files must be UTF-8 ({err})") from None
+            parts.append("file:" + hashlib.sha256(data).hexdigest())
+        resolved.append(item)
+    return Corpus(tuple(resolved), hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16])
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def stats_dir() -> Path:
+    """Folder of cached statistics."""
+    return cache_dir() / "stats"
+
+
+def stats_path(fingerprint: str, layer: int, corpus_key: str, samples: int, dtype: str) -> Path:
+    """The cache file of one layer's statistics."""
+    return stats_dir() / f"{fingerprint}-L{layer}-{corpus_key}-n{samples}-{dtype}-v{FORMAT}.safetensors"
+
+
+def _load(path: Path) -> Tensor | None:
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)["mom2"]
+    except Exception as err:  # a truncated or foreign file: recompute
+        log.warning("ignoring unreadable statistics file %s: %s", path, err)
+        return None
+
+
+def _save(path: Path, mom2: Tensor, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file({"mom2": mom2.contiguous().cpu()}, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- computation
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One layer's statistics and where they came from.
+
+    Attributes:
+        layer: the layer.
+        mom2: ``C = E[k kᵀ]``, ``(d_ff, d_ff)``.
+        count: keys actually used (fewer than asked when the corpus is short).
+        path: the cache file.
+        cached: True when read from the cache.
+    """
+
+    layer: int
+    mom2: Tensor
+    count: int
+    path: Path
+    cached: bool
+
+
+def layer_stats(
+    model: nn.Module,
+    tokenizer,
+    layers: Iterable[int],
+    *,
+    corpus: str | Sequence[str] = ("builtin",),
+    samples: int = 50_000,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict[int, LayerStats]:
+    """``C = E[k kᵀ]`` of the down-projection inputs of ``layers``, from the cache or computed.
+
+    All missing layers are computed in one pass over the corpus that stops after the
+    highest one (ROME's ``layer_stats`` with ``to_collect=["mom2"]``).
+
+    Args:
+        model, tokenizer: the model and its tokenizer.
+        layers: layer indices.
+        corpus: see the module docstring.
+        samples: number of keys (token positions) to average over.
+        dtype: ``"float32"`` or ``"float64"``, the dtype of the products ``k kᵀ`` and of ``C``.
+        progress: show a progress bar.
+
+    Returns:
+        ``{layer: LayerStats}``.
+    """
+    if dtype not in DTYPES:
+        raise MemlaError(f"statistics dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if samples < 1:
+        raise MemlaError("the number of statistics samples must be >= 1")
+    layers = sorted(set(layers))
+    n = num_layers(model)
+    if any(not 0 <= layer < n for layer in layers):
+        raise MemlaError(f"layers must be in 0..{n - 1}, got {layers}")
+    resolved = resolve_corpus(corpus)
+    fp = stats_fingerprint(model)
+    out, missing = {}, []
+    for layer in layers:
+        path = stats_path(fp, layer, resolved.key, samples, dtype)
+        mom2 = _load(path)
+        if mom2 is None:
+            missing.append(layer)
+        else:
+            count = int(json.loads(_meta(path).get("count", "0")))
+            out[layer] = LayerStats(layer, mom2, count, path, True)
+    if missing:
+        log.warning("computing key statistics of layer(s) %s from %d keys (once; cached in %s)",
+                    ", ".join(map(str, missing)), samples, stats_dir())
+        mom2s, count = _compute(model, tokenizer, missing, resolved, samples=samples, dtype=dtype, progress=progress)
+        for layer in missing:
+            path = stats_path(fp, layer, resolved.key, samples, dtype)
+            meta = {"model": fp, "layer": layer, "corpus": list(resolved.items), "corpus_key": resolved.key,
+                    "samples": samples, "count": count, "dtype": dtype, "format": FORMAT}
+            _save(path, mom2s[layer], meta)
+            out[layer] = LayerStats(layer, mom2s[layer], count, path, False)
+    return out
+
+
+def _meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+@torch.no_grad()
+def _compute(model, tokenizer, layers, corpus: Corpus, *, samples: int, dtype: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    from memla.editors._locate import pad_id, prompt_ids
+    from memla.editors._targets import right_pad
+    from memla.hooks import trace
+
+    spec = arch_spec(model)
+    device = next(model.parameters()).device
+    names = {layer: spec.path(spec.mlp_down, layer) for layer in layers}
+    d_ff = get_module(model, names[layers[0]]).weight.shape[0 if spec.down_layout == "conv1d" else 1]
+    acc = {layer: torch.zeros(d_ff, d_ff, dtype=torch.float64, device=device) for layer in layers}
+    specials = set(tokenizer.all_special_ids)
+    texts = corpus.texts(model, tokenizer, samples=samples)
+    count, batch = 0, []
+    bar = tqdm(total=samples, unit="key", desc=f"key statistics L{','.join(map(str, layers))}", disable=not progress)
+
+    def flush(batch):
+        nonlocal count
+        ids, mask = right_pad(batch, pad_id=pad_id(tokenizer), device=device)  # (B, T)
+        keep = mask.bool() & ~torch.isin(ids, torch.tensor(sorted(specials), device=device))  # (B, T)
+        with trace(model, list(names.values()), retain_input=True, retain_output=False, stop=True) as tr:
+            model(input_ids=ids, attention_mask=mask)
+        take = min(int(keep.sum()), samples - count)
+        for layer, name in names.items():
+            k = tr[name].input[keep][:take].to(getattr(torch, dtype))  # (N, d_ff)
+            acc[layer] += (k.T @ k).double()  # (d_ff, d_ff)
+        count += take
+        bar.update(take)
+
+    for text in texts:
+        ids = prompt_ids(tokenizer, text)[:MAX_TOKENS]
+        if not ids:
+            continue
+        batch.append(ids)
+        if (len(batch) + 1) * max(len(s) for s in batch) > BATCH_TOKENS:
+            flush(batch)
+            batch = []
+        if count >= samples:
+            break
+    if batch and count < samples:
+        flush(batch)
+    bar.close()
+    if count == 0:
+        raise MemlaError("the statistics corpus gave no keys")
+    if count < samples:
+        log.warning("the statistics corpus gave only %d of %d keys", count, samples)
+    return {layer: (a / count).to(getattr(torch, dtype)).cpu() for layer, a in acc.items()}, count
+
+
+def covariances(model: nn.Module, tokenizer, layers: Iterable[int], **options) -> dict[int, Tensor]:
+    """``{layer: C}`` (see `layer_stats` for the options), without progress bar by default."""
+    options.setdefault("progress", False)
+    return {layer: s.mom2 for layer, s in layer_stats(model, tokenizer, layers, **options).items()}

@@ -1,0 +1,31 @@
+"""Evaluation: scoring primitives, the paper's metrics, and the resumable benchmark runner.
+
+- `memla.evaluate.scoring`: batched teacher-forced log-probabilities and greedy generation.
+- `memla.evaluate.metrics`: token F1, ES / PS / NS / QS per cell, transferability, standard errors.
+- `memla.evaluate.cells`: one record evaluated in many target languages in one batched pass.
+- `memla.evaluate.store`: the append-only JSONL result file and the run manifest.
+- `memla.evaluate.runner`: `run_bench`, the method × record × ls × lt loop behind ``memla bench``.
+"""
+
+from memla.evaluate.cells import evaluate_record
+from memla.evaluate.metrics import METRICS, Stat, summarize, token_f1
+from memla.evaluate.runner import UNEDITED, RunSummary, run_bench
+from memla.evaluate.scoring import TargetScore, encode_pair, greedy_generate, score_targets
+from memla.evaluate.store import ResultStore, load_run
+
+__all__ = [
+    "METRICS",
+    "ResultStore",
+    "RunSummary",
+    "Stat",
+    "TargetScore",
+    "UNEDITED",
+    "encode_pair",
+    "evaluate_record",
+    "greedy_generate",
+    "load_run",
+    "run_bench",
+    "score_targets",
+    "summarize",
+    "token_f1",
+]

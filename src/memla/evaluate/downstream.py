@@ -1,0 +1,335 @@
+"""Downstream-task accuracy of a (possibly edited) model: what an edit costs (paper, Section 5.5).
+
+Multiple-choice and classification tasks are scored by the log-likelihood of each
+choice after the item's context (lm-evaluation-harness's ``acc``: argmax of the
+summed log-probability; ``acc_norm``: divided by the choice's length in characters).
+
+Two engines:
+
+- **memla** (offline, always available): tasks defined on local JSONL files in the
+  standard formats (PIQA, ANLI, XNLI, generic; see `memla.evaluate.tasks`), scored with
+  the batched teacher-forced primitive `memla.evaluate.scoring.score_encoded` (only the
+  choice positions go through the LM head).  The context and a choice are joined by
+  the DESIGN.md rule (a space; none for zh / ja / th), which is lm-eval's
+  ``target_delimiter`` for space-separated languages.
+- **lm-eval** (optional extra ``memla[lm-eval]``): `memla.evaluate.lmeval` wraps the in-memory
+  (edited) model in lm-eval's ``HFLM``; any task lm-eval knows (``piqa``, ``anli_r1``,
+  ``xnli_de``, ...) then works when its dataset can be downloaded.
+
+Built-in tasks (`builtin_tasks`): ``piqa-mini``, ``nli-mini``, ``xnli-mini``, written for memla.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from memla.errors import MemlaError
+from memla.evaluate.scoring import Encoded, encode_pair, score_encoded
+from memla.evaluate.tasks import ChoiceItem, LocalTask, builtin_tasks, is_local_task, load_task
+
+log = logging.getLogger(__name__)
+
+ENGINES: tuple[str, ...] = ("auto", "memla", "lm-eval")
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and its standard error ``s / sqrt(n)`` (sample std, as lm-eval's ``acc_stderr``)."""
+    arr = np.asarray(values, dtype=float)
+    if len(arr) == 0:
+        return float("nan"), None
+    return float(arr.mean()), (float(arr.std(ddof=1) / np.sqrt(len(arr))) if len(arr) > 1 else None)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Accuracy of one model state on one task.
+
+    Attributes:
+        task: task name.
+        engine: "memla" or "lm-eval".
+        correct: per item, 1 if the highest-likelihood choice is the label (``acc``).
+        correct_norm: per item, the same with length-normalised likelihoods (``acc_norm``), if known.
+        langs: per item, its language.
+    """
+
+    task: str
+    engine: str
+    correct: tuple[int, ...]
+    correct_norm: tuple[int, ...] | None = None
+    langs: tuple[str, ...] = ()
+
+    @property
+    def n(self) -> int:
+        """Number of items."""
+        return len(self.correct)
+
+    @property
+    def acc(self) -> tuple[float, float | None]:
+        """Accuracy and its standard error."""
+        return mean_se(self.correct)
+
+    @property
+    def acc_norm(self) -> tuple[float, float | None] | None:
+        """Length-normalised accuracy and its standard error (None if unknown)."""
+        return None if self.correct_norm is None else mean_se(self.correct_norm)
+
+    def by_lang(self) -> dict[str, tuple[float, float | None, int]]:
+        """``{lang: (acc, se, n)}`` when the task has more than one language, else ``{}``."""
+        if len(set(self.langs)) < 2:
+            return {}
+        out = {}
+        for lang in dict.fromkeys(self.langs):
+            vals = [c for c, k in zip(self.correct, self.langs) if k == lang]
+            out[lang] = (*mean_se(vals), len(vals))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (with the summary values added)."""
+        acc, se = self.acc
+        return {**asdict(self), "n": self.n, "acc": acc, "acc_se": se}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
+        """Inverse of `to_dict`."""
+        norm = data.get("correct_norm")
+        return cls(data["task"], data["engine"], tuple(data["correct"]), None if norm is None else tuple(norm),
+                   tuple(data.get("langs", ())))
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        if isinstance(getattr(cfg, key, None), int):
+            return int(getattr(cfg, key))
+    return None
+
+
+def score_choices(model: nn.Module, tokenizer, items: Sequence[ChoiceItem], *, prefix: str = "") -> list[list[float]]:
+    """Summed log-likelihood of every choice of every item, in one batched pass.
+
+    Args:
+        model: the model as it should be evaluated.
+        tokenizer: its tokenizer.
+        items: the items.
+        prefix: text prepended to every context (IKE demonstrations).
+
+    Returns:
+        Per item, the summed log P(choice | context) of each choice.
+    """
+    pairs = [encode_pair(tokenizer, it.context, choice, it.lang, prefix=prefix) for it in items for choice in it.choices]
+    limit = _max_positions(model)
+    if limit and any(len(p.prompt_ids) + len(p.target_ids) > limit for p in pairs):
+        # as lm-eval does: drop context tokens from the left so the sequence fits the model
+        log.warning("some items are longer than the model's %d positions; their contexts are cut from the left", limit)
+        pairs = [p if len(p.prompt_ids) + len(p.target_ids) <= limit
+                 else Encoded(p.prompt_ids[len(p.prompt_ids) + len(p.target_ids) - limit:], p.target_ids, p.clean)
+                 for p in pairs]
+    scores = iter(score_encoded(model, tokenizer, pairs) if pairs else [])
+    return [[next(scores).sum for _ in it.choices] for it in items]
+
+
+def evaluate_local(model: nn.Module, tokenizer, task: LocalTask, *, prefix: str = "", limit: int | None = None) -> TaskResult:
+    """Accuracy on a local task with the memla engine.
+
+    Args:
+        model: the model as it should be evaluated.
+        tokenizer: its tokenizer.
+        task: the task.
+        prefix: text prepended to every context.
+        limit: score only the first ``limit`` items.
+
+    Returns:
+        The `TaskResult` (``acc`` and ``acc_norm``).
+    """
+    items = task.items[:limit] if limit else task.items
+    logliks = score_choices(model, tokenizer, items, prefix=prefix)
+    correct, correct_norm = [], []
+    for item, lls in zip(items, logliks):
+        correct.append(int(int(np.argmax(lls)) == item.label))
+        normed = [ll / max(len(c), 1) for ll, c in zip(lls, item.choices)]
+        correct_norm.append(int(int(np.argmax(normed)) == item.label))
+    return TaskResult(task.name, "memla", tuple(correct), tuple(correct_norm), tuple(it.lang for it in items))
+
+
+def split_task_names(spec: str | Sequence[str]) -> list[str]:
+    """Task names from ``"a,b"`` or a sequence (duplicates dropped, order kept)."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not names:
+        raise MemlaError("no task given; built-in tasks: " + ", ".join(builtin_tasks()))
+    return list(dict.fromkeys(names))
+
+
+def check_tasks(names: Sequence[str], *, engine: str = "auto") -> None:
+    """Fail early (before any model work) on task names that cannot run.
+
+    Args:
+        names: task names or files.
+        engine: "auto", "memla" or "lm-eval".
+
+    Raises:
+        DataError: a name that looks like a file but is none, or a malformed local file.
+        MemlaError: an unknown engine, a non-local task for the memla engine, or lm-eval missing.
+    """
+    from memla.errors import DataError
+    from memla.evaluate.lmeval import INSTALL_HINT, lm_eval_available
+
+    if engine not in ENGINES:
+        raise MemlaError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    other = []
+    for name in names:
+        if is_local_task(name):
+            load_task(name)
+        elif name.endswith((".jsonl", ".json")) or "/" in name:
+            raise DataError(f"task file {name!r} not found")
+        else:
+            other.append(name)
+    if other and engine == "memla":
+        raise MemlaError(f"the memla engine runs local tasks only; not local: {', '.join(other)} "
+                         f"(built-in: {', '.join(builtin_tasks())}; lm-eval's tasks need --engine auto or lm-eval)")
+    if (other or engine == "lm-eval") and not lm_eval_available():
+        raise MemlaError(f"task(s) {', '.join(other) or ', '.join(names)} need lm-evaluation-harness: {INSTALL_HINT}")
+
+
+def evaluate_tasks(
+    model: nn.Module,
+    tokenizer,
+    tasks: str | Sequence[str],
+    *,
+    engine: str = "auto",
+    limit: int | None = None,
+    prefix: str = "",
+    batch_size: int = 8,
+) -> dict[str, TaskResult]:
+    """Accuracy of the model as it is now on each task.
+
+    Args:
+        model: the model (edited or not; it is not changed).
+        tokenizer: its tokenizer.
+        tasks: names ("piqa-mini,nli-mini", local files, or lm-eval task names).
+        engine: "auto" (memla for local tasks, lm-eval for the rest), "memla" or "lm-eval".
+        limit: at most this many items per task.
+        prefix: text prepended to every context (memla engine only).
+        batch_size: lm-eval batch size.
+
+    Returns:
+        ``{task: TaskResult}`` in the order given.
+
+    Raises:
+        MemlaError: unknown engine, or a non-local task without lm-eval installed.
+    """
+    names = split_task_names(tasks)
+    check_tasks(names, engine=engine)
+    local = {n: load_task(n) for n in names if is_local_task(n)}
+    results: dict[str, TaskResult] = {}
+    if engine == "lm-eval" or len(local) < len(names):
+        from memla.evaluate.lmeval import run_lm_eval
+
+        hub = [n for n in names if engine == "lm-eval" or n not in local]
+        results.update(run_lm_eval(model, tokenizer, hub, local={n: local[n] for n in hub if n in local},
+                                   limit=limit, batch_size=batch_size))
+    for name in names:
+        if name not in results:
+            results[name] = evaluate_local(model, tokenizer, local[name], prefix=prefix, limit=limit)
+    return {name: results[name] for name in names}
+
+
+# --------------------------------------------------------------------------- before / after
+
+
+def compare(before: Mapping[str, TaskResult], after: Mapping[str, TaskResult]) -> list[dict[str, Any]]:
+    """Accuracy before and after editing, and the paired difference, per task (and language).
+
+    The difference's standard error is the paired one: ``sd(after_i - before_i) / sqrt(n)``
+    over the same items.
+
+    Args:
+        before: results of the unedited model.
+        after: results of the edited model (same tasks and items).
+
+    Returns:
+        Rows ``{"task", "n", "before", "before_se", "after", "after_se", "diff", "diff_se"}``
+        (fractions); multilingual tasks add one row per language (``task`` = ``"name:lang"``).
+    """
+    rows = []
+    for name, b in before.items():
+        a = after[name]
+        if a.n != b.n:
+            raise MemlaError(f"task {name}: {b.n} items before but {a.n} after editing")
+        groups = [(b.task, list(range(b.n)))]
+        groups += [(f"{b.task}:{lang}", [i for i, k in enumerate(b.langs) if k == lang]) for lang in b.by_lang()]
+        for label, idx in groups:
+            cb, ca = [b.correct[i] for i in idx], [a.correct[i] for i in idx]
+            (mb, sb), (ma, sa) = mean_se(cb), mean_se(ca)
+            md, sd = mean_se([y - x for x, y in zip(cb, ca)])
+            rows.append({"task": label, "n": len(idx), "before": mb, "before_se": sb, "after": ma, "after_se": sa,
+                         "diff": md, "diff_se": sd})
+    return rows
+
+
+def downstream_after_edits(
+    model: nn.Module,
+    tokenizer,
+    records: Sequence,
+    *,
+    method: str,
+    tasks: str | Sequence[str],
+    n_edits: int,
+    ls: str = "en",
+    config: Any = None,
+    batch_size: int = 1,
+    engine: str = "auto",
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Downstream accuracy before and after N sequential edits (paper, Section 5.5).
+
+    Args:
+        model: the model (restored bitwise on return).
+        tokenizer: its tokenizer.
+        records: records; the first ``n_edits`` with an ``ls`` edit prompt are edited in order.
+        method: editor name.
+        tasks: task names (see `memla.evaluate.downstream.evaluate_tasks`).
+        n_edits: number of edits applied one after another before measuring again.
+        ls: source language of the edits.
+        config: the method's config (dict, path or instance).
+        batch_size: requests per edit for editors with ``edit_batch``.
+        engine: "auto", "memla" or "lm-eval".
+        limit: at most this many items per task.
+        seed: edit seed.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"method", "ls", "n_edits", "applied", "skipped", "edit_s", "before": {task: TaskResult},
+        "after": {task: TaskResult}, "rows": compare(before, after)}``.
+    """
+    from memla.config import load_config
+    from memla.editors.base import EditRequest, editor_entry, pristine
+    from memla.evaluate.sequential import EditEvent, edit_sequentially
+
+    entry = editor_entry(method)
+    editor = entry.editor_cls(load_config(entry.config_cls, config))
+    chosen = [r for r in records if ls in r.edit][:n_edits]
+    size = batch_size if callable(getattr(editor, "edit_batch", None)) else 1
+    results: dict[int, dict] = {}
+    events: list[EditEvent] = []
+    with pristine(model):
+        requests = [EditRequest.from_record(r, ls) for r in chosen]
+        for step, new in edit_sequentially(model, tokenizer, editor, requests, batch_size=size, seed=seed, progress=progress):
+            events += new
+            results[step] = evaluate_tasks(model, tokenizer, tasks, engine=engine, limit=limit)
+    before, after = results[0], results[max(results)]
+    applied = sum(len(e.records) for e in events if e.status == "ok")
+    return {"method": method, "ls": ls, "n_edits": len(chosen), "applied": applied,
+            "skipped": sum(len(e.records) for e in events if e.status != "ok"),
+            "edit_s": round(sum(e.edit_s for e in events), 3), "before": before, "after": after,
+            "rows": compare(before, after)}

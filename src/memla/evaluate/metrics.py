@@ -1,0 +1,286 @@
+"""Metrics of the paper (Appendix B): token F1, per-record values, and the ls × lt summary.
+
+- **ES** / **PS**: share of edit / paraphrase prompts where the mean per-token
+  log-probability of ``target_new`` exceeds that of ``target_true``.
+- **NS** / **QS**: token F1 between the greedy prediction and the neighbourhood
+  answer / the multi-hop new answer, over bags of tokens.
+- **Transferability** (``lt = "avg"``): the mean of the cells with ``lt ≠ ls``
+  ("en-avg").
+
+Each record contributes one value per cell (the mean over its prompts); a cell is
+the mean over records.  Standard errors: closed form (``s / sqrt(n)``) for ES and
+PS, a seeded bootstrap over records for the F1 metrics.  Values are fractions in
+[0, 1]; reports print them as percentages.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METRICS: tuple[str, ...] = ("es", "ps", "ns", "qs")
+RATE_METRICS: frozenset[str] = frozenset({"es", "ps"})
+F1_UNITS: tuple[str, ...] = ("tokens", "chars", "words")
+AVG = "avg"
+
+
+# --------------------------------------------------------------------------- token F1
+
+
+def _normalize(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold().strip()
+
+
+def text_units(text: str, *, unit: str = "tokens", tokenizer=None) -> list[str]:
+    """Split a text into the units token F1 counts.
+
+    The text is NFKC-normalised, case-folded and stripped first.
+
+    Args:
+        text: a prediction or an answer.
+        unit: ``"tokens"`` (the model's tokenizer; works for zh/ja/th), ``"chars"``
+            (non-space characters) or ``"words"`` (whitespace-separated).
+        tokenizer: required for ``unit="tokens"``.
+
+    Returns:
+        The units, in order (a bag once counted).
+    """
+    norm = _normalize(text)
+    if unit == "tokens":
+        if tokenizer is None:
+            raise ValueError("token F1 over model tokens needs the tokenizer")
+        return list(tokenizer.tokenize(norm)) if norm else []
+    if unit == "chars":
+        return [c for c in norm if not c.isspace()]
+    if unit == "words":
+        return norm.split()
+    raise ValueError(f"unknown F1 unit {unit!r}; use one of {', '.join(F1_UNITS)}")
+
+
+def bag_f1(prediction: Sequence[str], answer: Sequence[str]) -> float:
+    """F1 between two bags of units (paper, Appendix B, NS/QS).
+
+    Args:
+        prediction: predicted units.
+        answer: reference units.
+
+    Returns:
+        ``2PR / (P + R)`` with P = overlap / |prediction|, R = overlap / |answer|;
+        1.0 when both are empty, 0.0 when only one is.
+    """
+    if not prediction and not answer:
+        return 1.0
+    overlap = sum((Counter(prediction) & Counter(answer)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(prediction), overlap / len(answer)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, answer: str, *, unit: str = "tokens", tokenizer=None) -> float:
+    """Token-level F1 between a greedy prediction and an answer (paper, Appendix B, NS/QS).
+
+    Args:
+        prediction: the decoded greedy continuation.
+        answer: the neighbourhood answer or ``multi_hop_new_answer``.
+        unit: ``"tokens"`` (default), ``"chars"`` or ``"words"``; see `text_units`.
+        tokenizer: the model's tokenizer (for ``unit="tokens"``).
+
+    Returns:
+        The F1 in [0, 1].
+    """
+    return bag_f1(text_units(prediction, unit=unit, tokenizer=tokenizer), text_units(answer, unit=unit, tokenizer=tokenizer))
+
+
+# --------------------------------------------------------------------------- per record
+
+
+def record_value(line: Mapping[str, Any], metric: str) -> float | None:
+    """One record's value of ``metric`` in one cell: the mean over its prompts.
+
+    Args:
+        line: a result line (``status == "ok"``) with ``es``/``ps``/``ns``/``qs`` lists.
+        metric: one of `METRICS`.
+
+    Returns:
+        The mean success rate (ES, PS) or mean F1 (NS, QS); None when the record has
+        no prompt for the metric in this language.
+    """
+    items = line.get(metric) or []
+    if not items:
+        return None
+    key = "success" if metric in RATE_METRICS else "f1"
+    return float(np.mean([float(item[key]) for item in items]))
+
+
+# --------------------------------------------------------------------------- summary
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One summary cell.
+
+    Attributes:
+        method: method name ("unedited" for the unedited model).
+        ls: source language of the edit.
+        lt: target language, or ``"avg"`` for the mean over ``lt ≠ ls``.
+        metric: "es", "ps", "ns" or "qs".
+        value: the mean, in [0, 1].
+        se: its standard error (None with fewer than two records).
+        n: number of records behind the value.
+    """
+
+    method: str
+    ls: str
+    lt: str
+    metric: str
+    value: float
+    se: float | None
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def _closed_se(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+
+
+def _group_matrix(rows: Mapping[tuple[Any, str], float], lts: Sequence[str]) -> np.ndarray:
+    records = sorted({rid for rid, _ in rows}, key=str)
+    matrix = np.full((len(records), len(lts)), np.nan)  # (R, L)
+    index = {rid: i for i, rid in enumerate(records)}
+    col = {lt: j for j, lt in enumerate(lts)}
+    for (rid, lt), v in rows.items():
+        matrix[index[rid], col[lt]] = v
+    return matrix
+
+
+def summarize_group(
+    rows: Mapping[tuple[Any, str], float],
+    *,
+    method: str,
+    ls: str,
+    metric: str,
+    lts: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[Stat]:
+    """Cells and the transferability average of one (method, ls, metric).
+
+    Args:
+        rows: ``{(record_id, lt): record value}``.
+        method, ls, metric: the group's keys.
+        lts: target languages in display order.
+        n_boot: bootstrap replicates for F1 metrics.
+        seed: bootstrap seed.
+
+    Returns:
+        One `Stat` per ``lt`` with data, then one with ``lt="avg"`` when some ``lt ≠ ls`` has data.
+    """
+    lts = [lt for lt in lts if any(k[1] == lt for k in rows)]
+    if not lts:
+        return []
+    matrix = _group_matrix(rows, lts)  # (R, L)
+    counts = (~np.isnan(matrix)).sum(0)  # (L,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(matrix, axis=0)  # (L,)
+        cross = [j for j, lt in enumerate(lts) if lt != ls]
+        if metric in RATE_METRICS:
+            ses = [_closed_se(matrix[:, j]) for j in range(len(lts))]
+            avg_se = _closed_se(np.nanmean(matrix[:, cross], axis=1)) if cross else None
+        else:
+            rng = np.random.default_rng(seed)
+            n_rec = matrix.shape[0]
+            idx = rng.integers(0, n_rec, size=(n_boot, n_rec))  # (B, R)
+            boot = np.nanmean(matrix[idx], axis=1)  # (B, L)
+            ses = [float(np.nanstd(boot[:, j], ddof=1)) if counts[j] > 1 else None for j in range(len(lts))]
+            avg_boot = np.nanmean(boot[:, cross], axis=1) if cross else None  # (B,)
+            avg_se = float(np.nanstd(avg_boot, ddof=1)) if cross and n_rec > 1 else None
+    stats = [Stat(method, ls, lt, metric, float(means[j]), ses[j], int(counts[j])) for j, lt in enumerate(lts)]
+    if cross:
+        n_avg = int((~np.isnan(matrix[:, cross])).any(axis=1).sum())
+        stats.append(Stat(method, ls, AVG, metric, float(np.mean(means[cross])), avg_se, n_avg))
+    return stats
+
+
+def summarize(
+    lines: Iterable[Mapping[str, Any]],
+    *,
+    targets: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[Stat]:
+    """The ls × lt summary of a run's result lines (paper, Appendix B; Tables 3–6).
+
+    Args:
+        lines: result lines; only ``status == "ok"`` lines count.
+        targets: target languages in display order (default: benchmark order of those present).
+        n_boot: bootstrap replicates for NS/QS standard errors.
+        seed: bootstrap seed.
+
+    Returns:
+        `Stat` rows ordered by method (first appearance), ls, metric and lt.
+    """
+    from memla.langs import order_langs
+
+    groups: dict[tuple[str, str, str], dict[tuple[Any, str], float]] = defaultdict(dict)
+    methods: list[str] = []
+    sources: list[str] = []
+    seen_lts: list[str] = []
+    for line in lines:
+        if line.get("status") != "ok":
+            continue
+        method, ls, lt = line["method"], line["ls"], line["lt"]
+        if method not in methods:
+            methods.append(method)
+        if ls not in sources:
+            sources.append(ls)
+        seen_lts.append(lt)
+        for metric in METRICS:
+            value = record_value(line, metric)
+            if value is not None:
+                groups[(method, ls, metric)][(line["record"], lt)] = value
+    lts = list(targets) if targets is not None else list(order_langs(seen_lts))
+    out: list[Stat] = []
+    for method in methods:
+        for ls in sources:
+            for metric in METRICS:
+                rows = groups.get((method, ls, metric))
+                if rows:
+                    out += summarize_group(rows, method=method, ls=ls, metric=metric, lts=lts, n_boot=n_boot, seed=seed)
+    return out
+
+
+def skipped_summary(lines: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Count the skipped and missing cells of a run, per method, with their reasons.
+
+    Args:
+        lines: result lines.
+
+    Returns:
+        ``{method: {"skipped": n, "missing": n, "reasons": {reason: n}}}`` for methods
+        with at least one such cell.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        status = line.get("status")
+        if status in ("skipped", "missing"):
+            entry = out.setdefault(line["method"], {"skipped": 0, "missing": 0, "reasons": Counter()})
+            entry[status] += 1
+            entry["reasons"][line.get("reason", "")] += 1
+    for entry in out.values():
+        entry["reasons"] = dict(entry["reasons"])
+    return out

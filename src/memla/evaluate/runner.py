@@ -1,0 +1,327 @@
+"""The benchmark runner: every method × record × source language ``ls``, evaluated in every ``lt``.
+
+For each record and source language the runner edits with each method (through
+the editor registry), evaluates the edited model in all target languages at once
+(`memla.evaluate.cells.evaluate_record`), and restores the pristine weights
+exactly (``with apply(model, result):``; checked with the model fingerprint).
+The unedited model is always measured on the same cells, as method ``"unedited"``.
+
+One JSONL line per (method, record, ls, lt) goes into ``OUT/results.jsonl``::
+
+    {"method": "memla", "record": 17, "ls": "en", "lt": "zh", "status": "ok",
+     "es": [{"prompt", "new": {"mean", "sum", "n"}, "true": {...}, "clean", "success"}],
+     "ps": [...], "ns": [{"prompt", "answer", "prediction", "f1"}], "qs": [...],
+     "edit_s": 1.9, "eval_s": 2.1, "group": 12, "edit_info": {...}}
+
+``status`` is ``"skipped"`` (with ``reason``) when the method cannot serve the
+record (it raised `memla.errors.EditError`, e.g. it needs the subject position)
+or the record has no ``ls`` edit, and ``"missing"`` when the record has no
+``lt`` edit prompt.  ``OUT/manifest.json`` holds the resolved configs, seed,
+package versions, model fingerprint, timings and command lines.  Running the same
+command again skips every finished cell; a killed run loses at most the edit in
+progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import random
+import sys
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from memla.config import config_to_dict, load_config
+from memla.editors.base import EditRequest, EditResult, apply, editor_entry
+from memla.errors import EditError, MemlaError
+from memla.evaluate.cells import evaluate_record, missing_reason
+from memla.evaluate.metrics import F1_UNITS
+from memla.evaluate.store import RESULTS, ResultStore, cell_key, jsonable, read_manifest, write_manifest
+from memla.langs import resolve_langs
+from memla.models import model_fingerprint
+
+log = logging.getLogger(__name__)
+
+UNEDITED = "unedited"
+VERSION_PACKAGES = ("memla", "torch", "transformers", "numpy", "peft", "accelerate", "tokenizers")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What `run_bench` did.
+
+    Attributes:
+        out: the run directory.
+        written: result lines written by this call.
+        reused: cells already present (skipped on resume).
+        skipped: lines written with status "skipped" or "missing".
+        wall_s: wall time of this call in seconds.
+    """
+
+    out: Path
+    written: int
+    reused: int
+    skipped: int
+    wall_s: float
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that affect results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _seed_everything(seed: int, *parts: Any) -> None:
+    """Seed torch / numpy / random from the run seed and a cell group, so reruns repeat."""
+    derived = zlib.crc32("|".join(map(str, (seed, *parts))).encode())
+    torch.manual_seed(derived)
+    np.random.seed(derived)
+    random.seed(derived)
+
+
+def _resolve_methods(methods: Sequence[str], configs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{name: (editor_cls, config)}`` for the methods; "unedited" first, always."""
+    names = [UNEDITED] + [m for m in dict.fromkeys(methods) if m != UNEDITED]
+    configs = dict(configs or {})
+    unknown = sorted(set(configs) - set(names))
+    if unknown:
+        raise MemlaError(f"configs given for method(s) not in this run: {', '.join(unknown)} (methods: {', '.join(names)})")
+    resolved: dict[str, Any] = {UNEDITED: None}
+    for name in names[1:]:
+        entry = editor_entry(name)
+        resolved[name] = (entry.editor_cls, load_config(entry.config_cls, configs.get(name)))
+    return resolved
+
+
+def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], out: Path) -> None:
+    """Refuse to mix results of a different model, seed, dataset or config into one run."""
+    problems = []
+    for key in ("model_fingerprint", "seed", "dataset", "split", "f1_unit"):
+        if key in old and old[key] != new[key]:
+            problems.append(f"{key} {old[key]!r} != {new[key]!r}")
+    for name, cfg in new["configs"].items():
+        if name in old.get("configs", {}) and old["configs"][name] != cfg:
+            problems.append(f"config of {name} differs")
+    if problems:
+        raise MemlaError(f"{out} holds a run that does not match this one ({'; '.join(problems)}); use another --out")
+
+
+def _merge(old: Sequence[str], new: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*old, *new]))
+
+
+def run_bench(
+    model: nn.Module,
+    tokenizer,
+    records: Sequence,
+    *,
+    methods: Sequence[str],
+    out: str | Path,
+    sources: str | Sequence[str] = "en",
+    targets: str | Sequence[str] = "all",
+    configs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    f1_unit: str = "tokens",
+    dataset: str | None = None,
+    split: str | None = None,
+    model_name: str | None = None,
+    command: Sequence[str] | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Run the MKEB-style benchmark (paper, Appendix B) and store raw scores per cell.
+
+    Args:
+        model: the model to edit (left unchanged on return, bitwise).
+        tokenizer: its tokenizer.
+        records: `memla.data.Record` objects.
+        methods: editor names; "unedited" is always added (first).
+        out: run directory (created; an existing run there is resumed).
+        sources: source languages ``ls`` ("en,zh", a list, or "all").
+        targets: target languages ``lt`` ("all" = the 12 benchmark languages).
+        configs: ``{method: config}`` (dict, YAML/JSON path or config instance).
+        seed: run seed; each (method, record, ls) edit is seeded from it.
+        f1_unit: NS/QS F1 unit, "tokens", "chars" or "words".
+        dataset: dataset name or path, for the manifest.
+        split: dataset split used, for the manifest.
+        model_name: model name or path, for the manifest.
+        command: the command line, for the manifest (default ``sys.argv``).
+        progress: show a progress bar with ETA.
+
+    Returns:
+        A `RunSummary`.
+
+    Raises:
+        MemlaError: unknown method or config key, or ``out`` holds a different run.
+    """
+    from tqdm.auto import tqdm
+
+    if f1_unit not in F1_UNITS:
+        raise MemlaError(f"unknown F1 unit {f1_unit!r}; use one of {', '.join(F1_UNITS)}")
+    started = time.perf_counter()
+    out = Path(out)
+    sources, targets = resolve_langs(sources), resolve_langs(targets)
+    resolved = _resolve_methods(methods, configs)
+    fingerprint = model_fingerprint(model)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    session = {"started": now, "command": list(command if command is not None else sys.argv)}
+    manifest = {
+        "memla_run": 1,
+        "dataset": dataset,
+        "split": split,
+        "n_records": len(records),
+        "model": model_name or "default",
+        "model_type": getattr(model.config, "model_type", None),
+        "model_fingerprint": fingerprint,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "seed": seed,
+        "f1_unit": f1_unit,
+        "methods": list(resolved),
+        "sources": list(sources),
+        "targets": list(targets),
+        "configs": {n: (None if v is None else {"class": type(v[1]).__name__, **config_to_dict(v[1])}) for n, v in resolved.items()},
+        "versions": package_versions(),
+        "host": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+    }
+    old = read_manifest(out)
+    if old is not None:
+        _check_resume(old, manifest, out)
+        manifest["methods"] = _merge(old.get("methods", []), manifest["methods"])
+        manifest["sources"] = _merge(old.get("sources", []), manifest["sources"])
+        manifest["targets"] = _merge(old.get("targets", []), manifest["targets"])
+        manifest["configs"] = {**old.get("configs", {}), **manifest["configs"]}
+    manifest["created"] = (old or {}).get("created", now)
+    manifest["sessions"] = [*(old or {}).get("sessions", []), session]
+    timings: dict[str, dict[str, float]] = (old or {}).get("timings", {})
+    manifest["timings"] = timings
+    manifest["status"] = "running"
+    write_manifest(out, manifest)
+
+    store = ResultStore(out / RESULTS)
+    done = {cell_key(line) for line in store.load()}
+    editors = {name: (None if v is None else v[0](v[1])) for name, v in resolved.items()}
+    groups = [(r, ls, m) for r in records for ls in sources for m in resolved]
+    key = lambda m, r, ls, lt: (m, _json_id(r.example_id), ls, lt)  # noqa: E731
+    pending = [g for g in groups if any(key(g[2], g[0], g[1], lt) not in done for lt in targets)]
+    written = skipped = 0
+    unedited_cache: dict[str, Any] = {}  # record id -> raw scores of the unedited model (same for every ls)
+    bar = tqdm(total=len(groups), initial=len(groups) - len(pending), unit="edit", disable=not progress,
+               desc="bench", dynamic_ncols=True)
+    status = "interrupted"
+    try:
+        with store.writer():
+            for record, ls, method in pending:
+                bar.set_postfix_str(f"{method} {record.example_id} {ls}", refresh=False)
+                todo = [lt for lt in targets if key(method, record, ls, lt) not in done]
+                lines = _run_group(model, tokenizer, record, ls, method, todo, targets, editors[method],
+                                   seed=seed, f1_unit=f1_unit, fingerprint=fingerprint, cache=unedited_cache)
+                for line in lines:
+                    store.append(line)
+                    done.add(cell_key(line))
+                    written += 1
+                    skipped += line["status"] != "ok"
+                first_ok = next((line for line in lines if line["status"] == "ok"), None)
+                if first_ok is not None:
+                    t = timings.setdefault(method, {"edits": 0, "edit_s": 0.0, "eval_s": 0.0})
+                    t["edits"] += 1
+                    t["edit_s"] = round(t["edit_s"] + first_ok["edit_s"], 4)
+                    t["eval_s"] = round(t["eval_s"] + first_ok["eval_s"], 4)
+                bar.update(1)
+        status = "complete"
+    finally:
+        bar.close()
+        wall = time.perf_counter() - started
+        session.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), wall_s=round(wall, 3),
+                       written=written, status=status)
+        manifest["status"] = status
+        write_manifest(out, manifest)
+    return RunSummary(out, written, len(groups) - len(pending), skipped, wall)
+
+
+def _json_id(example_id: Any) -> str:
+    import json
+
+    return json.dumps(example_id)
+
+
+def _line(method: str, record, ls: str, lt: str, status: str, **fields: Any) -> dict[str, Any]:
+    return {"method": method, "record": record.example_id, "ls": ls, "lt": lt, "status": status, **fields}
+
+
+def _run_group(
+    model: nn.Module,
+    tokenizer,
+    record,
+    ls: str,
+    method: str,
+    todo: Sequence[str],
+    targets: Sequence[str],
+    editor,
+    *,
+    seed: int,
+    f1_unit: str,
+    fingerprint: str,
+    cache: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Edit once with ``method`` in ``ls`` and return the result lines of the ``todo`` targets.
+
+    All present targets are evaluated (not just ``todo``) so that a resumed group
+    sees the same batches, and hence the same numbers, as an uninterrupted run.
+    """
+    if ls not in record.edit:
+        reason = f"record {record.example_id} has no {ls!r} edit prompt"
+        return [_line(method, record, ls, lt, "skipped", reason=reason) for lt in todo]
+    lines = [_line(method, record, ls, lt, "missing", reason=missing_reason(record, lt)) for lt in todo if missing_reason(record, lt)]
+    present = [lt for lt in targets if not missing_reason(record, lt)]
+    if not any(lt in present for lt in todo):
+        return lines
+    rid = _json_id(record.example_id)
+    edit_s = 0.0
+    if editor is None:
+        result = EditResult()
+    else:
+        _seed_everything(seed, method, rid, ls)
+        t0 = time.perf_counter()
+        try:
+            request = EditRequest.from_record(record, ls)
+            result = editor.edit(model, tokenizer, request)
+        except EditError as err:
+            log.info("%s skipped record %s (%s): %s", method, record.example_id, ls, err)
+            return lines + [_line(method, record, ls, lt, "skipped", reason=str(err)) for lt in todo if lt in present]
+        edit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if editor is None and cache.get("record") == rid:
+        raw = cache["raw"]
+    else:
+        _seed_everything(seed, "eval", method, rid, ls)
+        with apply(model, result):
+            raw = evaluate_record(model, tokenizer, record, present, prefix=result.prefix, f1_unit=f1_unit)
+        if editor is None:
+            cache.update(record=rid, raw=raw)
+    eval_s = time.perf_counter() - t0
+    if model_fingerprint(model) != fingerprint:
+        raise RuntimeError(f"method {method!r} left the model's weights changed after record {record.example_id} ({ls}); "
+                           "editors must not modify the model they are given")
+    info = jsonable(dict(result.info))
+    # the edit's info goes on one fixed line (the monolingual cell if present), also when resumed
+    info_lt = ls if ls in present else present[0]
+    for lt in (lt for lt in todo if lt in present):
+        extra = {"edit_info": info} if lt == info_lt and info else {}
+        lines.append(_line(method, record, ls, lt, "ok", **raw[lt], edit_s=round(edit_s, 4), eval_s=round(eval_s, 4),
+                           group=len(present), prefix_chars=len(result.prefix), **extra))
+    return lines

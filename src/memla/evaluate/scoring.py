@@ -1,0 +1,270 @@
+"""Batched scoring primitives: teacher-forced target log-probabilities and greedy generation.
+
+Both work on many prompts at once through `memla.evaluate.batching.prompt_passes`
+(left padding with true position ids, a shared leading prefix such as IKE's
+demonstrations computed once), so a row's numbers do not depend on what it is
+batched with (tested per architecture).  Scoring runs each distinct prompt once
+and continues from its KV cache with the (right-padded) targets, so
+``target_new`` and ``target_true`` share the prompt's compute; the LM head only
+sees the positions that predict a target token.
+
+Targets follow the join rule of DESIGN.md: the model reads
+``prefix + join(prompt, target, lang)`` and the target's tokens are the suffix
+after the tokens of ``prefix + prompt``.  When that split is not clean (a token
+spans the boundary) the target tokens are taken from ``sep + target`` encoded
+without special tokens and appended to the prompt's tokens; the score is then
+flagged ``clean=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from memla.evaluate.batching import (  # noqa: F401  (left_pad, _accepts_position_ids: used by editors)
+    MAX_BATCH_ROWS,
+    MAX_BATCH_TOKENS,
+    _accepts_position_ids,
+    forward,
+    last_column,
+    left_pad,
+    pad_id,
+    prompt_passes,
+)
+from memla.langs import join, sep
+
+log = logging.getLogger(__name__)
+
+_pad_id = pad_id  # the old private name, still imported by some editors
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A (prompt, target) pair split into token ids by the join rule.
+
+    Attributes:
+        prompt_ids: tokens of ``prefix + prompt`` (with the tokenizer's BOS, if it adds one).
+        target_ids: the target's tokens (the suffix after ``prompt_ids``).
+        clean: whether ``prompt_ids + target_ids`` is exactly how the tokenizer
+            encodes the joined text.
+    """
+
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+    clean: bool
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Teacher-forced log-probability of one target (paper, Appendix B: P(target | x)).
+
+    Attributes:
+        sum: summed log-probability of the target tokens.
+        mean: ``sum / n`` (length-normalised; the quantity ES and PS compare).
+        n: number of target tokens.
+        clean: whether the prompt/target token split was clean.
+    """
+
+    sum: float
+    mean: float
+    n: int
+    clean: bool
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """Token ids with the tokenizer's leading specials (BOS) but without trailing ones (EOS)."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    specials = set(tokenizer.all_special_ids)
+    lead = 0
+    while lead < len(ids) and ids[lead] in specials and ids[lead:lead + len(plain)] != plain:
+        lead += 1
+    if ids[lead:lead + len(plain)] == plain:
+        return ids[:lead + len(plain)]
+    return ids
+
+
+def encode_pair(tokenizer, prompt: str, target: str, lang: str, *, prefix: str = "") -> Encoded:
+    """Split ``prefix + join(prompt, target, lang)`` into prompt and target tokens.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        prompt: the prompt with the subject written in.
+        target: the answer appended by the join rule (DESIGN.md).
+        lang: language of the prompt (chooses the separator).
+        prefix: text prepended to the prompt (IKE demonstrations).
+
+    Returns:
+        The `Encoded` pair; ``target_ids`` is never empty.
+    """
+    prompt_ids = _encode(tokenizer, prefix + prompt)
+    full_ids = _encode(tokenizer, prefix + join(prompt, target, lang))
+    n = len(prompt_ids)
+    if full_ids[:n] == prompt_ids and len(full_ids) > n:
+        return Encoded(tuple(prompt_ids), tuple(full_ids[n:]), True)
+    target_ids = tokenizer(sep(lang) + target, add_special_tokens=False)["input_ids"]
+    log.debug("unclean prompt/target split for %r + %r (%s)", prompt, target, lang)
+    return Encoded(tuple(prompt_ids), tuple(target_ids), False)
+
+
+def answer_length(tokenizer, prompt: str, answer: str, lang: str, *, prefix: str = "") -> int:
+    """Number of tokens of ``answer`` after ``prompt`` by the join rule (max new tokens for NS / QS)."""
+    return len(encode_pair(tokenizer, prompt, answer, lang, prefix=prefix).target_ids)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def score_encoded(
+    model: nn.Module,
+    tokenizer,
+    pairs: Sequence[Encoded],
+    *,
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
+    max_batch_rows: int = MAX_BATCH_ROWS,
+) -> list[TargetScore]:
+    """Teacher-forced log-probabilities of already encoded pairs, batched.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer (for the padding id).
+        pairs: encoded (prompt, target) pairs.
+        max_batch_tokens: padded tokens per forward pass.
+        max_batch_rows: rows per forward pass.
+
+    Returns:
+        One `TargetScore` per pair, in input order.
+    """
+    device = next(model.parameters()).device
+    pad = pad_id(tokenizer)
+    out: list[TargetScore | None] = [None] * len(pairs)
+    # Pairs with the same prompt (target_new / target_true) share one prompt pass and its KV cache.
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for j, p in enumerate(pairs):
+        groups.setdefault(p.prompt_ids, []).append(j)
+    heads = list(groups)
+    head_rows = [1 + sum(len(pairs[j].target_ids) - 1 for j in groups[h]) for h in heads]
+    for step in prompt_passes(model, tokenizer, heads, max_tokens=max_batch_tokens, max_rows=max_batch_rows, head=head_rows):
+        first = step.logits.float()  # (B, V)
+        first = first - first.logsumexp(-1, keepdim=True)  # log P(first target token | prompt)
+        members = [(row, j) for row, b in enumerate(step.rows) for j in groups[heads[b]]]
+        lps = {j: [float(first[row, pairs[j].target_ids[0]])] for row, j in members}
+        tails = [pairs[j].target_ids[:-1] for _, j in members]  # teacher-forced inputs after the prompt
+        width = max(len(t) for t in tails)
+        if width > 0:
+            sel = torch.tensor([row for row, _ in members], device=device)  # (P,)
+            step.cache.batch_select_indices(sel)
+            # right-padded: a target token never attends to the padding after it
+            tail_ids = torch.full((len(members), width), pad, dtype=torch.long, device=device)  # (P, Tt)
+            tail_mask = torch.zeros((len(members), width), dtype=torch.long, device=device)  # (P, Tt)
+            for k, t in enumerate(tails):
+                if t:
+                    tail_ids[k, : len(t)] = torch.tensor(t, device=device)
+                    tail_mask[k, : len(t)] = 1
+            tail_pos = step.pos[sel][:, -1:] + 1 + torch.arange(width, device=device)  # (P, Tt)
+            full_mask = torch.cat([step.mask[sel], tail_mask], dim=-1)  # (P, Tp + Tt)
+            logits = forward(model, tail_ids, full_mask, tail_pos, logits_to_keep=tail_mask.bool(),
+                             cache=step.cache).logits.float()  # (N, V), row by row
+            targets = torch.tensor([tok for _, j in members for tok in pairs[j].target_ids[1:]], device=device)  # (N,)
+            lp = (logits.gather(-1, targets[:, None])[:, 0] - logits.logsumexp(-1)).tolist()  # (N,)
+            offset = 0
+            for (_, j), t in zip(members, tails):
+                lps[j] += lp[offset: offset + len(t)]
+                offset += len(t)
+        for j, values in lps.items():
+            total = float(sum(values))
+            out[j] = TargetScore(total, total / len(values), len(values), pairs[j].clean)
+    return out  # type: ignore[return-value]
+
+
+def score_targets(
+    model: nn.Module,
+    tokenizer,
+    items: Sequence[tuple[str, str, str]],
+    *,
+    prefix: str = "",
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
+    max_batch_rows: int = MAX_BATCH_ROWS,
+) -> list[TargetScore]:
+    """Log P(target | prefix + prompt) under teacher forcing for many pairs (paper, Appendix B).
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        items: ``(prompt, target, lang)`` triples; ``lang`` picks the join separator.
+        prefix: text prepended to every prompt (IKE demonstrations).
+        max_batch_tokens: padded tokens per forward pass.
+        max_batch_rows: rows per forward pass.
+
+    Returns:
+        One `TargetScore` (summed and mean per-token log-probability) per item, in order.
+    """
+    pairs = [encode_pair(tokenizer, p, t, lang, prefix=prefix) for p, t, lang in items]
+    return score_encoded(model, tokenizer, pairs, max_batch_tokens=max_batch_tokens, max_batch_rows=max_batch_rows)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: Sequence[int],
+    *,
+    prefix: str = "",
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
+    max_batch_rows: int = MAX_BATCH_ROWS,
+) -> list[list[int]]:
+    """Greedy continuations of many prompts, batched with a KV cache (paper, Appendix B: NS, QS).
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        prompts: prompts (``prefix`` is prepended to each).
+        max_new_tokens: per prompt, how many tokens to generate (the answer's token count).
+        prefix: text prepended to every prompt (IKE demonstrations).
+        max_batch_tokens: padded prompt tokens per batch.
+        max_batch_rows: rows per batch.
+
+    Returns:
+        Generated token ids per prompt, cut at the first EOS (excluded).
+    """
+    device = next(model.parameters()).device
+    seqs = [_encode(tokenizer, prefix + p) for p in prompts]
+    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos]) | {tokenizer.eos_token_id}
+    eos.discard(None)
+    out: list[list[int]] = [[] for _ in prompts]
+    todo = [i for i in range(len(prompts)) if int(max_new_tokens[i]) > 0]
+    for step in prompt_passes(model, tokenizer, [seqs[i] for i in todo], max_tokens=max_batch_tokens, max_rows=max_batch_rows):
+        rows = [todo[r] for r in step.rows]  # original index of each row still generating
+        logits, cache, mask, pos = step.logits, step.cache, step.mask, step.pos
+        while True:
+            nxt = logits.argmax(-1)  # (B,)
+            active = []
+            for row, tok in enumerate(nxt.tolist()):
+                i = rows[row]
+                if tok in eos:
+                    continue
+                out[i].append(tok)
+                if len(out[i]) < int(max_new_tokens[i]):
+                    active.append(row)
+            if not active:
+                break
+            if len(active) < len(rows):  # drop finished rows from the batch and the KV cache
+                sel = torch.tensor(active, device=device)  # (B',)
+                cache.batch_select_indices(sel)
+                nxt, mask, pos = nxt[sel], mask[sel], pos[sel]
+                rows = [rows[r] for r in active]
+            ids = nxt[:, None]  # (B', 1)
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)  # (B', T + 1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], dim=-1)  # (B', T + 1)
+            logits = forward(model, ids, mask, pos[:, -1:], logits_to_keep=last_column(ids), cache=cache).logits  # (B', V)
+    return out

@@ -1,0 +1,350 @@
+"""Sequential editing: many edits applied one after another to the same model (no restore between).
+
+`edit_sequentially` applies the edits of a list of requests in order (single edits, or
+batches through an editor's ``edit_batch`` as MEMIT / PMET offer) and pauses at
+checkpoints (before the first edit, then every ``every`` requests).  `run_sequential`
+(behind ``memla bench --sequential N``) measures at each checkpoint:
+
+- **retention**: ES and PS (paper, Appendix B) of the facts edited so far, per target language;
+- **locality**: NS over the neighbourhood prompts of all N records (a fixed set, so the
+  curve is comparable across checkpoints);
+- optionally downstream accuracy (`memla.evaluate.downstream`).
+
+At step 0 the unedited model is measured on all N facts (the reference).  The model is
+restored bitwise at the end (`memla.editors.base.pristine`), also after an error.
+Lines go to ``OUT/sequential.jsonl`` (kinds "run", "edit", "cell", "downstream", "end");
+`memla.report.curves` turns them into curves and tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from memla.editors.base import EditRequest, apply_, editor_entry, pristine
+from memla.errors import EditError, MemlaError
+from memla.evaluate.metrics import token_f1
+from memla.evaluate.scoring import answer_length, encode_pair, greedy_generate, score_encoded
+
+log = logging.getLogger(__name__)
+
+SEQUENTIAL = "sequential.jsonl"
+
+
+@dataclass(frozen=True)
+class EditEvent:
+    """One edit (or one batch of edits) of a sequence.
+
+    Attributes:
+        step: requests processed once this edit is done.
+        records: record ids of the requests in this edit.
+        status: "ok" (applied) or "skipped" (the editor refused; nothing applied).
+        reason: why it was skipped ("" when applied).
+        edit_s: seconds the editor took.
+        info: the editor's ``info``.
+    """
+
+    step: int
+    records: tuple[Any, ...]
+    status: str
+    reason: str = ""
+    edit_s: float = 0.0
+    info: Mapping[str, Any] | None = None
+
+
+def _seed(seed: int, *parts: Any) -> None:
+    derived = zlib.crc32("|".join(map(str, (seed, *parts))).encode())
+    torch.manual_seed(derived)
+    np.random.seed(derived)
+    random.seed(derived)
+
+
+def edit_sequentially(
+    model: nn.Module,
+    tokenizer,
+    editor,
+    requests: Sequence[EditRequest],
+    *,
+    every: int | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> Iterator[tuple[int, list[EditEvent]]]:
+    """Apply ``requests`` one after another to ``model``, pausing at checkpoints.
+
+    Each edit is computed on the model as the previous edits left it and applied
+    permanently (`apply_`).  The caller restores the model (``with pristine(model):``).
+
+    Args:
+        model: the model to edit (changed in place).
+        tokenizer: its tokenizer.
+        editor: an editor instance; with ``batch_size > 1`` it needs ``edit_batch``.
+        requests: the edits, in order.
+        every: checkpoint every this many requests (default: only before and after all).
+        batch_size: requests per edit (MEMIT / PMET ``edit_batch``); batches never cross a checkpoint.
+        seed: each edit is seeded from it and its record ids.
+        progress: show a progress bar.
+
+    Yields:
+        ``(step, events)`` at step 0, after every ``every`` requests and after the last one;
+        ``step`` counts processed requests, ``events`` are the edits since the last checkpoint.
+
+    Raises:
+        MemlaError: ``batch_size > 1`` for an editor without ``edit_batch``, or a prompt-prefix
+            (in-context) editor, which has no weights to accumulate.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1 or (every is not None and every < 1):
+        raise MemlaError("batch_size and every must be at least 1")
+    if batch_size > 1 and not callable(getattr(editor, "edit_batch", None)):
+        raise MemlaError(f"method {getattr(editor, 'name', editor)!r} has no batched edits (edit_batch); use batch size 1")
+    every = every or max(len(requests), 1)
+    yield 0, []
+    events: list[EditEvent] = []
+    step = 0
+    with tqdm(total=len(requests), unit="edit", desc=f"sequential {getattr(editor, 'name', '')}", disable=not progress,
+              dynamic_ncols=True) as bar:
+        while step < len(requests):
+            size = min(batch_size, every - step % every, len(requests) - step)
+            chunk = list(requests[step: step + size])
+            ids = tuple(r.record_id for r in chunk)
+            _seed(seed, getattr(editor, "name", ""), *ids)
+            t0 = time.perf_counter()
+            try:
+                result = editor.edit_batch(model, tokenizer, chunk) if size > 1 else editor.edit(model, tokenizer, chunk[0])
+            except EditError as err:
+                log.info("edit of record(s) %s skipped: %s", ids, err)
+                result, reason = None, str(err)
+            edit_s = time.perf_counter() - t0
+            step += size
+            if result is not None and result.prefix:
+                raise MemlaError(f"method {getattr(editor, 'name', editor)!r} edits with a prompt prefix; "
+                                 "sequential editing needs a weight editor")
+            if result is not None:
+                apply_(model, result)
+                events.append(EditEvent(step, ids, "ok", "", edit_s, dict(result.info)))
+            else:
+                events.append(EditEvent(step, ids, "skipped", reason, edit_s))
+            bar.update(size)
+            if step % every == 0 or step == len(requests):
+                yield step, events
+                events = []
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure_records(
+    model: nn.Module,
+    tokenizer,
+    records: Sequence,
+    lts: Sequence[str],
+    *,
+    rate_ids: set[Any],
+    f1_unit: str = "tokens",
+) -> dict[tuple[Any, str], dict[str, float | None]]:
+    """ES / PS of some records and NS of all, per (record, lt), batched across records.
+
+    Values follow `memla.evaluate.metrics.record_value`: a record's ES / PS is its share
+    of prompts where P(target_new) > P(target_true) (mean per-token log-probability), its
+    NS the mean token F1 of the greedy continuations of its neighbourhood prompts.
+
+    Args:
+        model: the model as it should be evaluated.
+        tokenizer: its tokenizer.
+        records: `memla.data.Record` objects.
+        lts: target languages (a record without ``lt`` is left out there).
+        rate_ids: ids of the records whose ES / PS to measure.
+        f1_unit: NS F1 unit ("tokens", "chars" or "words").
+
+    Returns:
+        ``{(record_id, lt): {"es": v, "ps": v, "ns": v}}`` (None where not measured / no prompt).
+    """
+    pairs, pair_slots, gen_prompts, gen_lens, gen_slots = [], [], [], [], []
+    out: dict[tuple[Any, str], dict[str, Any]] = {}
+    for record in records:
+        for lt in (lt for lt in lts if lt in record.edit):
+            key = (record.example_id, lt)
+            out[key] = {"es": [], "ps": [], "ns": []}
+            fact = record.edit[lt]
+            if record.example_id in rate_ids and fact.target_true is not None:
+                prompts = [("es", fact.filled())] + [("ps", p) for p in record.paraphrase_prompts.get(lt, ())]
+                for field, prompt in prompts:
+                    pairs += [encode_pair(tokenizer, prompt, fact.target_new, lt), encode_pair(tokenizer, prompt, fact.target_true, lt)]
+                    pair_slots.append((key, field))
+            for prompt, answer in zip(record.neighborhood_prompts.get(lt, ()), record.neighborhood_answers.get(lt, ())):
+                gen_prompts.append(prompt)
+                gen_lens.append(answer_length(tokenizer, prompt, answer, lt))
+                gen_slots.append((key, answer))
+    scores = score_encoded(model, tokenizer, pairs) if pairs else []
+    for j, (key, field) in enumerate(pair_slots):
+        out[key][field].append(float(scores[2 * j].mean > scores[2 * j + 1].mean))
+    generated = greedy_generate(model, tokenizer, gen_prompts, gen_lens) if gen_prompts else []
+    for ids, (key, answer) in zip(generated, gen_slots):
+        prediction = tokenizer.decode(ids, skip_special_tokens=True)
+        out[key]["ns"].append(token_f1(prediction, answer, unit=f1_unit, tokenizer=tokenizer))
+    return {key: {m: (float(np.mean(v)) if v else None) for m, v in vals.items()} for key, vals in out.items()}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class SequentialSummary:
+    """What `run_sequential` did.
+
+    Attributes:
+        path: the ``sequential.jsonl`` file.
+        sequences: (method, ls) pairs run.
+        edits: edits applied, over all sequences.
+        wall_s: wall time in seconds.
+    """
+
+    path: Path
+    sequences: tuple[tuple[str, str], ...]
+    edits: int
+    wall_s: float
+
+
+def _rewrite_without(path: Path, drop: set[tuple[str, str]]) -> None:
+    """Drop the lines of earlier runs of the same (method, ls) sequences."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and (json.loads(line)["method"], json.loads(line)["ls"]) not in drop]
+    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+
+def run_sequential(
+    model: nn.Module,
+    tokenizer,
+    records: Sequence,
+    *,
+    methods: Sequence[str],
+    out: str | Path,
+    n_edits: int,
+    every: int,
+    sources: Sequence[str] = ("en",),
+    targets: Sequence[str] = ("en",),
+    configs: Mapping[str, Any] | None = None,
+    batch_size: int = 1,
+    tasks: Sequence[str] | None = None,
+    engine: str = "auto",
+    seed: int = 0,
+    f1_unit: str = "tokens",
+    run_info: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> SequentialSummary:
+    """Sequential editing curves: per method and ``ls``, N edits in a row, measured every k.
+
+    Args:
+        model: the model (restored bitwise on return).
+        tokenizer: its tokenizer.
+        records: the records; the first ``n_edits`` with an ``ls`` edit prompt are edited, in order.
+        methods: editor names ("unedited" is ignored: step 0 is the unedited model).
+        out: run directory; lines go to ``out/sequential.jsonl`` (earlier lines of the same
+            method and ``ls`` are replaced).
+        n_edits: N, the number of edits per sequence.
+        every: k, measure after every k edits.
+        sources: source languages ``ls`` (one sequence each).
+        targets: target languages ``lt``.
+        configs: ``{method: config}``.
+        batch_size: requests per edit for editors with ``edit_batch`` (others edit one at a time).
+        tasks: downstream tasks measured at every checkpoint (None: none).
+        engine: downstream engine ("auto", "memla", "lm-eval").
+        seed: run seed.
+        f1_unit: NS F1 unit.
+        run_info: extra facts for the "run" line (dataset, split, model, command).
+        progress: show progress bars.
+
+    Returns:
+        A `SequentialSummary`.
+    """
+    from memla.config import config_to_dict, load_config
+    from memla.evaluate.downstream import evaluate_tasks
+    from memla.evaluate.store import jsonable
+    from memla.models import model_fingerprint
+
+    if n_edits < 1 or every < 1:
+        raise MemlaError("--sequential N and --every k must be at least 1")
+    started = time.perf_counter()
+    path = Path(out) / SEQUENTIAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = model_fingerprint(model)
+    names = [m for m in dict.fromkeys(methods) if m != "unedited"]
+    entries = {m: editor_entry(m) for m in names}
+    sequences = [(m, ls) for ls in sources for m in names]
+    _rewrite_without(path, set(sequences))
+    reference: dict[str, tuple[dict, dict]] = {}  # ls -> step-0 cells and downstream (same for every method)
+    applied = 0
+    with path.open("a", encoding="utf-8") as f:
+        def write(**line: Any) -> None:
+            f.write(json.dumps(jsonable(line), ensure_ascii=False) + "\n")
+            f.flush()
+
+        for method, ls in sequences:
+            chosen = [r for r in records if ls in r.edit][:n_edits]
+            if len(chosen) < n_edits:
+                log.warning("only %d records have a %r edit prompt; the sequence has %d edits", len(chosen), ls, len(chosen))
+            config = load_config(entries[method].config_cls, (configs or {}).get(method))
+            editor = entries[method].editor_cls(config)
+            if batch_size > 1 and not callable(getattr(editor, "edit_batch", None)):
+                log.warning("%s has no batched edits; editing one request at a time", method)
+            size = batch_size if callable(getattr(editor, "edit_batch", None)) else 1
+            write(kind="run", method=method, ls=ls, n_edits=len(chosen), every=every, batch_size=size, targets=list(targets),
+                  records=[r.example_id for r in chosen], config={"class": type(config).__name__, **config_to_dict(config)},
+                  seed=seed, f1_unit=f1_unit, model_fingerprint=fingerprint, tasks=list(tasks or ()),
+                  started=datetime.now(timezone.utc).isoformat(timespec="seconds"), **dict(run_info or {}))
+            requests = [EditRequest.from_record(r, ls) for r in chosen]
+            edited: set[Any] = set()
+            with pristine(model):
+                for step, events in edit_sequentially(model, tokenizer, editor, requests, every=every, batch_size=size,
+                                                      seed=seed, progress=progress):
+                    for ev in events:
+                        write(kind="edit", method=method, ls=ls, step=ev.step, records=list(ev.records), status=ev.status,
+                              reason=ev.reason, edit_s=round(ev.edit_s, 3), info=ev.info or {})
+                        if ev.status == "ok":
+                            edited.update(ev.records)
+                            applied += len(ev.records)
+                    t0 = time.perf_counter()
+                    if step == 0 and ls in reference:
+                        cells, downstream = reference[ls]
+                    else:
+                        rate_ids = {r.example_id for r in chosen} if step == 0 else edited
+                        cells = measure_records(model, tokenizer, chosen, targets, rate_ids=rate_ids, f1_unit=f1_unit)
+                        downstream = evaluate_tasks(model, tokenizer, tasks, engine=engine) if tasks else {}
+                        if step == 0:
+                            reference[ls] = (cells, downstream)
+                    for (rid, lt), vals in cells.items():
+                        write(kind="cell", method=method, ls=ls, step=step, record=rid, lt=lt,
+                              edited=rid in edited, **vals)
+                    for result in downstream.values():
+                        write(kind="downstream", method=method, ls=ls, step=step, **result.to_dict())
+                    log.info("%s %s: step %d measured in %.1f s", method, ls, step, time.perf_counter() - t0)
+            restored = model_fingerprint(model) == fingerprint
+            write(kind="end", method=method, ls=ls, edits=len(edited), restored=restored)
+            if not restored:
+                raise RuntimeError("the model was not restored after sequential editing")
+    return SequentialSummary(path, tuple(sequences), applied, time.perf_counter() - started)
+
+
+def load_sequential(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The lines of ``run_dir/sequential.jsonl`` (empty when there is none)."""
+    path = Path(run_dir) / SEQUENTIAL
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+

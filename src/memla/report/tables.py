@@ -1,0 +1,224 @@
+"""Paper-style tables from a run's summary, rendered as Markdown, LaTeX, CSV or HTML.
+
+- `main_tables` — Tables 3/4 of the paper: rows = method × metric (ES, PS, NS),
+  columns = ``ls-lt`` for every target plus ``ls-avg``; one table per source language.
+- `ablation_tables` — Table 5: rows = methods, columns = ``ls-ls`` and ``ls-avg`` per metric.
+- `qs_table` — Table 6: multi-hop QS, columns ``ls-ls`` and ``ls-avg`` per source language.
+- `timing_table`, `skipped_table` — wall time per method and the cells that could not be run.
+
+Values are percentages (``100 ×`` the fraction) with their standard error.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memla.evaluate.metrics import AVG, Stat
+
+Cell = Stat | str | None
+METRIC_NAMES: dict[str, str] = {"es": "ES", "ps": "PS", "ns": "NS", "qs": "QS"}
+
+
+@dataclass(frozen=True)
+class Table:
+    """A rendered-agnostic table.
+
+    Attributes:
+        key: short file-friendly name ("main_en", "ablation_zh", "qs").
+        title: caption.
+        columns: header cells.
+        rows: body rows; a cell is a `Stat` (printed as value ± se), a string, or None.
+        notes: lines printed under the table.
+    """
+
+    key: str
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class StatIndex:
+    """Look-up of `Stat` rows by (method, ls, lt, metric)."""
+
+    def __init__(self, stats: Sequence[Stat]) -> None:
+        self._by_key = {(s.method, s.ls, s.lt, s.metric): s for s in stats}
+
+    def get(self, method: str, ls: str, lt: str, metric: str) -> Stat | None:
+        """The stat of a cell, or None when the run has no data for it."""
+        return self._by_key.get((method, ls, lt, metric))
+
+    def has_metric(self, metric: str) -> bool:
+        """Whether any cell has data for ``metric``."""
+        return any(k[3] == metric for k in self._by_key)
+
+
+def main_tables(stats: Sequence[Stat], *, methods: Sequence[str], sources: Sequence[str], targets: Sequence[str]) -> list[Table]:
+    """Tables 3/4 layout, one per source language (paper, Section 5 / Appendix B).
+
+    Args:
+        stats: the run summary (`memla.evaluate.metrics.summarize`).
+        methods: row order ("unedited" first).
+        sources: source languages ``ls``.
+        targets: target languages ``lt`` in column order.
+
+    Returns:
+        One `Table` per ``ls``; rows = method × (ES, PS, NS), columns = ``ls-lt`` ..., ``ls-avg``.
+    """
+    index = StatIndex(stats)
+    tables = []
+    for ls in sources:
+        lts = [*targets, AVG] if any(lt != ls for lt in targets) else list(targets)
+        rows = [
+            (method, METRIC_NAMES[metric], *(index.get(method, ls, lt, metric) for lt in lts))
+            for method in methods
+            for metric in ("es", "ps", "ns")
+        ]
+        tables.append(Table(
+            key=f"main_{ls}",
+            title=f"Edits in {ls}: ES / PS / NS per target language (Tables 3/4 layout), % ± s.e.",
+            columns=("Method", "Metric", *(f"{ls}-{lt}" for lt in lts)),
+            rows=tuple(rows),
+        ))
+    return tables
+
+
+def ablation_tables(stats: Sequence[Stat], *, methods: Sequence[str], sources: Sequence[str]) -> list[Table]:
+    """Table 5 layout (ablations): ``ls-ls`` and ``ls-avg`` of ES, PS, NS per method.
+
+    Args:
+        stats: the run summary.
+        methods: row order.
+        sources: source languages; one table each.
+
+    Returns:
+        One `Table` per ``ls``.
+    """
+    index = StatIndex(stats)
+    tables = []
+    for ls in sources:
+        cols, rows = ["Method"], []
+        for metric in ("es", "ps", "ns"):
+            cols += [f"{METRIC_NAMES[metric]} {ls}-{ls}", f"{METRIC_NAMES[metric]} {ls}-avg"]
+        for method in methods:
+            cells: list[Cell] = [method]
+            for metric in ("es", "ps", "ns"):
+                cells += [index.get(method, ls, ls, metric), index.get(method, ls, AVG, metric)]
+            rows.append(tuple(cells))
+        tables.append(Table(key=f"ablation_{ls}", title=f"Edits in {ls}: monolingual and cross-lingual average (Table 5 layout), %",
+                            columns=tuple(cols), rows=tuple(rows)))
+    return tables
+
+
+def qs_table(stats: Sequence[Stat], *, methods: Sequence[str], sources: Sequence[str]) -> Table | None:
+    """Table 6 layout: multi-hop QS, ``ls-ls`` and ``ls-avg`` per source language.
+
+    Args:
+        stats: the run summary.
+        methods: row order.
+        sources: source languages.
+
+    Returns:
+        The table, or None when the run has no multi-hop data.
+    """
+    index = StatIndex(stats)
+    if not index.has_metric("qs"):
+        return None
+    cols = ["Method"] + [c for ls in sources for c in (f"{ls}-{ls}", f"{ls}-avg")]
+    rows = [(m, *(index.get(m, ls, lt, "qs") for ls in sources for lt in (ls, AVG))) for m in methods]
+    return Table(key="qs", title="Multi-hop questions: QS (Table 6 layout), % ± s.e.", columns=tuple(cols), rows=tuple(rows))
+
+
+def timing_table(manifest: Mapping[str, Any]) -> Table | None:
+    """Edits and mean seconds per edit / per evaluation, per method, from the manifest."""
+    timings = manifest.get("timings") or {}
+    if not timings:
+        return None
+    rows = []
+    for method, t in timings.items():
+        n = max(int(t.get("edits", 0)), 1)
+        rows.append((method, str(t.get("edits", 0)), f"{t.get('edit_s', 0.0) / n:.2f}", f"{t.get('eval_s', 0.0) / n:.2f}"))
+    wall = sum(s.get("wall_s", 0.0) for s in manifest.get("sessions", []))
+    return Table(key="timing", title="Time per edit (seconds; evaluation covers every target language)",
+                 columns=("Method", "Edits", "Edit s", "Eval s"), rows=tuple(rows), notes=(f"total wall time: {wall:.1f} s",))
+
+
+def skipped_table(skipped: Mapping[str, Mapping[str, Any]]) -> Table | None:
+    """Cells that were skipped (method could not serve the record) or missing (no such language)."""
+    rows = []
+    for method, entry in skipped.items():
+        for reason, n in entry["reasons"].items():
+            rows.append((method, str(n), reason))
+    if not rows:
+        return None
+    return Table(key="skipped", title="Skipped and missing cells", columns=("Method", "Cells", "Reason"), rows=tuple(rows))
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def fmt(cell: Cell, *, se: bool = True, latex: bool = False) -> str:
+    """Format a cell: a `Stat` as ``74.38 ± 1.20`` (percent), None as ``–``."""
+    if cell is None:
+        return "–" if not latex else "--"
+    if isinstance(cell, str):
+        return cell if not latex else _latex_escape(cell)
+    value = f"{100 * cell.value:.2f}"
+    if not se or cell.se is None:
+        return value
+    return f"{value}{{\\scriptsize$\\pm${100 * cell.se:.2f}}}" if latex else f"{value} ± {100 * cell.se:.2f}"
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub-flavoured Markdown with the title as a bold caption."""
+    align = ["---" if text else "---:" for text in _text_columns(table)]
+    lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in table.rows]
+    lines += ["", *table.notes] if table.notes else []
+    return "\n".join(lines) + "\n"
+
+
+def _text_columns(table: Table) -> list[bool]:
+    """Per column, whether it holds text (left-aligned) rather than numbers."""
+    return [all(isinstance(row[j], str) for row in table.rows) if table.rows else j == 0 for j in range(len(table.columns))]
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$"),
+                 ("±", r"$\pm$")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
+    spec = "".join("l" if text else "r" for text in _text_columns(table))
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(_latex_escape(c) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(fmt(c, latex=True) for c in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(table.title)}}}",
+              rf"\label{{tab:{table.key.replace('_', '-')}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: Table) -> str:
+    """An HTML ``<table>`` with a caption (values escaped)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in table.rows)
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in table.notes)
+    return f"<table><caption>{html.escape(table.title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+
+
+def stats_csv(stats: Sequence[Stat]) -> str:
+    """Every summary cell in long format: method, ls, lt, metric, value, se, n (fractions)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["method", "ls", "lt", "metric", "value", "se", "n"])
+    for s in stats:
+        writer.writerow([s.method, s.ls, s.lt, s.metric, f"{s.value:.6f}", "" if s.se is None else f"{s.se:.6f}", s.n])
+    return buf.getvalue()

@@ -1,0 +1,69 @@
+"""`memla bench` and `memla report` through the CLI, on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_eval_support import one_thread, small_dataset, test_editors  # noqa: F401  (fixtures)
+from tiny import tiny_model
+
+from memla.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model, tok = tiny_model("gpt2")
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_bench_then_report(tmp_path, model_dir, test_editors, capsys):
+    data = small_dataset(tmp_path)
+    out = tmp_path / "runs" / "small"
+    args = ["bench", "--dataset", str(data), "--methods", "test-shift", "--source", "en,zh", "--targets", "en,zh,ja",
+            "--limit", "2", "--model", str(model_dir), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 * 2 * 2 * 3  # methods x records x ls x lt
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"] == str(data) and manifest["n_records"] == 2
+    command = manifest["sessions"][0]["command"]
+    assert command[:4] == ["memla", "bench", "--dataset", str(data)] and "--limit" in command
+    assert "zh-avg" in capsys.readouterr().out
+
+    assert main(args) == 0  # resumed: nothing left to do
+    assert len((out / "results.jsonl").read_text(encoding="utf-8").splitlines()) == 24
+    assert "0 cells written" in capsys.readouterr().out
+
+    assert main(["report", str(out), "--format", "md,csv,json,latex,html", "--quiet"]) == 0
+    report = out / "report"
+    for name in ("tables.md", "summary.csv", "summary.json", "tables.tex", "report.html"):
+        assert (report / name).is_file(), name
+    md = (report / "tables.md").read_text(encoding="utf-8")
+    assert "| Method | Metric | en-en | en-zh | en-ja | en-avg |" in md
+    assert "| test-shift | ES |" in md and "| unedited | NS |" in md
+    assert (report / "heatmaps" / "heatmap_test-shift_es.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_bad_input_exits_2(tmp_path, model_dir, test_editors, capsys):
+    data = small_dataset(tmp_path)
+    base = ["bench", "--dataset", str(data), "--model", str(model_dir), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*base, "--methods", "test-shfit"]) == 2
+    assert "did you mean 'test-shift'" in capsys.readouterr().err
+    assert main([*base, "--methods", "test-shift", "--targets", "en,xx"]) == 2
+    assert main(["bench", "--dataset", str(tmp_path / "nope.json"), "--methods", "test-shift", "--out", str(tmp_path / "r")]) == 2
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("test-shift:\n  scael: 1.0\n")
+    assert main([*base, "--methods", "test-shift", "--config", str(cfg)]) == 2
+    assert "scael" in capsys.readouterr().err
+
+
+def test_report_bad_input_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results.jsonl" in capsys.readouterr().err
+    (tmp_path / "results.jsonl").write_text("")
+    assert main(["report", str(tmp_path), "--format", "docx"]) == 2
+    assert "docx" in capsys.readouterr().err

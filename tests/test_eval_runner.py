@@ -1,0 +1,202 @@
+"""The benchmark runner end to end on a tiny model: cells, skips, manifest, exact restore, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_eval_support import as_records, one_thread, small_records, test_editors  # noqa: F401  (fixtures)
+from tiny import tiny_model
+
+from memla.errors import EditError, MemlaError
+from memla.evaluate import load_run, run_bench, score_targets
+from memla.evaluate.store import RESULTS, ResultStore
+
+TARGETS = "en,zh,ja,th,fr"
+VOLATILE = ("edit_s", "eval_s")  # timings differ between runs
+
+
+def _stable(lines):
+    return sorted(
+        (json.dumps({k: v for k, v in line.items() if k not in VOLATILE}, sort_keys=True, ensure_ascii=False) for line in lines)
+    )
+
+
+def _run(out, model, tok, records, **kw):
+    kw.setdefault("methods", ["test-shift", "test-prefix"])
+    kw.setdefault("sources", "en,zh")
+    return run_bench(model, tok, records, out=out, targets=TARGETS, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def records():
+    return as_records(small_records())
+
+
+def test_end_to_end_cells_skips_manifest_and_restore(tmp_path, tiny_llama, records, test_editors):
+    model, tok = tiny_llama
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    summary = _run(tmp_path / "run", model, tok, records)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # restored bitwise
+
+    manifest, lines = load_run(tmp_path / "run")
+    # 3 methods (unedited first) x 3 records x 2 ls x 5 lt
+    assert len(lines) == summary.written == 90 and summary.reused == 0
+    keys = {(ln["method"], ln["record"], ln["ls"], ln["lt"]) for ln in lines}
+    assert len(keys) == 90
+    by = {(ln["method"], ln["record"], ln["ls"], ln["lt"]): ln for ln in lines}
+    # record 1 has no fr edit prompt: "missing" for every method
+    assert by[("unedited", 1, "en", "fr")]["status"] == "missing"
+    assert "no 'fr'" in by[("test-shift", 1, "zh", "fr")]["reason"]
+    # the question-form record is skipped by test-shift with its reason, evaluated for the others
+    skipped = by[("test-shift", 2, "en", "zh")]
+    assert skipped["status"] == "skipped" and "subject position" in skipped["reason"]
+    assert by[("test-prefix", 2, "en", "zh")]["status"] == "ok"
+    ok = by[("test-shift", 0, "en", "zh")]
+    assert ok["status"] == "ok" and len(ok["es"]) == 1 and len(ok["ps"]) == 1 and len(ok["ns"]) == 1
+    assert len(ok["qs"]) == 1 and ok["qs"][0]["answer"] == "罗马"
+    assert {"new", "true", "success", "clean"} <= set(ok["es"][0]) and {"mean", "sum", "n"} <= set(ok["es"][0]["new"])
+    assert by[("test-shift", 0, "en", "en")]["edit_info"]["lang"] == "en"
+    # the unedited model does not depend on ls
+    for lt in ("en", "zh", "ja", "th"):
+        a, b = dict(by[("unedited", 0, "en", lt)]), dict(by[("unedited", 0, "zh", lt)])
+        assert a["es"] == b["es"] and a["ns"] == b["ns"]
+    # a weight edit changes scores
+    assert ok["es"][0]["new"]["sum"] != by[("unedited", 0, "en", "zh")]["es"][0]["new"]["sum"]
+
+    assert manifest["methods"] == ["unedited", "test-shift", "test-prefix"]
+    assert manifest["configs"]["test-shift"] == {"class": "ShiftConfig", "scale": 0.05, "layer": 0, "sleep_s": 0.0}
+    assert manifest["status"] == "complete" and manifest["seed"] == 0 and len(manifest["model_fingerprint"]) == 16
+    assert {"python", "torch", "transformers", "memla"} <= set(manifest["versions"])
+    assert manifest["timings"]["test-shift"]["edits"] == 4  # 2 templated records x 2 ls
+    assert manifest["sessions"][0]["written"] == 90
+
+
+def test_prefix_results_are_scored_with_the_prefix(tmp_path, tiny_llama, records, test_editors):
+    model, tok = tiny_llama
+    _run(tmp_path / "run", model, tok, records[:1], methods=["test-prefix"], sources="en")
+    _, lines = load_run(tmp_path / "run")
+    line = next(ln for ln in lines if ln["method"] == "test-prefix" and ln["lt"] == "ja")
+    fact = records[0].edit["ja"]
+    prefix = "The capital of France is Rome.\n"
+    expected = score_targets(model, tok, [(fact.filled(), fact.target_new, "ja")], prefix=prefix)[0]
+    assert line["es"][0]["new"]["sum"] == pytest.approx(expected.sum, abs=1e-5)
+    assert line["prefix_chars"] == len(prefix)
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_llama, records, test_editors, monkeypatch):
+    model, tok = tiny_llama
+    _run(tmp_path / "full", model, tok, records)
+    _, full = load_run(tmp_path / "full")
+
+    real_append = ResultStore.append
+    calls = {"n": 0}
+
+    def dying_append(self, line):
+        calls["n"] += 1
+        if calls["n"] == 23:  # in the middle of an edit's group of target languages
+            self._handle.write(json.dumps(line).encode()[:40])  # a torn write, as SIGKILL would leave
+            self._handle.flush()
+            raise KeyboardInterrupt
+        real_append(self, line)
+
+    monkeypatch.setattr(ResultStore, "append", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "crash", model, tok, records)
+    monkeypatch.setattr(ResultStore, "append", real_append)
+    manifest, partial = load_run(tmp_path / "crash")
+    assert len(partial) == 22 and manifest["status"] == "interrupted"
+
+    summary = _run(tmp_path / "crash", model, tok, records)
+    assert summary.written == 90 - 22
+    _, resumed = load_run(tmp_path / "crash")
+    assert _stable(resumed) == _stable(full)
+    text = (tmp_path / "crash" / RESULTS).read_text(encoding="utf-8")
+    assert text.endswith("\n") and all(json.loads(x) for x in text.splitlines())  # the torn line is gone
+
+    again = _run(tmp_path / "crash", model, tok, records)  # the same command once more: nothing to do
+    assert again.written == 0 and again.reused == 18
+
+
+_CHILD = """
+import sys
+import torch
+torch.set_num_threads(1)
+sys.path[:0] = [{tests!r}]
+from memla.editors import base
+from test_eval_support import as_records, register_test_editors, small_records
+from tiny import tiny_model
+from memla.evaluate import run_bench
+base.registry()
+register_test_editors(base._REGISTRY)
+model, tok = tiny_model("llama")
+run_bench(model, tok, as_records(small_records()), methods=["test-shift", "test-prefix"], sources="en,zh",
+          targets={targets!r}, out={out!r}, progress=False, configs={{"test-shift": {{"sleep_s": 0.3}}}})
+"""
+
+
+@pytest.mark.slow  # a real SIGKILL needs a fresh interpreter (~10-20 s); the torn-write test above is the fast twin
+def test_sigkill_loses_at_most_the_edit_in_progress(tmp_path, tiny_llama, records, test_editors):
+    model, tok = tiny_llama
+    out = tmp_path / "killed"
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(tests=str(Path(__file__).parent), targets=TARGETS, out=str(out)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    child = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    results = out / RESULTS
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if results.is_file() and results.read_bytes().count(b"\n") >= 12:
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    _, partial = load_run(out)
+    assert 12 <= len(partial) < 90
+    configs = {"test-shift": {"sleep_s": 0.3}}
+    _run(out, model, tok, records, configs=configs)
+    _run(tmp_path / "full", model, tok, records, configs=configs)
+    assert _stable(load_run(out)[1]) == _stable(load_run(tmp_path / "full")[1])
+
+
+def test_resume_refuses_a_different_config(tmp_path, tiny_llama, records, test_editors):
+    model, tok = tiny_llama
+    _run(tmp_path / "run", model, tok, records[:1], methods=["test-shift"])
+    with pytest.raises(MemlaError, match="config of test-shift differs"):
+        _run(tmp_path / "run", model, tok, records[:1], methods=["test-shift"], configs={"test-shift": {"scale": 1.0}})
+    with pytest.raises(MemlaError, match="seed"):
+        _run(tmp_path / "run", model, tok, records[:1], methods=["test-shift"], seed=1)
+
+
+def test_unknown_method_and_config_keys(tmp_path, tiny_llama, records, test_editors):
+    model, tok = tiny_llama
+    with pytest.raises(EditError, match="test-shift"):  # the message lists the known methods
+        _run(tmp_path / "run", model, tok, records, methods=["test-shfit"])
+    with pytest.raises(MemlaError, match="unknown ShiftConfig key"):
+        _run(tmp_path / "run", model, tok, records, methods=["test-shift"], configs={"test-shift": {"sclae": 1}})
+    with pytest.raises(MemlaError, match="not in this run"):
+        _run(tmp_path / "run", model, tok, records, methods=["test-shift"], configs={"memla": {}})
+
+
+def test_an_editor_that_mutates_the_model_is_caught(tmp_path, records, test_editors):
+    model, tok = tiny_model("gpt2")
+    with pytest.raises(RuntimeError, match="test-mutate.*changed"):
+        _run(tmp_path / "run", model, tok, records[:1], methods=["test-mutate"], sources="en")
