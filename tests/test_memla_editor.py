@@ -199,3 +199,14 @@ def test_real_model_english_edit_prefers_new(default_model):
     result = get_editor("memla", {"locate_langs": ("en",)}).edit(model, tok, req)
     with apply(model, result):
         assert mean_logp(model, tok, req.text, "Rome") > mean_logp(model, tok, req.text, "Paris")
+
+
+def test_ablations_are_registered_methods():
+    expected = {"memla-wo-lsm": ("mask_lse", False), "memla-wo-lse": ("use_lse", False),
+                "memla-wo-lim": ("mask_lie", False), "memla-wo-lie": ("use_lie", False)}
+    for name, (field, value) in expected.items():
+        editor = get_editor(name)
+        assert editor.name == name
+        assert getattr(editor.config, field) is value
+        others = {"use_lse", "use_lie", "mask_lse", "mask_lie"} - {field}
+        assert all(getattr(editor.config, f) is True for f in others)

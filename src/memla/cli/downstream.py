@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "; or a JSONL file in PIQA / ANLI / XNLI format) run offline; other names are lm-evaluation-harness "
         "tasks (needs the extra: pip install 'memla[lm-eval]', and the network for their datasets).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1],
+        epilog="examples:" + __doc__.split("Examples::", 1)[1],
     )
     p.add_argument("--tasks", default=",".join(builtin_tasks()),
                    help="comma-separated task names or JSONL files (default: %(default)s)")

@@ -191,7 +191,7 @@ class MemlaEditor:
                 deltas[spec.down_weight_name(layer)] = to_param_layout(c * delta, spec.down_layout).to(weight.dtype)
                 scales[layer] = c
         info = {
-            "method": "memla",
+            "method": self.name,
             "neurons": {
                 str(layer): {"specific": len(specific.layer(layer)), "independent": len(independent.layer(layer))}
                 for layer in (specific | independent).layers
@@ -259,3 +259,27 @@ def train_lora(
             loss.backward()
             opt.step()
     return losses, probs
+
+
+# --------------------------------------------------------------------------- Table 5 ablations
+# Each ablation is its own registered method, so that one bench run can compare them
+# (`memla bench --methods memla,memla-wo-lsm,memla-wo-lse,memla-wo-lim,memla-wo-lie`).
+ABLATIONS = {
+    "memla-wo-lsm": ("mask_lse", "w/o LSM: the language-specific LoRA is not neuron-masked"),
+    "memla-wo-lse": ("use_lse", "w/o LSE: no language-specific editor"),
+    "memla-wo-lim": ("mask_lie", "w/o LIM: the language-independent LoRA is not neuron-masked"),
+    "memla-wo-lie": ("use_lie", "w/o LIE: no language-independent editor"),
+}
+
+
+def _ablation(name: str, switch: str, summary: str) -> type:
+    config_cls = dataclass(frozen=True)(type(f"MemlaConfig_{switch}_off", (MemlaConfig,), {
+        "__annotations__": {switch: bool}, switch: False,
+        "__doc__": f"`MemlaConfig` with ``{switch}=False`` (Table 5, {summary.split(':')[0]}).",
+    }))
+    editor_cls = type(f"MemlaEditor_{switch}_off", (MemlaEditor,), {"__doc__": f"MEMLA ablation, {summary}."})
+    return register_editor(name, config=config_cls, summary=f"MEMLA ablation, {summary}")(editor_cls)
+
+
+for _name, (_switch, _summary) in ABLATIONS.items():
+    _ablation(_name, _switch, _summary)

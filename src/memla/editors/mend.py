@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import weakref
 from collections.abc import Sequence
@@ -45,7 +44,7 @@ from memla.editors._train import TeacherBatch, down_name, teacher_batch
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.errors import EditError
 from memla.hooks import trace
-from memla.models import arch_spec, cache_dir, mlp_dims, model_fingerprint, num_layers
+from memla.models import arch_spec, cache_dir, model_fingerprint, num_layers
 
 log = logging.getLogger(__name__)
 
@@ -266,32 +265,8 @@ def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> tuple[int,
     return tuple(sorted({layer % n for layer in layers}))
 
 
-def save_checkpoint(directory: str | os.PathLike, net: MendNet, meta: dict[str, Any]) -> Path:
-    """Write ``mend.safetensors`` and ``mend.json`` into ``directory`` (each atomically).
-
-    Returns:
-        The directory.
-    """
-    from safetensors.torch import save_file
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    for name, write in ((WEIGHTS, lambda p: save_file(tensors, str(p))),
-                        (META, lambda p: Path(p).write_text(json.dumps({"format": FORMAT, **meta}, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}-")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, out / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return out
-
-
 def load_checkpoint(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[MendNet, dict[str, Any]]:
-    """Read a checkpoint written by `save_checkpoint`.
+    """Read a checkpoint written by `memla.editors.mend_train.save_checkpoint`.
 
     Returns:
         ``(net, meta)``; ``net`` is in eval mode.
@@ -375,21 +350,3 @@ class MendEditor:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         return EditResult(deltas=deltas, info=info)
-
-
-def checkpoint_meta(model: nn.Module, net: MendNet, config: MendConfig, **extra: Any) -> dict[str, Any]:
-    """The JSON metadata stored beside the weights: architecture, model fingerprint, training config."""
-    from memla.config import config_to_dict
-
-    d_model, d_ff = mlp_dims(model)
-    return {
-        "model_fingerprint": model_fingerprint(model),
-        "model_type": arch_spec(model).model_type,
-        "layers": list(net.layers),
-        "d_model": d_model,
-        "d_ff": d_ff,
-        "rank": config.rank,
-        "n_hidden": config.n_hidden,
-        "config": config_to_dict(config),
-        **extra,
-    }

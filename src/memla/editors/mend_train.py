@@ -18,8 +18,11 @@ The checkpoint is written every ``save_every`` steps and at the end.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,17 +34,18 @@ from torch import nn
 
 from memla.editors._train import added_outputs, down_name, teacher_batch
 from memla.editors.mend import (
+    FORMAT,
+    META,
+    WEIGHTS,
     MendConfig,
     MendNet,
-    checkpoint_meta,
     default_checkpoint_dir,
     gradient_factors,
     low_rank_term,
     resolve_layers,
-    save_checkpoint,
 )
 from memla.errors import MemlaError
-from memla.models import mlp_dims, model_fingerprint
+from memla.models import arch_spec, mlp_dims, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,49 @@ class MendTrainResult:
     steps: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def save_checkpoint(directory: str | os.PathLike, net: MendNet, meta: dict[str, Any]) -> Path:
+    """Write ``mend.safetensors`` and ``mend.json`` into ``directory`` (each atomically).
+
+    Returns:
+        The directory.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    for name, write in ((WEIGHTS, lambda p: save_file(tensors, str(p))),
+                        (META, lambda p: Path(p).write_text(json.dumps({"format": FORMAT, **meta}, indent=2)))):
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}-")
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared like the model cache
+        try:
+            write(tmp)
+            os.replace(tmp, out / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return out
+
+
+def checkpoint_meta(model: nn.Module, net: MendNet, config: MendConfig, **extra: Any) -> dict[str, Any]:
+    """The JSON metadata stored beside the weights: architecture, model fingerprint, training config."""
+    from memla.config import config_to_dict
+
+    d_model, d_ff = mlp_dims(model)
+    return {
+        "model_fingerprint": model_fingerprint(model),
+        "model_type": arch_spec(model).model_type,
+        "layers": list(net.layers),
+        "d_model": d_model,
+        "d_ff": d_ff,
+        "rank": config.rank,
+        "n_hidden": config.n_hidden,
+        "config": config_to_dict(config),
+        **extra,
+    }
 
 
 def _examples(records, langs: Sequence[str]) -> list[tuple[Any, str]]:

@@ -11,6 +11,7 @@ scores by `memla.evaluate.metrics`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,11 +30,16 @@ def missing_reason(record, lt: str) -> str | None:
     return None
 
 
+def _finite(x: float) -> float | None:
+    """The value, or None for NaN / ±inf (a broken edit must not break the JSON result file)."""
+    return x if math.isfinite(x) else None
+
+
 def _pair_item(enc_new, enc_true, s_new, s_true, prompt: str) -> dict[str, Any]:
     return {
         "prompt": prompt,
-        "new": {"mean": s_new.mean, "sum": s_new.sum, "n": s_new.n},
-        "true": {"mean": s_true.mean, "sum": s_true.sum, "n": s_true.n},
+        "new": {"mean": _finite(s_new.mean), "sum": _finite(s_new.sum), "n": s_new.n},
+        "true": {"mean": _finite(s_true.mean), "sum": _finite(s_true.sum), "n": s_true.n},
         "clean": bool(enc_new.clean and enc_true.clean),
         "success": bool(s_new.mean > s_true.mean),
     }

@@ -24,6 +24,7 @@ progress.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import random
@@ -254,8 +255,7 @@ def run_bench(
 
 
 def _json_id(example_id: Any) -> str:
-    import json
-
+    """A record id as `cell_key` spells it (``1`` and ``"1"`` stay distinct)."""
     return json.dumps(example_id)
 
 

@@ -132,7 +132,9 @@ def attribute_with(
     example = encode(tokenizer, prompt, target, lang=lang, max_len=context_length(model))
     key = None
     if fingerprint is not None:
-        key = disk.cache_key(fingerprint, prompt, target, opts.key(model, lang))
+        # the token ids make the key exact whatever the tokenizer
+        settings = {**opts.key(model, lang), "ids": list(example.ids), "n_prompt": example.n_prompt}
+        key = disk.cache_key(fingerprint, prompt, target, settings)
         hit = disk.load(key)
         if hit is not None:
             return hit
