@@ -8,6 +8,7 @@ from memla.hooks import trace
 from memla.models import arch_spec, mlp_dims
 from memla.neurons import NeuronSet, attribute
 from memla.neurons import cache as disk
+from memla.neurons._common import Head
 
 PROMPT = "The capital of France is"
 
@@ -54,6 +55,9 @@ def test_fast_matches_reference_long_prompt_chunks_and_layer_subset(tiny):
     assert len(tok(prompt).input_ids) > 16
     ref = attribute(model, tok, prompt, "Paris", steps=5, method="reference")
     assert_agree(attribute(model, tok, prompt, "Paris", steps=5, max_rows=3), ref)
+    target = "Paris. The capital of Italy"  # teacher forcing past the window: the prefix cache is cut back further
+    assert_agree(attribute(model, tok, prompt, target, steps=3),
+                 attribute(model, tok, prompt, target, steps=3, method="reference"))
     one = attribute(model, tok, prompt, "Paris", steps=5, layers=[1], max_rows=4)
     assert one.shape[0] == 1
     assert (one[0] - ref[1]).abs().max() <= 1e-4 * ref[1].abs().max()
@@ -65,6 +69,24 @@ def test_single_token_prompt_without_prefix(tiny):
     assert len(tok("The").input_ids) == 1
     assert_agree(attribute(model, tok, "The", "capital", steps=4),
                  attribute(model, tok, "The", "capital", steps=4, method="reference"))
+
+
+def test_head_blocks_match_autograd(tiny):
+    """The blocked online-softmax head gives P(target) and dP/dh as autograd does (Gemma 2: soft-capped)."""
+    model, _ = tiny
+    spec = arch_spec(model)
+    lm_head = model.get_submodule(spec.lm_head)
+    h = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    prob, grad = Head(model, block=100)(h, 321)  # 512-token vocabulary: 6 blocks
+    x = h.clone().requires_grad_(True)
+    logits = lm_head(x).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = cap * torch.tanh(logits / cap)
+    p = torch.softmax(logits, -1)[:, 321]
+    (expected,) = torch.autograd.grad(p.sum(), x)
+    torch.testing.assert_close(prob, p.detach(), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-9)
 
 
 def _prob(model, ids, target, zero_layer=None):

@@ -106,7 +106,8 @@ def test_subject_fallback_recorded_for_question_prompts():
 
 def test_locate_finds_the_subjects_last_token():
     _, tok = tiny_model("llama")
-    for text, subject in [("The capital of France is", "France"), ("法国的首都是", "法国"), ("La capitale de la France est", "France")]:
+    cases = [("The capital of France is", "France"), ("法国的首都是", "法国"), ("La capitale de la France est", "France")]
+    for text, subject in cases:
         end = text.index(subject) + len(subject)
         loc = locate(tok, text, end)
         assert not loc.fallback

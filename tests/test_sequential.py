@@ -117,9 +117,11 @@ def test_run_sequential_lines_curves_and_report_parts(add_editor, tmp_path):
     model, tok = tiny_model("gpt2")
     fp = model_fingerprint(model)
     records = as_records(small_records())
+    task = tmp_path / "mini.jsonl"
+    task.write_text('{"goal": "To dry hands", "sol1": "use a towel", "sol2": "use water", "label": 0}\n', encoding="utf-8")
     summary = run_sequential(model, tok, records, methods=["test-add"], out=tmp_path, n_edits=3, every=2,
                              sources=["en"], targets=["en", "zh"], configs={"test-add": {"step": 0.01}},
-                             tasks=["piqa-mini"], engine="memla", progress=False)
+                             tasks=[str(task)], engine="memla", progress=False)
     assert model_fingerprint(model) == fp and summary.edits == 3
     lines = load_sequential(tmp_path)
     kinds = [line["kind"] for line in lines]
@@ -130,7 +132,7 @@ def test_run_sequential_lines_curves_and_report_parts(add_editor, tmp_path):
     rated = {(c["step"], c["record"]) for c in cells if c["es"] is not None}
     assert rated == {(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)}
     assert all(c["ns"] is not None for c in cells)
-    assert {(line["step"], line["task"]) for line in lines if line["kind"] == "downstream"} == {(0, "piqa-mini"), (2, "piqa-mini"), (3, "piqa-mini")}
+    assert {(line["step"], line["task"]) for line in lines if line["kind"] == "downstream"} == {(0, "mini"), (2, "mini"), (3, "mini")}
 
     points = curve_points(lines, n_boot=50)
     assert {(p.step, p.stat.metric, p.stat.lt) for p in points} >= {(2, "es", "en"), (2, "es", "avg"), (3, "ns", "zh")}

@@ -172,7 +172,8 @@ def test_cli_stats(model_dir, corpus, capsys):
     (["--layers", "7"], "layers must be in 0..1"),
 ])
 def test_cli_stats_bad_input_exits_2(model_dir, capsys, corpus, argv, message):
-    argv = ["stats", "--model", model_dir, "--samples", "10", "--no-progress", *(["--corpus", corpus] if "--corpus" not in argv else []), *argv]
+    default = [] if "--corpus" in argv else ["--corpus", corpus]
+    argv = ["stats", "--model", model_dir, "--samples", "10", "--no-progress", *default, *argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

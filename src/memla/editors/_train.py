@@ -2,10 +2,10 @@
 
 `teacher_batch` encodes ``(prompt, target, lang)`` triples by the DESIGN.md join
 rule (`memla.evaluate.scoring.encode_pair`) into one left-padded batch with the
-evaluator's attention mask and position ids (`memla.evaluate.scoring.left_pad`),
-so training scores exactly what evaluation scores.  Only the positions that
-predict target tokens go through the LM head (``logits_to_keep``), which matters
-for 262k-vocabulary models.
+evaluator's attention mask and position ids (`memla.evaluate.batching.left_pad`),
+so training scores what evaluation scores.  Only the positions that predict
+target tokens go through the LM head (a boolean ``logits_to_keep``), which
+matters for 262k-vocabulary models.
 
 `added_outputs` adds a trainable term to named modules' outputs through
 `memla.hooks.trace`, so editors train deltas without touching a weight.

@@ -120,7 +120,7 @@ class CharTfidf:
         for g in grams:
             df[[self.vocab[key] for key in g]] += 1
         self.idf = np.log((1 + len(docs)) / (1 + df)) + 1  # (V,)
-        self.matrix = self._vectors(grams)  # (N, V)
+        self.matrix = self._vectors(grams)  # (N_docs, n_grams)
 
     def _grams(self, text: str) -> Counter:
         text = f" {' '.join(text.lower().split())} "
@@ -128,7 +128,7 @@ class CharTfidf:
         return Counter(text[i:i + n] for n in range(lo, hi + 1) for i in range(len(text) - n + 1))
 
     def _vectors(self, grams: Sequence[Counter]) -> np.ndarray:
-        out = np.zeros((len(grams), len(self.vocab)))  # (N, V)
+        out = np.zeros((len(grams), len(self.vocab)))  # (N_docs, n_grams)
         for row, g in enumerate(grams):
             for key, tf in g.items():
                 col = self.vocab.get(key)

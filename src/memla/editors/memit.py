@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from memla.editors._common import (GPTJ_D_FF, KeyValueConfig, check_layers, down_weight, group_mean,
-                                   layer_covariances, prefix_groups, scaled_layers)
+                                   layer_covariances, optimise_options, prefix_groups, scaled_layers)
 from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
 from memla.editors._targets import capture, memit_update, optimise_targets, residual_to_down, to_layout
 from memla.editors.base import EditRequest, EditResult, apply, register_editor
@@ -105,12 +105,12 @@ class MemitEditor:
         return [f"{arch_spec(model).layers}.{layer}"]
 
     def optimise(self, model: nn.Module, tokenizer, rows, sites: Sequence[str]):
-        cfg = self.config
-        return optimise_targets(model, tokenizer, rows, sites, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                kl_factor=cfg.kl_factor, clamp_norm_factor=cfg.clamp_norm_factor, stop_loss=cfg.stop_loss)
+        """δ at ``sites`` for one edit's rows (MEMIT Eq. 16)."""
+        return optimise_targets(model, tokenizer, rows, sites, **optimise_options(self.config))
 
     def residuals(self, model, tokenizer, bare, z: Tensor, last: int, layer: int, left: int, v: Tensor) -> Tensor:
-        """Down-projection target changes of ``layer`` ``(d_model, n)``: ``(z − h_L) / left`` mapped through the post-FFN norm."""
+        """Target changes of ``layer``'s down-projection output (Alg. 1): ``(z − h_L) / left``, ``(d_model, n)``,
+        mapped through the post-FFN norm where there is one."""
         site = self.target_sites(model, last)[-1]
         cur = capture(model, tokenizer, [b.prompt_ids for b in bare], [b.pos for b in bare], [site], inputs=False)[site]
         return residual_to_down(model, layer, v, (z - cur.T) / left)  # (d_model, n)
@@ -146,7 +146,8 @@ class MemitEditor:
             probs.append(found.p_new)
             if fallback:
                 fallbacks.append(n)
-                log.info("%s: subject %r not found in %r; used the last prompt token", self.method, request.subject, request.prompt)
+                log.info("%s: subject %r not found in %r; used the last prompt token",
+                         self.method, request.subject, request.prompt)
         z = torch.stack(targets, dim=1)  # (d_model, n)
         t_opt = time.perf_counter() - t0
 

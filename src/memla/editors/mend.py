@@ -221,7 +221,7 @@ def gradient_factors(model: nn.Module, batch: TeacherBatch, names: Sequence[str]
 
     Returns:
         ``([(u (N, d_ff), δ (N, d_model)) per name], loss, logits)`` with the detached
-        pre-edit logits ``(S, keep, V)``; positions where ``u`` or ``δ`` is all zero
+        pre-edit logits ``(N, V)`` (see `TeacherBatch`); positions where ``u`` or ``δ`` is all zero
         (no gradient) are dropped, as in MEND's code.
     """
 
@@ -230,7 +230,7 @@ def gradient_factors(model: nn.Module, batch: TeacherBatch, names: Sequence[str]
         return out if out.requires_grad else out.detach().requires_grad_(True)
 
     with torch.enable_grad(), trace(model, list(names), retain_input=True, edit=leaf) as tr:
-        logits = batch.logits(model)  # (S, keep, V)
+        logits = batch.logits(model)  # (N, V)
         loss = -batch.mean_logprob(logits)[list(rows)].mean()
         grads = torch.autograd.grad(loss, [tr[n].output for n in names])
     factors = []

@@ -228,7 +228,7 @@ def _step(model: nn.Module, tokenizer, net: MendNet, names: Sequence[str], recor
     transformed = net.transform(factors)
     terms = {name: low_rank_term(u_t, d_t, alpha) for name, (u_t, d_t, alpha) in zip(names, transformed)}
     with torch.enable_grad(), added_outputs(model, terms):
-        logits = batch.logits(model)  # (S, keep, V)
+        logits = batch.logits(model)  # (N, V)
     mean_lp = batch.mean_logprob(logits)  # (S,)
     l_edit = -mean_lp[:n_eq].mean()
     if loc:

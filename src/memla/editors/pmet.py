@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from memla.editors._common import optimise_options
 from memla.editors._targets import capture, down_to_residual, optimise_targets, residual_to_down
 from memla.editors.base import register_editor
 from memla.editors.memit import MemitConfig, MemitEditor
@@ -74,10 +75,9 @@ class PmetEditor(MemitEditor):
         return [spec.path(spec.attn_out, layer), spec.path(spec.mlp_down, layer)]
 
     def optimise(self, model: nn.Module, tokenizer, rows, sites: Sequence[str]):
-        cfg = self.config
-        return optimise_targets(model, tokenizer, rows, sites, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                kl_factor=cfg.kl_factor, clamp_norm_factor=cfg.clamp_norm_factor,
-                                nll_factor=cfg.nll_factor, stop_loss=cfg.stop_loss, pmet_schedule=True)
+        """Joint δ at the attention and MLP outputs (PMET Eq. 9–10) with PMET's NLL schedule."""
+        return optimise_targets(model, tokenizer, rows, sites, nll_factor=self.config.nll_factor, pmet_schedule=True,
+                                **optimise_options(self.config))
 
     def residuals(self, model, tokenizer, bare, z: Tensor, last: int, layer: int, left: int, v: Tensor) -> Tensor:
         """``(v*_L − v_L) / sqrt(left)`` at the down-projection output (PMET Eq. 14), ``(d_model, n)``."""

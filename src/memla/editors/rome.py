@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from memla.editors._common import KeyValueConfig, check_layers, down_weight, layer_covariances, scaled_layers
+from memla.editors._common import (KeyValueConfig, check_layers, down_weight, layer_covariances, optimise_options,
+                                   scaled_layers)
 from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
 from memla.editors._targets import capture, optimise_targets, rank_one_update, to_layout
 from memla.editors.base import EditRequest, EditResult, register_editor
@@ -103,10 +104,7 @@ class RomeEditor:
         rows, fallback = rewriting_rows(tokenizer, request, prefixes)
         rows += kl_rows(tokenizer, request, cfg.kl_prompts)
         t1 = time.perf_counter()
-        found = optimise_targets(
-            model, tokenizer, rows, [down], steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-            kl_factor=cfg.kl_factor, clamp_norm_factor=cfg.clamp_norm_factor, stop_loss=cfg.stop_loss,
-        )
+        found = optimise_targets(model, tokenizer, rows, [down], **optimise_options(cfg))
         t_opt = time.perf_counter() - t1
         v_star = found.init[down] + found.delta[down]  # (d_model,)
 

@@ -124,7 +124,7 @@ def _evaluate(model, tokenizer, tasks, hub, local, *, limit, batch_size) -> tupl
                 configs = local_task_configs(local[name], tmp)
                 specs += configs
                 parts[name] = [c["task"] for c in configs]
-        manager = TaskManager(include_defaults=bool(hub), verbosity="ERROR")
+        manager = TaskManager(include_defaults=bool(hub))
         try:
             task_dict = manager.load(specs)
         except (KeyError, ValueError) as err:

@@ -1,10 +1,9 @@
 """Pieces shared by the fast and the reference attribution paths.
 
 Tokenisation of ``prompt + sep + target`` into an `Example` (with the input
-checks), the IG interpolation points (Eq. 2), the clean activations and hidden
-states of a prompt, the ``sig_mean`` baselines, and the LM head's probability
-and gradient (Eq. 1), computed by hand so that only the rows that need it pay
-for the 262k-wide softmax.
+checks), option checks, the IG interpolation points (Eq. 2), the ``sig_mean``
+baselines, and the LM head's probability and gradient (Eq. 1), computed by
+hand in vocabulary blocks for the fast path.
 """
 
 from __future__ import annotations
@@ -141,32 +140,6 @@ def replace_rows(x: Tensor, rows: Tensor, *, position: int) -> Tensor:
     return torch.cat([x[:-n], new], dim=0) if n < x.shape[0] else new  # (B, T, d_ff)
 
 
-@torch.no_grad()
-def clean_pass(model: nn.Module, example: Example, layers: list[int], point: str) -> tuple[Tensor, Tensor]:
-    """One forward of the teacher-forced sequence, recording what IG needs at every target position.
-
-    Returns:
-        ``(hidden, act)``: ``hidden[i, j]`` is the hidden state entering layer
-        ``layers[i]`` at the position predicting target token ``j``, ``(L, m, d_model)``;
-        ``act[i, j]`` the activation at the attribution point there, ``(L, m, d_ff)``.
-    """
-    spec = arch_spec(model)
-    m = len(example.targets)
-    positions = [example.position(j) for j in range(m)]
-    ids = torch.tensor([example.ids[: positions[-1] + 1]], device=model.device)  # (1, T)
-    layer_names = [f"{spec.layers}.{layer}" for layer in layers]
-    point_names = [point_module(spec, point, layer) for layer in layers]
-    with trace(model, layer_names + point_names, retain_input=True, retain_output=point == "mlp_in",
-               stop=True, detach=True) as tr:
-        model(input_ids=ids, use_cache=False)
-    hidden = torch.stack([tr[n].input[0, positions] for n in layer_names])  # (L, m, d_model)
-    if point == "down_in":
-        act = torch.stack([tr[n].input[0, positions] for n in point_names])  # (L, m, d_ff)
-    else:
-        act = torch.stack([tr[n].output[0, positions] for n in point_names])  # (L, m, d_ff)
-    return hidden, act
-
-
 def replacement_token(tokenizer) -> int:
     """EOS, else PAD: the token that replaces one prompt token in a ``sig_mean`` baseline."""
     for name in ("eos_token_id", "pad_token_id"):
@@ -217,9 +190,9 @@ class Head:
     """The LM head as P(target) and dP/dh for a batch of final hidden states (Eq. 1).
 
     Built once per public call: holds the head weight and the Gemma 2 final
-    logit soft-capping, so that the forward and the backward of the 262k-wide
-    head are two plain matrix products over the rows that need them, in chunks
-    of at most ``max_rows`` rows.
+    logit soft-capping.  The forward and the backward of the 262k-wide head are
+    two matrix products per block of ``block`` vocabulary entries (memory
+    ``max_rows × block`` floats, not ``B × V``), over the rows that need them.
 
     ``dtype`` (e.g. bf16) exists for the benchmark only and is not offered by
     the public API: on the default model a bf16 head changed thresholded neuron
@@ -227,7 +200,8 @@ class Head:
     backward product in bf16: 1 of 5 prompts at 0.1 and 0.2), so fp32 stays.
     """
 
-    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None, max_rows: int = 512):
+    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None, max_rows: int = 512,
+                 block: int = 32768):
         lm_head = get_module(model, arch_spec(model).lm_head)
         self.weight = lm_head.weight.detach()  # (V, d)
         if dtype is not None and dtype != self.weight.dtype:
@@ -236,14 +210,16 @@ class Head:
         self.bias = None if getattr(lm_head, "bias", None) is None else lm_head.bias.detach().float()  # (V,)
         self.cap = getattr(model.config, "final_logit_softcapping", None)
         self.max_rows = max(1, int(max_rows))
+        self.block = max(1, int(block))
 
     def __call__(self, h: Tensor, target: int) -> tuple[Tensor, Tensor]:
         """P(target | h) and its gradient wrt ``h``.
 
         With ``z = W h`` (soft-capped for Gemma 2), ``p = softmax(z)`` and
-        ``P = p[target]``: ``dP/dh = P (W[target] - p W)``, so the backward is one
-        matrix product ``p @ W`` on the probabilities, with no extra pass over
-        the vocabulary.
+        ``P = p[target]``: ``dP/dh = P (W[target] - p W)``.  The vocabulary is
+        processed in blocks with an online softmax: each block's logits are
+        exponentiated while still in cache and multiplied back by the same
+        block of ``W``, so the full ``(B, V)`` logits never exist.
 
         Args:
             h: final hidden states after the final norm, ``(B, d)``.
@@ -260,31 +236,35 @@ class Head:
         return torch.cat(probs), torch.cat(grads).to(h.dtype)
 
     def _rows(self, h: Tensor, target: int) -> tuple[Tensor, Tensor]:
-        w = self.weight  # (V, d)
-        z = h.to(w.dtype) @ w.T  # (B, V)
-        if z.dtype != torch.float32 or self.bias is not None or self.cap:
-            z = z.float()
+        w, wb = self.weight, self.back_weight  # (V, d)
+        x = h.to(w.dtype)  # (B, d)
+        maxes, sums, accs = [], [], []
+        for start in range(0, w.shape[0], self.block):
+            stop = min(start + self.block, w.shape[0])
+            z = (x @ w[start:stop].T).float()  # (B, v)
             if self.bias is not None:
-                z += self.bias
+                z += self.bias[start:stop]
             if self.cap:
                 z.div_(self.cap).tanh_()
-                slope = 1 - z.square()  # (B, V): d(cap * tanh(u / cap)) / du
+                slope = 1 - z.square()  # (B, v): d(cap * tanh(u / cap)) / du
                 z.mul_(self.cap)
-        p = _softmax_rows(z)  # (B, V), may reuse z's storage
-        prob = p[:, target].clone()  # (B,)
+            if start <= target < stop:
+                z_t = z[:, target - start].clone()  # (B,)
+                slope_t = slope[:, target - start].clone() if self.cap else None  # (B,)
+            m = z.amax(dim=-1, keepdim=True)  # (B, 1)
+            z.sub_(m).exp_()  # unnormalised block probabilities
+            sums.append(z.sum(dim=-1))  # (B,)
+            maxes.append(m[:, 0])
+            if self.cap:
+                z.mul_(slope)
+            accs.append((z.to(wb.dtype) @ wb[start:stop]).float())  # (B, d)
+        m = torch.stack(maxes)  # (nb, B)
+        top = m.max(dim=0).values  # (B,)
+        scale = torch.exp(m - top)  # (nb, B)
+        total = (scale * torch.stack(sums)).sum(dim=0)  # (B,): the softmax normaliser / exp(top)
+        pw = (scale[:, :, None] * torch.stack(accs)).sum(dim=0) / total[:, None]  # (B, d): E_p[W] (capped: E_p[slope W])
+        prob = torch.exp(z_t - top) / total  # (B,)
+        w_t = w[target].float()[None]  # (1, d)
         if self.cap:
-            p.mul_(slope)
-            w_t = w[target].float() * slope[:, target, None]  # (B, d)
-        else:
-            w_t = w[target].float()[None]  # (1, d)
-        wb = self.back_weight
-        pw = (p.to(wb.dtype) @ wb).float()  # (B, d)
+            w_t = w_t * slope_t[:, None]  # (B, d)
         return prob, prob[:, None] * (w_t - pw)  # (B,), (B, d)
-
-
-def _softmax_rows(z: Tensor, block: int = 16) -> Tensor:
-    """Row softmax of a float32 ``(B, V)`` tensor, in blocks of rows that stay in cache."""
-    out = torch.empty_like(z)  # (B, V)
-    for start in range(0, z.shape[0], block):
-        torch.softmax(z[start : start + block], dim=-1, out=out[start : start + block])
-    return out

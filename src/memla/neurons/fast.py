@@ -30,7 +30,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from memla.hooks import trace
 from memla.models import arch_spec, get_module, num_layers
 
-from ._common import Example, Head, alphas, baseline_acts, clean_pass, point_module, replace_rows
+from ._common import Example, Head, alphas, baseline_acts, point_module, replace_rows
 
 
 def attribute_fast(
@@ -61,7 +61,8 @@ def attribute_fast(
         ``(L, d_ff)`` float32 scores, summed over target tokens, averaged over baseline paths.
     """
     stack = _Stack(model, point)
-    hidden, act = clean_pass(model, example, layers, point)  # (L, m, d), (L, m, d_ff)
+    hidden, act, full = stack.clean_pass(example, layers)  # (L, m, d), (L, m, d_ff), cache
+    end = example.position(len(example.targets) - 1) + 1  # positions in ``full``
     bases = baseline_acts(model, tokenizer, example, layers, point, baseline)  # (L, m, P, d_ff)
     n_layers, m, n_paths, d_ff = bases.shape
     alpha = alphas(steps).to(model.device)  # (steps,)
@@ -69,7 +70,7 @@ def attribute_fast(
     scores = torch.zeros(n_layers, d_ff, dtype=torch.float32)  # (L, d_ff)
     for j, target in enumerate(example.targets):
         pos = example.position(j)
-        prefix = stack.prefix(example.ids[:pos])
+        drop = end - pos  # the prefix of target token j is everything before its position
         grad_sum = torch.zeros(n_layers, n_paths, d_ff, dtype=torch.float32)  # (L, P, d_ff)
         total = n_layers * per_layer
         for start in range(0, total, max(1, max_rows)):
@@ -82,7 +83,7 @@ def attribute_fast(
                 base = bases[li, j, r // steps].double()  # (n, d_ff)
                 values = base + alpha[r % steps, None] * (act[li, j].double() - base)  # (n, d_ff)
                 entries[layers[li]] = (li, lo, values.to(act.dtype))
-            grads = stack.run(prefix, pos, {layer: (hidden[e[0], j], e[2]) for layer, e in entries.items()},
+            grads = stack.run(full, drop, pos, {layer: (hidden[e[0], j], e[2]) for layer, e in entries.items()},
                               head, target)
             for layer, (li, lo, _) in entries.items():
                 g = grads[layer].float().cpu()  # (n, d_ff)
@@ -119,20 +120,44 @@ class _Stack:
             self.rotary_per_type = "layer_type" in inspect.signature(self.rotary.forward).parameters
 
     @torch.no_grad()
-    def prefix(self, ids: tuple[int, ...]) -> DynamicCache:
-        """KV cache of the positions before the predicting one (an empty cache if there are none)."""
-        if not ids:
-            return DynamicCache(config=self.config)
-        out = self.model(input_ids=torch.tensor([ids], device=self.model.device), use_cache=True, logits_to_keep=1)
-        return out.cache
+    def clean_pass(self, example: Example, layers: list[int]) -> tuple[Tensor, Tensor, DynamicCache]:
+        """One forward of the teacher-forced sequence: what every IG row starts from.
+
+        Returns:
+            ``(hidden, act, cache)``: ``hidden[i, j]`` is the hidden state entering
+            layer ``layers[i]`` at the position predicting target token ``j``,
+            ``(L, m, d)``; ``act[i, j]`` the activation at the attribution point
+            there, ``(L, m, d_ff)``; ``cache`` the KV cache of every position of
+            the pass (sliding-window layers keep their past, so that `_fork` can
+            cut it back to any prefix).  The LM head is never run.
+        """
+        spec, m = self.spec, len(example.targets)
+        positions = [example.position(j) for j in range(m)]
+        ids = torch.tensor([example.ids[: positions[-1] + 1]], device=self.model.device)  # (1, T)
+        cache = DynamicCache(config=self.config)
+        for layer in cache.layers:
+            if hasattr(layer, "activate_past_recording"):
+                layer.activate_past_recording()
+        blocks = [f"{spec.layers}.{layer}" for layer in layers]
+        points = [point_module(spec, self.point, layer) for layer in layers]
+        names = list(dict.fromkeys([*blocks, *points, f"{spec.layers}.{self.n_layers - 1}"]))
+        with trace(self.model, names, retain_input=True, retain_output=self.point == "mlp_in", stop=True,
+                   detach=True) as tr:
+            self.model(input_ids=ids, cache=cache, use_cache=True)
+        field = "input" if self.point == "down_in" else "output"
+        hidden = torch.stack([tr[n].input[0, positions] for n in blocks])  # (L, m, d)
+        act = torch.stack([getattr(tr[n], field)[0, positions] for n in points])  # (L, m, d_ff)
+        return hidden, act, cache
 
     def run(
-        self, prefix: DynamicCache, pos: int, entries: dict[int, tuple[Tensor, Tensor]], head: Head, target: int
+        self, full: DynamicCache, drop: int, pos: int, entries: dict[int, tuple[Tensor, Tensor]], head: Head,
+        target: int,
     ) -> dict[int, Tensor]:
         """Run one chunk of IG rows and return dP(target)/dx' for each row.
 
         Args:
-            prefix: the prefix KV cache (positions ``< pos``); not modified.
+            full: the clean pass's KV cache; not modified.
+            drop: how many of its last positions to leave out (the prefix is the rest).
             pos: the predicting position.
             entries: ``{layer: (h, values)}``: the clean hidden state entering
                 ``layer`` ``(d,)`` and the scaled activations of the rows that
@@ -148,7 +173,7 @@ class _Stack:
         for i in range(first, self.n_layers):
             b += entries[i][1].shape[0] if i in entries else 0
             sizes[i] = b
-        cache = _fork(prefix, sizes)
+        cache = _fork(full, drop, sizes)
         ctx = self._context(cache, pos)
         leaves = {layer: values.detach().requires_grad_(True) for layer, (_, values) in entries.items()}
         names = {point_module(self.spec, self.point, layer): layer for layer in entries}
@@ -211,17 +236,21 @@ class _Stack:
         return out[0] if isinstance(out, tuple) else out
 
 
-def _fork(prefix: DynamicCache, sizes: dict[int, int]) -> DynamicCache:
-    """A copy of ``prefix`` whose layer ``i`` holds the prefix keys/values repeated ``sizes[i]`` times.
+def _fork(full: DynamicCache, drop: int, sizes: dict[int, int]) -> DynamicCache:
+    """A prefix of ``full`` whose layer ``i`` holds the prefix keys/values repeated ``sizes[i]`` times.
 
-    Layer objects are copied (so the sliding-window bookkeeping travels along);
-    the tensors are expanded views, never written: ``update`` concatenates.
+    Layer objects are copied (so the sliding-window bookkeeping travels along)
+    and cut back by ``drop`` positions with their own ``crop``; the tensors are
+    sliced and expanded views, never written: ``update`` concatenates.
     """
-    cache = copy.copy(prefix)
-    cache.layers = [copy.copy(layer) for layer in prefix.layers]
+    cache = copy.copy(full)
+    cache.layers = [copy.copy(layer) for layer in full.layers]
     for i, layer in enumerate(cache.layers):
+        if not layer.is_initialized:
+            continue
+        layer.crop(-drop)
         b = sizes.get(i)
-        if b and layer.is_initialized and layer.keys is not None and layer.keys.numel():
+        if b:
             layer.keys = layer.keys.expand(b, -1, -1, -1)  # (b, H_kv, T, hd)
             layer.values = layer.values.expand(b, -1, -1, -1)  # (b, H_kv, T, hd)
     return cache
