@@ -1,6 +1,6 @@
 """Speed and memory of knowledge-neuron attribution on the default model (Gemma 3 270M).
 
-One prompt, all 18 layers, steps = 20 (360 IG rows): the reference implementation
+Two prompts (6 and 11 tokens), all 18 layers, steps = 20 (360 IG rows): the reference implementation
 (per layer, full sequence, full logits) against the fast path (prefix KV cache,
 per-layer entry, batched one-token rows, hand-written LM-head gradient), and the
 fast path with a bf16 LM head, which the API does not offer because it changes
@@ -95,10 +95,30 @@ def stage_profile(model, tok, prompt: str, target: str) -> list[tuple[str, float
     return rows
 
 
+PROMPTS = (
+    ("The capital of France is", "Paris"),  # 6 tokens with BOS: short
+    ("The city that serves as the capital of France is", "Paris"),  # 11 tokens: a typical MKEB length
+)
+
+
+def bench_prompt(model, tok, prompt: str, target: str, runs: int) -> list[tuple]:
+    """Rows ``(name, median, times, cpu, peak, scores)`` for the three variants on one prompt."""
+    opts = make_options(model)
+    bf16 = Head(model, dtype=torch.bfloat16)
+    variants = [
+        ("reference (per layer, full seq, full logits)",
+         lambda: attribute(model, tok, prompt, target, method="reference")),
+        ("fast, fp32", lambda: attribute(model, tok, prompt, target)),
+        ("fast, bf16 LM head (measured only, not offered)",
+         lambda: attribute_with(model, tok, prompt, target, opts, lang=None, head=bf16, fingerprint=None)),
+    ]
+    return [(name, *measure(fn, runs)) for name, fn in variants]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--prompt", default="The capital of France is")
+    parser.add_argument("--prompt", default=None, help="benchmark this prompt only (default: two built-in prompts)")
     parser.add_argument("--target", default="Paris")
     parser.add_argument("--profile", action="store_true", help="also print the fast path's stage times")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -108,37 +128,29 @@ def main() -> None:
 
     model, tok = load_model()
     load = os.getloadavg()[0]
-    opts = make_options(model)
-    bf16 = Head(model, dtype=torch.bfloat16)
-    variants = [
-        ("reference (per layer, full seq, full logits)",
-         lambda: attribute(model, tok, args.prompt, args.target, method="reference")),
-        ("fast, fp32", lambda: attribute(model, tok, args.prompt, args.target)),
-        ("fast, bf16 LM head (measured only, not offered)",
-         lambda: attribute_with(model, tok, args.prompt, args.target, opts, lang=None, head=bf16,
-                                fingerprint=None)),
-    ]
-    results = []
-    for name, fn in variants:
-        results.append((name, *measure(fn, args.runs)))
-    ref = results[0][-1]
-    base_time = results[0][1]
-    print(f"\nneurons_speed: Gemma 3 270M, {args.prompt!r} -> {args.target!r}, 18 layers x 20 steps, "
-          f"{torch.get_num_threads()} threads, load average at start {load:.1f}")
-    header = f"| {'method':48s} | {'median s':>8s} | {'runs s':>20s} | {'CPU s':>6s} | {'speed-up':>8s} | " \
-             f"{'peak MiB':>8s} | {'max diff/max':>13s} | {'same sets':>9s} |"
+    prompts = [(args.prompt, args.target)] if args.prompt else list(PROMPTS)
+    print(f"\nneurons_speed: Gemma 3 270M, 18 layers x 20 steps (360 IG rows), {torch.get_num_threads()} threads, "
+          f"load average at start {load:.1f}")
+    header = f"| {'prompt':>6s} | {'method':48s} | {'median s':>8s} | {'runs s':>20s} | {'CPU s':>6s} | " \
+             f"{'speed-up':>8s} | {'peak MiB':>8s} | {'max diff/max':>13s} | {'same sets':>9s} |"
     print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for name, med, times, cpu, peak, scores in results:
-        diff = float((scores - ref).abs().max() / ref.abs().max())
-        same = all(NeuronSet.from_scores(scores, threshold=t) == NeuronSet.from_scores(ref, threshold=t)
-                   for t in (0.1, 0.2, 0.3))
-        runs = " ".join(f"{t:.2f}" for t in times)
-        print(f"| {name:48s} | {med:8.2f} | {runs:>20s} | {cpu:6.1f} | {base_time / med:7.1f}x | {peak:8.0f} | "
-              f"{diff:13.1e} | {'yes' if same else 'NO':>9s} |")
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
+    for prompt, target in prompts:
+        results = bench_prompt(model, tok, prompt, target, args.runs)
+        ref, base_time = results[0][-1], results[0][1]
+        n_tokens = f"{len(tok(prompt).input_ids)} tok"
+        for name, med, times, cpu, peak, scores in results:
+            diff = float((scores - ref).abs().max() / ref.abs().max())
+            same = all(NeuronSet.from_scores(scores, threshold=t) == NeuronSet.from_scores(ref, threshold=t)
+                       for t in (0.1, 0.2, 0.3))
+            runs = " ".join(f"{t:.2f}" for t in times)
+            print(f"| {n_tokens:>6s} | {name:48s} | {med:8.2f} | {runs:>20s} | {cpu:6.1f} | "
+                  f"{base_time / med:7.1f}x | {peak:8.0f} | {diff:13.1e} | {'yes' if same else 'NO':>9s} |",
+                  flush=True)
     if args.profile:
-        print("\nwhere the fast path's time goes (one run):")
-        for label, secs in stage_profile(model, tok, args.prompt, args.target):
+        prompt, target = prompts[0]
+        print(f"\nwhere the fast path's time goes ({prompt!r}, one run):")
+        for label, secs in stage_profile(model, tok, prompt, target):
             print(f"  {label:48s} {secs:6.2f} s")
 
 

@@ -160,3 +160,24 @@ def test_downstream_after_edits_real_memla_on_tiny_model(tmp_path):
     assert out["applied"] == 2 and out["skipped"] == 0
     assert [r["task"] for r in out["rows"]] == ["t"] and out["rows"][0]["n"] == 2
     assert model_fingerprint(model) == fp
+
+
+def test_cli_downstream_after_edits_saves_a_report_table(add_editor, tmp_path, capsys):
+    from test_eval_support import small_dataset
+
+    from memla.cli import main
+    from memla.report.curves import downstream_table, load_downstream
+
+    model, tok = tiny_model("gpt2")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    task = tmp_path / "mini.jsonl"
+    task.write_text('{"goal": "To dry hands", "sol1": "use a towel", "sol2": "use water", "label": 0}\n', encoding="utf-8")
+    args = ["downstream", "--tasks", str(task), "--method", "test-add", "--dataset", str(small_dataset(tmp_path)),
+            "--edits", "2", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 0
+    assert "sequential test-add edits" in " ".join(capsys.readouterr().out.split())
+    (entry,) = load_downstream(tmp_path / "run")
+    assert entry["applied"] == 2 and entry["before"]["mini"]["n"] == 1
+    table = downstream_table([entry])
+    assert table.columns == ("Task", "Method", "Edits", "n", "Before", "After", "Δ") and table.rows[0][:3] == ("mini", "test-add", "2 (en)")

@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from memla.report.curves import save_downstream
 
-        entry = {**result, "before": {k: v.to_dict() for k, v in result["before"].items()},
-                 "after": {k: v.to_dict() for k, v in result["after"].items()},
+        entry = {**result, "before": {v.task: v.to_dict() for v in result["before"].values()},
+                 "after": {v.task: v.to_dict() for v in result["after"].values()},
                  "dataset": args.dataset, "split": args.split, "model": args.model or "default", "seed": args.seed}
         console.print(f"saved to {save_downstream(args.out, entry)}")
     return 0

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from memla.editors._common import (GPTJ_D_FF, KeyValueConfig, check_layers, down_weight, group_mean,
                                    layer_covariances, optimise_options, prefix_groups, scaled_layers)
 from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
-from memla.editors._targets import capture, memit_update, optimise_targets, residual_to_down, to_layout
+from memla.editors._targets import (capture, down_to_residual, memit_update, optimise_targets, residual_to_down,
+                                    to_layout)
 from memla.editors.base import EditRequest, EditResult, apply, register_editor
 from memla.errors import EditError
 from memla.models import arch_spec, get_module, mlp_dims
@@ -101,19 +102,40 @@ class MemitEditor:
 
     # ------------------------------------------------------------------ per-method parts (PMET overrides)
     def target_sites(self, model: nn.Module, layer: int) -> list[str]:
-        """Modules whose output gets δ in the target optimisation (MEMIT: the block output)."""
-        return [f"{arch_spec(model).layers}.{layer}"]
+        """Modules whose output gets δ in the target optimisation; the last one holds the inserted target.
+
+        MEMIT: the block output (residual stream).  With a post-FFN norm: the down-projection
+        output, a value the MLP can produce (the residual-stream change an MLP can make
+        there is bounded by the norm, and Gemma's residual stream is far larger).
+        """
+        spec = arch_spec(model)
+        return [spec.path(spec.mlp_down, layer) if spec.post_ffn_norm else f"{spec.layers}.{layer}"]
+
+    def spread(self, left: int) -> float:
+        """Share of the remaining residual a layer takes (Alg. 1: ``1 / #layers left``)."""
+        return 1.0 / left
 
     def optimise(self, model: nn.Module, tokenizer, rows, sites: Sequence[str]):
         """δ at ``sites`` for one edit's rows (MEMIT Eq. 16)."""
         return optimise_targets(model, tokenizer, rows, sites, **optimise_options(self.config))
 
     def residuals(self, model, tokenizer, bare, z: Tensor, last: int, layer: int, left: int, v: Tensor) -> Tensor:
-        """Target changes of ``layer``'s down-projection output (Alg. 1): ``(z − h_L) / left``, ``(d_model, n)``,
-        mapped through the post-FFN norm where there is one."""
+        """Target changes of ``layer``'s down-projection output, ``(d_model, n)`` (Alg. 1).
+
+        ``spread(left) · (z − cur)`` with ``cur`` the current value at the target site.  A
+        target at a down-projection output of another layer (post-FFN norm) first becomes
+        its residual-stream effect ``n_L(z) − n_L(cur)`` and is then mapped through this
+        layer's norm (`residual_to_down`, identity without a norm).
+        """
+        spec = arch_spec(model)
         site = self.target_sites(model, last)[-1]
-        cur = capture(model, tokenizer, [b.prompt_ids for b in bare], [b.pos for b in bare], [site], inputs=False)[site]
-        return residual_to_down(model, layer, v, (z - cur.T) / left)  # (d_model, n)
+        cur = capture(model, tokenizer, [b.prompt_ids for b in bare], [b.pos for b in bare], [site], inputs=False)[site].T
+        scale = self.spread(left)  # residuals below are (d_model, n)
+        if site != spec.path(spec.mlp_down, last):  # a residual-stream target
+            return residual_to_down(model, layer, v, (z - cur) * scale)
+        if layer == last or spec.post_ffn_norm is None:
+            return ((z - cur) * scale).double()
+        return residual_to_down(model, layer, v, down_to_residual(model, last, cur, z) * scale)
 
     # ------------------------------------------------------------------ the batch edit
     def edit_batch(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> EditResult:

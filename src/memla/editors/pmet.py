@@ -25,10 +25,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
 from memla.editors._common import optimise_options
-from memla.editors._targets import capture, down_to_residual, optimise_targets, residual_to_down
+from memla.editors._targets import optimise_targets
 from memla.editors.base import register_editor
 from memla.editors.memit import MemitConfig, MemitEditor
 from memla.models import arch_spec
@@ -79,11 +79,6 @@ class PmetEditor(MemitEditor):
         return optimise_targets(model, tokenizer, rows, sites, nll_factor=self.config.nll_factor, pmet_schedule=True,
                                 **optimise_options(self.config))
 
-    def residuals(self, model, tokenizer, bare, z: Tensor, last: int, layer: int, left: int, v: Tensor) -> Tensor:
-        """``(v*_L − v_L) / sqrt(left)`` at the down-projection output (PMET Eq. 14), ``(d_model, n)``."""
-        site = self.target_sites(model, last)[-1]
-        cur = capture(model, tokenizer, [b.prompt_ids for b in bare], [b.pos for b in bare], [site], inputs=False)[site].T
-        scale = 1.0 / math.sqrt(left)  # (d_model, n) below
-        if layer == last or arch_spec(model).post_ffn_norm is None:
-            return ((z - cur) * scale).double()
-        return residual_to_down(model, layer, v, down_to_residual(model, last, cur, z) * scale)
+    def spread(self, left: int) -> float:
+        """PMET's square-root spreading: ``1 / sqrt(#layers left)`` (PMET Eq. 14, reference code)."""
+        return 1.0 / math.sqrt(left)

@@ -1,8 +1,10 @@
 """The fast path of integrated-gradients attribution (paper §4.1, Eq. 1–2).
 
 Only the activation at the predicting position is scaled, so everything before
-that position is the same for every IG row: the prefix runs once and its KV
-cache is reused, and each row is a one-token forward and backward.  A row that
+that position is the same for every IG row: one clean forward of the
+teacher-forced sequence records the hidden states and fills a KV cache, which
+the rows of each target token reuse cut back to that token's prefix, and each
+row is a one-token forward and backward.  A row that
 scales layer ``l`` needs nothing below ``l``: it enters the stack at layer ``l``
 with the clean hidden state there.  All (layer × path × step) rows of a chunk
 run as one batch that grows as the layers go up (rows join at their own
@@ -53,7 +55,7 @@ def attribute_fast(
         example: the tokenised prompt and target.
         layers: the layers to attribute, ascending.
         steps, baseline, point: as in `memla.neurons.attribute`.
-        head: the LM head (`Head`), possibly in bf16.
+        head: the LM head (`Head`).
         max_rows: most IG rows run as one batch (bounds the autograd graph's memory).
         progress: an optional callable, called once per chunk with its number of rows.
 
@@ -73,8 +75,8 @@ def attribute_fast(
         drop = end - pos  # the prefix of target token j is everything before its position
         grad_sum = torch.zeros(n_layers, n_paths, d_ff, dtype=torch.float32)  # (L, P, d_ff)
         total = n_layers * per_layer
-        for start in range(0, total, max(1, max_rows)):
-            stop = min(start + max(1, max_rows), total)
+        for start in range(0, total, max_rows):
+            stop = min(start + max_rows, total)
             entries = {}  # layer -> (li, first row within the layer, leaf values)
             for li in range(start // per_layer, (stop - 1) // per_layer + 1):
                 lo = max(start, li * per_layer) - li * per_layer
@@ -87,7 +89,7 @@ def attribute_fast(
                               head, target)
             for layer, (li, lo, _) in entries.items():
                 g = grads[layer].float().cpu()  # (n, d_ff)
-                paths = (torch.arange(lo, lo + g.shape[0]) // steps)  # (n,)
+                paths = torch.arange(lo, lo + g.shape[0]) // steps  # (n,)
                 grad_sum[li].index_add_(0, paths, g)
             if progress is not None:
                 progress(stop - start)
