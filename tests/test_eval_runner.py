@@ -33,7 +33,8 @@ def _stable(lines):
 def _run(out, model, tok, records, **kw):
     kw.setdefault("methods", ["test-shift", "test-prefix"])
     kw.setdefault("sources", "en,zh")
-    return run_bench(model, tok, records, out=out, targets=TARGETS, progress=False, **kw)
+    kw.setdefault("targets", TARGETS)
+    return run_bench(model, tok, records, out=out, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,8 @@ def test_prefix_results_are_scored_with_the_prefix(tmp_path, tiny_llama, records
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_llama, records, test_editors, monkeypatch):
     model, tok = tiny_llama
-    _run(tmp_path / "full", model, tok, records)
+    small = {"targets": "en,zh,fr"}  # 3 methods x 3 records x 2 ls x 3 lt = 54 cells
+    _run(tmp_path / "full", model, tok, records, **small)
     _, full = load_run(tmp_path / "full")
 
     real_append = ResultStore.append
@@ -107,7 +109,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_llama, reco
 
     def dying_append(self, line):
         calls["n"] += 1
-        if calls["n"] == 23:  # in the middle of an edit's group of target languages
+        if calls["n"] == 14:  # in the middle of an edit's group of target languages
             self._handle.write(json.dumps(line).encode()[:40])  # a torn write, as SIGKILL would leave
             self._handle.flush()
             raise KeyboardInterrupt
@@ -115,19 +117,19 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_llama, reco
 
     monkeypatch.setattr(ResultStore, "append", dying_append)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "crash", model, tok, records)
+        _run(tmp_path / "crash", model, tok, records, **small)
     monkeypatch.setattr(ResultStore, "append", real_append)
     manifest, partial = load_run(tmp_path / "crash")
-    assert len(partial) == 22 and manifest["status"] == "interrupted"
+    assert len(partial) == 13 and manifest["status"] == "interrupted"
 
-    summary = _run(tmp_path / "crash", model, tok, records)
-    assert summary.written == 90 - 22
+    summary = _run(tmp_path / "crash", model, tok, records, **small)
+    assert summary.written == 54 - 13
     _, resumed = load_run(tmp_path / "crash")
     assert _stable(resumed) == _stable(full)
     text = (tmp_path / "crash" / RESULTS).read_text(encoding="utf-8")
     assert text.endswith("\n") and all(json.loads(x) for x in text.splitlines())  # the torn line is gone
 
-    again = _run(tmp_path / "crash", model, tok, records)  # the same command once more: nothing to do
+    again = _run(tmp_path / "crash", model, tok, records, **small)  # the same command once more: nothing to do
     assert again.written == 0 and again.reused == 18
 
 

@@ -8,12 +8,17 @@
    the prefixes), residuals ``R = (z − h_L) / (#layers left)`` and
    ``ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹`` (Eq. 14) in float64, for all edits in one update.
 
-Post-FFN norm (Gemma 2/3): the block adds ``n(W k)`` to the residual stream, not
-``W k``.  The residual ``R`` is a residual-stream quantity, so it is mapped to a target
-change of the down-projection output through the norm's Jacobian at the current value
-(`memla.editors._targets.residual_to_down`); the next layer's residual, measured again
-after the update, absorbs the linearisation error, as MEMIT's own spreading does.
-Subject not found: the last prompt token (``info["subject_fallback"]``).
+Post-FFN norm (Gemma 2/3): the block adds ``n(W k)`` to the residual stream, not ``W k``,
+so an MLP can move the residual stream only by a bounded amount (Gemma 3 270M: ‖n(v)‖ ≈ 460
+against ‖h‖ ≈ 4000 at layer 5), and a residual-stream z clamped at 0.75‖h_L‖ is out of reach.
+The target is therefore defined at the **down-projection output** of layer ``L`` (before
+the norm; without a norm this is the same optimisation as MEMIT's, since δ added to the
+MLP output or to the block output changes the block output alike).  Layer ``L`` receives
+``(z − v_L) · share``; a lower layer ``l`` receives the residual-stream effect
+``(n_L(z) − n_L(v_L)) · share`` mapped to its own down-projection output through its
+norm's Jacobian (`memla.editors._targets.residual_to_down`); the residual is measured
+again after each layer's update, which absorbs the linearisation error as MEMIT's own
+spreading does.  Subject not found: the last prompt token (``info["subject_fallback"]``).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class MemitConfig(KeyValueConfig):
             that ``kᵀ(λC)⁻¹k ≈ d_ff / λ`` keeps GPT-J's value (1875 for Gemma 3 270M).
         context_lengths: MEMIT's ``[[10, 5]]``: 5 prefixes of 10 tokens (+ the bare prompt).
         steps: 25 (``v_num_grad_steps``).  lr: 0.5.  weight_decay: 0.5.  kl_factor: 0.0625.
-        clamp_norm_factor: 0.75 (MEMIT's, per ``‖h_L‖``).
+        clamp_norm_factor: 0.75 (MEMIT's, per ``‖h_L‖``; per ‖v_L‖ with a post-FFN norm).
         (the other fields: see `KeyValueConfig`; ``covariance="identity"`` uses
         ``C = (mean ‖k‖² / d_ff) · I`` from the edits' own keys, so that λ keeps its meaning.)
     """
@@ -158,6 +163,7 @@ class MemitEditor:
         prefixes = context_prefixes(model, tokenizer, cfg.context_lengths, seeds=cfg.context_seeds, seed=cfg.seed)
         groups = prefix_groups(cfg.context_lengths)
         sites = self.target_sites(model, layers[-1])
+        t_prefix = time.perf_counter() - t0
 
         targets, losses, probs, fallbacks = [], [], [], []
         for n, request in enumerate(requests):
@@ -171,7 +177,7 @@ class MemitEditor:
                 log.info("%s: subject %r not found in %r; used the last prompt token",
                          self.method, request.subject, request.prompt)
         z = torch.stack(targets, dim=1)  # (d_model, n)
-        t_opt = time.perf_counter() - t0
+        t_opt = time.perf_counter() - t0 - t_prefix
 
         t1 = time.perf_counter()
         C = layer_covariances(model, tokenizer, layers, cfg)
@@ -201,6 +207,7 @@ class MemitEditor:
             "lambda": lam,
             "covariance": cfg.covariance,
             "edits": len(requests),
+            "target_sites": sites,
             "prefixes": len(prefixes),
             "subject_fallback": bool(fallbacks),
             "subject_fallback_edits": fallbacks,
@@ -208,6 +215,7 @@ class MemitEditor:
             "p_new": probs[0] if len(requests) == 1 else probs,
             "steps": len(losses[0]) if len(requests) == 1 else [len(x) for x in losses],
             "update_norm": norms,
+            "seconds_prefixes": round(t_prefix, 3),
             "seconds_optimise": round(t_opt, 3),
             "seconds_stats": round(t_stats, 3),
             "seconds": round(time.perf_counter() - t0, 3),
