@@ -36,3 +36,19 @@ def _private_cache(request, tmp_path_factory, monkeypatch):
     """
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("MEMLA_CACHE", str(tmp_path_factory.mktemp("memla-cache")))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny models run fastest on one thread (thread start-up dominates); the real model keeps all cores."""
+    import torch
+
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="use only records of this split, e.g. test (default: all records)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records (after --split)")
     p.add_argument("--config", default=None,
-                   help="YAML/JSON file mapping method name -> its config, e.g. 'memla: {rank_fraction: 0.1}'")
+                   help="YAML/JSON file mapping method name -> its config, e.g. 'memla: {lr: 0.005}'")
     p.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
     p.add_argument("--f1-unit", default="tokens", choices=["tokens", "chars", "words"],
                    help="units of the NS/QS token F1 (default: the model's tokens)")
