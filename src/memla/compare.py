@@ -110,23 +110,3 @@ def compare(
     ]
     return effects, neigh
 
-
-def prefers_true(
-    model: nn.Module, tokenizer, records: Sequence, langs: Sequence[str]
-) -> dict[str, tuple[float, int]]:
-    """Share of records whose edit prompt the unedited model continues with target_true rather than target_new.
-
-    This is the dataset's prior (1 − the unedited model's ES): how often the model
-    "knows" the true fact better than the counterfactual, per language.
-
-    Returns:
-        ``{lang: (share, number of records)}``.
-    """
-    out = {}
-    for lang in langs:
-        facts = [r.edit[lang] for r in records if lang in r.edit and r.edit[lang].target_true]
-        items = [(f.prompt.replace("{}", f.subject), t, lang) for f in facts for t in (f.target_true, f.target_new)]
-        scores = score_targets(model, tokenizer, items)
-        wins = sum(scores[2 * i].mean > scores[2 * i + 1].mean for i in range(len(facts)))
-        out[lang] = (wins / len(facts) if facts else float("nan"), len(facts))
-    return out

@@ -4,6 +4,8 @@ Example::
 
     memla bench --dataset mkeb-mini --split test --methods memla,memit \\
         --source en,zh --targets all --out runs/mkeb-mini
+    memla bench --dataset mkeb-mini --split test --methods memla,memit --sequential 50 --every 10 \\
+        --batch-size 10 --targets en,zh --out runs/sequential      # edits accumulate (curves)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     Args:
         subparsers: the top-level sub-parser collection.
     """
+    from memla.cli._sequential import add_sequential_arguments
+
     p = subparsers.add_parser(
         "bench",
         help="benchmark editing methods: ES / PS / NS / QS for every source and target language",
@@ -45,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="units of the NS/QS token F1 (default: the model's tokens)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (resumed if it exists)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_sequential_arguments(p)
     add_model_argument(p)
     p.set_defaults(func=run)
 
@@ -64,18 +69,21 @@ def _read_configs(path: str | None) -> dict:
 
 def _command(args: argparse.Namespace) -> list[str]:
     """The canonical command line of this run (every option spelled out, defaults included)."""
+    from memla.cli._sequential import sequential_flags
+
     cmd = ["memla", "bench", "--dataset", str(args.dataset), "--methods", args.methods, "--source", args.source,
            "--targets", args.targets]
     for flag, value in (("--split", args.split), ("--limit", args.limit), ("--config", args.config)):
         if value is not None:
             cmd += [flag, str(value)]
     cmd += ["--seed", str(args.seed), "--f1-unit", args.f1_unit, "--model", args.model or "default",
-            "--dtype", args.dtype, "--out", str(args.out)]
+            "--dtype", args.dtype, *sequential_flags(args), "--out", str(args.out)]
     return cmd
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark as asked by the parsed arguments; returns the exit status."""
+    from memla.cli._sequential import check_sequential, run_sequential_bench
     from memla.data import load_dataset
     from memla.editors.base import editor_entry
     from memla.errors import MemlaError
@@ -92,10 +100,15 @@ def run(args: argparse.Namespace) -> int:
     configs = _read_configs(args.config)
     if args.limit is not None and args.limit < 1:
         raise MemlaError("--limit must be at least 1")
+    if args.sequential is not None:
+        check_sequential(args)
     records = load_dataset(args.dataset, split=args.split)
     if args.limit is not None:
         records = records[: args.limit]
     model, tokenizer = load_model_from_args(args)
+    if args.sequential is not None:
+        return run_sequential_bench(args, model, tokenizer, records, methods=methods, sources=sources, targets=targets,
+                                    configs=configs, command=_command(args))
     summary = run_bench(
         model, tokenizer, records,
         methods=methods, out=args.out, sources=sources, targets=targets, configs=configs, seed=args.seed,

@@ -76,9 +76,17 @@ def build_report(run_dir: str | Path, *, n_boot: int = 1000, seed: int = 0) -> R
     Returns:
         The `Report`.
     """
+    from memla.report.curves import has_curves, sequential_manifest, write_curves
+
     run_dir = Path(run_dir)
-    manifest, lines = load_run(run_dir)
-    if not lines:
+    curves = has_curves(run_dir)  # `memla bench --sequential` / `memla downstream --out` results
+    try:
+        manifest, lines = load_run(run_dir)
+    except MemlaError:
+        if not curves:
+            raise
+        manifest, lines = sequential_manifest(run_dir), []
+    if not lines and not curves:
         raise MemlaError(f"{run_dir}: the run has no results yet")
     present_methods = list(dict.fromkeys(line["method"] for line in lines))
     methods = [m for m in manifest.get("methods", []) if m in present_methods]
@@ -97,6 +105,8 @@ def build_report(run_dir: str | Path, *, n_boot: int = 1000, seed: int = 0) -> R
     for extra in (qs_table(stats, methods=methods, sources=sources), timing_table(manifest), skipped_table(skipped)):
         if extra is not None:
             tables.append(extra)
+    if curves:
+        tables += write_curves(run_dir, None, n_boot=n_boot)[0]
     return Report(run_dir, manifest, tuple(stats), tuple(methods), tuple(sources), tuple(targets), tuple(tables), skipped)
 
 
@@ -129,6 +139,7 @@ def write_report(
     Returns:
         ``{format: [paths written]}``.
     """
+    from memla.report.curves import write_curves
     from memla.report.html import render_html
     from memla.report.plots import write_heatmaps
 
@@ -157,10 +168,12 @@ def write_report(
     if "png" in formats or "html" in formats:
         images = write_heatmaps(report.stats, out / "heatmaps", methods=report.methods,
                                 sources=report.sources, targets=report.targets)
-        written["png"] = list(images.values())
+        figures = {p.stem: p for p in write_curves(report.run_dir, out / "curves")[1]}
+        written["png"] = list(images.values()) + list(figures.values())
     if "html" in formats:
         title = f"memla report: {report.manifest.get('dataset') or report.run_dir.name}"
-        put("html", "report.html", render_html(title=title, manifest=report.manifest, tables=report.tables, images=images))
+        put("html", "report.html", render_html(title=title, manifest=report.manifest, tables=report.tables, images=images,
+                                               figures=figures))
     return written
 
 

@@ -219,12 +219,34 @@ def save_downstream(run_dir: str | Path, entry: Mapping[str, Any]) -> Path:
     return path
 
 
-def write_curves(run_dir: str | Path, out_dir: str | Path, *, n_boot: int = 1000) -> tuple[list[Table], list[Path]]:
+def has_curves(run_dir: str | Path) -> bool:
+    """Whether the run folder holds sequential or downstream results."""
+    from memla.evaluate.sequential import SEQUENTIAL
+
+    return (Path(run_dir) / SEQUENTIAL).is_file() or (Path(run_dir) / DOWNSTREAM).is_file()
+
+
+def sequential_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """Run facts for a folder without a bench manifest, from the "run" lines of its sequential results."""
+    from memla.evaluate.sequential import load_sequential
+
+    runs = [line for line in load_sequential(run_dir) if line.get("kind") == "run"]
+    if not runs:
+        return {}
+    first = runs[0]
+    return {"dataset": first.get("dataset"), "split": first.get("split"), "n_records": first.get("n_edits"),
+            "model": first.get("model"), "model_fingerprint": first.get("model_fingerprint"), "seed": first.get("seed"),
+            "methods": list(dict.fromkeys(r["method"] for r in runs)), "sources": list(dict.fromkeys(r["ls"] for r in runs)),
+            "targets": first.get("targets", []), "status": "sequential",
+            "sessions": [{"command": r["command"]} for r in runs if r.get("command")][-1:]}
+
+
+def write_curves(run_dir: str | Path, out_dir: str | Path | None, *, n_boot: int = 1000) -> tuple[list[Table], list[Path]]:
     """Tables and PNG curves of a run's sequential and downstream results.
 
     Args:
         run_dir: the run folder (``sequential.jsonl`` and / or ``downstream.json``).
-        out_dir: folder for ``curves_<ls>.png`` (created if there is something to plot).
+        out_dir: folder for ``curves_<ls>.png`` (created if there is something to plot); None: tables only.
         n_boot: bootstrap replicates for NS.
 
     Returns:
@@ -239,8 +261,8 @@ def write_curves(run_dir: str | Path, out_dir: str | Path, *, n_boot: int = 1000
     tables += [extra] if extra is not None else []
     runs = load_downstream(run_dir)
     tables += [downstream_table(runs)] if runs else []
-    paths = []
-    for ls in dict.fromkeys(p.stat.ls for p in points):
+    paths: list[Path] = []
+    for ls in dict.fromkeys(p.stat.ls for p in points) if out_dir is not None else ():
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"curves_{ls}.png"

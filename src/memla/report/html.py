@@ -45,6 +45,7 @@ def render_html(
     manifest: Mapping[str, Any],
     tables: Sequence[Table],
     images: Mapping[tuple[str, str], Path | bytes],
+    figures: Mapping[str, Path | bytes] | None = None,
 ) -> str:
     """The complete report page.
 
@@ -53,6 +54,7 @@ def render_html(
         manifest: the run manifest (facts shown at the top).
         tables: tables in display order.
         images: ``{(method, metric): PNG path or bytes}``, inlined as base64.
+        figures: ``{name: PNG path or bytes}`` of the sequential-editing curves, inlined too.
 
     Returns:
         The HTML document (no external resources).
@@ -70,5 +72,11 @@ def render_html(
         b64 = base64.b64encode(data).decode("ascii")
         alt = html.escape(f"{method} {metric} heatmap")
         parts.append(f"<figure><img alt='{alt}' src='data:image/png;base64,{b64}'></figure>")
+    if figures:
+        parts.append("<h2>Sequential editing: metrics vs number of edits</h2>")
+    for name, img in (figures or {}).items():
+        data = img if isinstance(img, bytes) else Path(img).read_bytes()
+        b64 = base64.b64encode(data).decode("ascii")
+        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
