@@ -113,3 +113,13 @@ def test_default_model_cold_cache_prefers_paris(tmp_path, monkeypatch):
         logp = model(ids).logits[0, -1].log_softmax(-1)
     paris, london = (tok(" Paris", add_special_tokens=False).input_ids[0], tok(" London", add_special_tokens=False).input_ids[0])
     assert logp[paris] > logp[london]
+
+
+def test_fingerprint_sees_a_single_changed_weight(tiny):
+    model, _ = tiny
+    spec = arch_spec(model)
+    before = model_fingerprint(model)
+    weight = model.get_parameter(spec.down_weight_name(0))
+    with torch.no_grad():
+        weight.view(-1)[1] += 1e-3  # an element the strided sample skips
+    assert model_fingerprint(model) != before

@@ -181,3 +181,27 @@ def test_cli_downstream_after_edits_saves_a_report_table(add_editor, tmp_path, c
     assert entry["applied"] == 2 and entry["before"]["mini"]["n"] == 1
     table = downstream_table([entry])
     assert table.columns == ("Task", "Method", "Edits", "n", "Before", "After", "Δ") and table.rows[0][:3] == ("mini", "test-add", "2 (en)")
+
+
+def test_cli_bench_sequential_then_report(add_editor, tmp_path, capsys):
+    from test_eval_support import small_dataset
+
+    from memla.cli import main
+
+    model, tok = tiny_model("gpt2")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    out = tmp_path / "run"
+    args = ["bench", "--dataset", str(small_dataset(tmp_path)), "--methods", "test-add", "--targets", "en,zh,ja",
+            "--sequential", "2", "--every", "1", "--batch-size", "2", "--model", str(tmp_path / "m"), "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    assert "ES en-avg" in capsys.readouterr().out
+    (run,) = [line for line in load_sequential(out) if line["kind"] == "run"]
+    assert run["batch_size"] == 2 and run["command"][-4:-2] == ["--batch-size", "2"] and run["every"] == 1
+    assert main(["report", str(out), "--format", "md,html,png", "--quiet"]) == 0
+    md = (out / "report" / "tables.md").read_text(encoding="utf-8")
+    assert "| Method | Metric | 0 | 1 | 2 |" in md and "| test-add | NS en-avg |" in md
+    assert (out / "report" / "curves" / "curves_en.png").is_file()
+    assert "Sequential editing: metrics vs number of edits" in (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert main([*args[:-3], "--sequential", "0", "--out", str(out)]) == 2

@@ -182,10 +182,11 @@ def mlp_dims(model: nn.Module) -> tuple[int, int]:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A short hash identifying a model's config and weights, for cache keys.
+    """A short hash identifying a model's config and weights, for cache keys and restore checks.
 
-    Hashes the config and, for every parameter, its name, shape and a strided
-    sample of its values (the whole tensor would cost seconds on large models).
+    Hashes the config and, for every parameter, its name, shape, a strided sample
+    of its values and two checksums over the whole tensor (sum and sum of squares),
+    so that an edit touching only a few columns still changes the hash.
     """
     h = hashlib.sha256()
     h.update(model.config.to_json_string(use_diff=False).encode())
@@ -195,6 +196,9 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(flat[::stride].float().cpu().numpy().tobytes())
+        flat32 = flat.float()
+        sums = torch.stack([flat32.sum(), torch.dot(flat32, flat32)])
+        h.update(sums.cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

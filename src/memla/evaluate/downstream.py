@@ -17,6 +17,10 @@ Two engines:
   ``xnli_de``, ...) then works when its dataset can be downloaded.
 
 Built-in tasks (`builtin_tasks`): ``piqa-mini``, ``nli-mini``, ``xnli-mini``, written for memla.
+
+`evaluate_tasks` measures the model as it is; `downstream_after_edits` measures it before and
+after N sequential edits (behind ``memla downstream``) and `compare` gives the paired
+differences with their standard errors.
 """
 
 from __future__ import annotations
