@@ -81,13 +81,24 @@ def test_weights_outside_masks_bitwise_unchanged(tiny3):
     assert changed and changed <= set(result.deltas)
 
 
-def test_scale_constant_multiplies_delta_eq8():
+@pytest.mark.parametrize("scale", ["constant", "norm_ratio"])
+def test_final_update_is_c_times_sum_of_editors_eq8(scale):
     model, tok = tiny_model("llama")
-    half = get_editor("memla", {**FAST, "scale_constant": 0.5}).edit(model, tok, request())
-    quarter = get_editor("memla", {**FAST, "scale_constant": 0.25}).edit(model, tok, request())
-    assert half.deltas.keys() == quarter.deltas.keys()
-    for name in half.deltas:
-        torch.testing.assert_close(half.deltas[name], 2 * quarter.deltas[name], rtol=0, atol=0)
+    cfg = MemlaConfig(**FAST, scale=scale, scale_constant=0.25)
+    editor = MemlaEditor(cfg)
+    result = editor.edit(model, tok, request())
+    _, independent, specific = editor.locate(model, tok, request())
+    editors = editor.build_editors(model, independent, specific)  # same seed: the same initial factors
+    spec = arch_spec(model)
+    train_lora(model, tok, request(), {spec.path(spec.mlp_down, l): list(e.values()) for l, e in editors.items()}, cfg)
+    assert set(result.deltas) == {spec.down_weight_name(l) for l in editors}
+    for layer, eds in editors.items():
+        with torch.no_grad():
+            delta = sum(e.delta() for e in eds.values())
+            weight = model.get_parameter(spec.down_weight_name(layer))
+            c = 0.25 if scale == "constant" else norm_ratio_scale(delta, weight)
+            assert result.info["scale"][str(layer)] == pytest.approx(c)
+            torch.testing.assert_close(result.deltas[spec.down_weight_name(layer)], c * delta, rtol=0, atol=0)
 
 
 def test_norm_ratio_scale_values():

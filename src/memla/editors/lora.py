@@ -67,12 +67,15 @@ class MaskedLoRA(nn.Module):
 
 
 @contextmanager
-def lora_hooks(model: nn.Module, loras: Mapping[str, Sequence[MaskedLoRA]]) -> Iterator[None]:
-    """Add ``Σ_lora lora(x)`` to each named down-projection's output during forward passes.
+def lora_hooks(
+    model: nn.Module, loras: Mapping[str, Sequence[MaskedLoRA]], *, scales: Mapping[str, float] | None = None
+) -> Iterator[None]:
+    """Add ``c · Σ_lora lora(x)`` to each named down-projection's output during forward passes.
 
     Args:
         model: the model (its weights are not touched).
         loras: down-projection module name -> the LoRA editors on it (e.g. LSE and LIE).
+        scales: module name -> ``c`` (read at every forward, so the caller may update it); default 1.
     """
     inputs: dict[str, Tensor] = {}
 
@@ -82,7 +85,8 @@ def lora_hooks(model: nn.Module, loras: Mapping[str, Sequence[MaskedLoRA]]) -> I
 
     def add_delta(out: Tensor, name: str) -> Tensor:
         x = inputs.pop(name)
-        return out + sum(lora(x.to(lora.A.dtype)).to(out.dtype) for lora in loras[name])  # (B, T, d_model)
+        c = 1.0 if scales is None else scales[name]
+        return out + c * sum(lora(x.to(lora.A.dtype)).to(out.dtype) for lora in loras[name])  # (B, T, d_model)
 
     with trace(model, list(loras), edit_input=keep_input, edit=add_delta, retain_output=False):
         yield

@@ -109,6 +109,17 @@ class MemlaConfig:
         object.__setattr__(self, "thresholds", dict(self.thresholds))
 
 
+def edit_scale(cfg: MemlaConfig, delta: Tensor, weight: Tensor) -> float:
+    """``c(Δ, W)`` of Eq. 8 for one layer (``weight`` in the ``[d_model, d_ff]`` orientation)."""
+    return cfg.scale_constant if cfg.scale == "constant" else norm_ratio_scale(delta, weight)
+
+
+def linear_weight(model: nn.Module, name: str) -> Tensor:
+    """A down-projection's weight in the ``nn.Linear`` orientation ``[d_model, d_ff]``."""
+    weight = get_module(model, name).weight
+    return weight.T if arch_spec(model).down_layout == "conv1d" else weight
+
+
 def norm_ratio_scale(delta: Tensor, weight: Tensor) -> float:
     """``c(Δ, W) = 0.65·exp(−x²/2) + 0.4·sigmoid(2x)`` with ``x = ‖Δ‖_F / ‖W‖_F`` (Eq. 8)."""
     x = float(delta.norm() / weight.float().norm())
@@ -186,8 +197,7 @@ class MemlaEditor:
             with torch.no_grad():
                 delta = sum(e.delta() for e in eds.values())  # (d_model, d_ff)
                 weight = get_module(model, names[layer]).weight
-                linear_w = weight.T if spec.down_layout == "conv1d" else weight
-                c = cfg.scale_constant if cfg.scale == "constant" else norm_ratio_scale(delta, linear_w)
+                c = edit_scale(cfg, delta, linear_weight(model, names[layer]))
                 deltas[spec.down_weight_name(layer)] = to_param_layout(c * delta, spec.down_layout).to(weight.dtype)
                 scales[layer] = c
         info = {
@@ -214,7 +224,11 @@ def train_lora(
     """Optimise the LoRA factors on the source-language edit prompt (§4.2, training objective).
 
     ``loss = w_new · NLL(target_new) + w_true · P(target_true)``, both length-normalised
-    over the target tokens, with teacher forcing; Adam on ``A`` and ``B`` only.
+    over the target tokens, with teacher forcing; Adam on ``A`` and ``B`` only.  The
+    forward pass adds ``c(Δ, W) · Δ x`` with the same ``c`` as the final update (Eq. 8,
+    recomputed each step, not differentiated), so that the early stop on P(new) judges
+    the edit that will be applied.  (The reference code trains with ``c = 1`` and scales
+    afterwards, which can undo an edit that only just passed the stop threshold.)
 
     Returns:
         ``(losses, p_new)`` per step.
@@ -237,9 +251,14 @@ def train_lora(
         for e in eds:
             e.to(device)
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    weights = {name: linear_weight(model, name) for name in loras}
+    scales: dict[str, float] = {}
     losses, probs = [], []
-    with lora_hooks(model, loras):
+    with lora_hooks(model, loras, scales=scales):
         for _ in range(cfg.max_steps):
+            with torch.no_grad():
+                for name, eds in loras.items():
+                    scales[name] = edit_scale(cfg, sum(e.delta() for e in eds), weights[name])
             logits = model(input_ids=ids, logits_to_keep=keep).logits.float()  # (S, keep, V)
             logp = logits.log_softmax(-1)
             mean_logp = []
