@@ -181,12 +181,16 @@ def mlp_dims(model: nn.Module) -> tuple[int, int]:
     return d_model, d_ff
 
 
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """A short hash identifying a model's config and weights, for cache keys and restore checks.
 
     Hashes the config and, for every parameter, its name, shape, a strided sample
-    of its values and two checksums over the whole tensor (sum and sum of squares),
-    so that an edit touching only a few columns still changes the hash.
+    of its values and an exact checksum of the whole tensor (the integer sum of its
+    raw bits: order-independent, so the same on any thread count), so that an edit
+    touching only a few columns still changes the hash.
     """
     h = hashlib.sha256()
     h.update(model.config.to_json_string(use_diff=False).encode())
@@ -196,9 +200,8 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(flat[::stride].float().cpu().numpy().tobytes())
-        flat32 = flat.float()
-        sums = torch.stack([flat32.sum(), torch.dot(flat32, flat32)])
-        h.update(sums.cpu().numpy().tobytes())
+        bits = flat.contiguous().view(_INT_OF_SIZE[flat.element_size()])
+        h.update(str(int(bits.sum(dtype=torch.int64))).encode())
     return h.hexdigest()[:16]
 
 
