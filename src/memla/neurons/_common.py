@@ -71,14 +71,13 @@ def encode(tokenizer, prompt: str, target: str, *, lang: str | None, max_len: in
         raise DataError("empty prompt: knowledge-neuron attribution needs a non-empty prompt")
     if not isinstance(target, str) or not target.strip():
         raise DataError(f"empty target for prompt {prompt!r}")
-    sep = separator(lang)
-    prompt_ids = list(tokenizer(prompt).input_ids)
-    full = list(tokenizer(prompt + sep + target).input_ids)
-    if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
-        target_ids = full[len(prompt_ids) :]
-    else:
+    from memla.evaluate.scoring import encode_pair
+
+    # The evaluator's join-rule split; with no language, join with a space (as `separator` does).
+    pair = encode_pair(tokenizer, prompt, target, lang if lang is not None else "en")
+    if not pair.clean:
         log.warning("prompt %r and target %r do not split cleanly; tokenising the target alone", prompt, target)
-        target_ids = list(tokenizer(sep + target, add_special_tokens=False).input_ids)
+    prompt_ids, target_ids = list(pair.prompt_ids), list(pair.target_ids)
     if not prompt_ids:
         raise DataError(f"prompt {prompt!r} tokenises to nothing")
     if not target_ids:
