@@ -13,8 +13,8 @@ from memla.cli import main
 from memla.cli._common import console
 from memla.editors import EditRequest, apply, get_editor
 from memla.editors import stats as S
-from memla.editors._locate import prompt_ids
 from memla.errors import MemlaError
+from memla.evaluate.batching import encode_text
 from memla.hooks import trace
 from memla.models import arch_spec
 
@@ -79,7 +79,7 @@ def test_statistics_equal_the_mean_outer_product_of_keys(corpus):
     keys = []
     for text in TEXTS * 4:
         with torch.no_grad(), trace(model, [name], retain_input=True) as tr:
-            model(input_ids=torch.tensor([prompt_ids(tok, text)]))
+            model(input_ids=torch.tensor([encode_text(tok, text)]))
         keys.append(tr[name].input[0])
     k = torch.cat(keys)[:150].double()  # (150, d_ff)
     got = S.layer_stats(model, tok, [1], corpus=[corpus], samples=150, dtype="float64", progress=False)[1]

@@ -184,6 +184,17 @@ def mlp_dims(model: nn.Module) -> tuple[int, int]:
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def _bit_checksum(flat: torch.Tensor) -> int:
+    """Integer sum of a contiguous 1-D tensor's raw bits: exact and independent of summation order.
+
+    Read as 64-bit words where the bytes allow (sums wrap modulo 2^64, still exact and
+    order-independent; about 10x faster than widening 32-bit words), else per element.
+    """
+    if (flat.numel() * flat.element_size()) % 8 == 0 and (flat.storage_offset() * flat.element_size()) % 8 == 0:
+        return int(flat.view(torch.int64).sum())
+    return int(flat.view(_INT_OF_SIZE[flat.element_size()]).sum(dtype=torch.int64))
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """A short hash identifying a model's config and weights, for cache keys and restore checks.
 
@@ -200,8 +211,7 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(flat[::stride].float().cpu().numpy().tobytes())
-        bits = flat.contiguous().view(_INT_OF_SIZE[flat.element_size()])
-        h.update(str(int(bits.sum(dtype=torch.int64))).encode())
+        h.update(str(_bit_checksum(flat.contiguous())).encode())
     return h.hexdigest()[:16]
 
 

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from memla.editors.base import EditRequest
+from memla.evaluate.batching import accepts_position_ids, encode_text, left_pad, pad_id
 from memla.evaluate.scoring import encode_pair
 
 log = logging.getLogger(__name__)
@@ -37,34 +37,6 @@ log = logging.getLogger(__name__)
 ROME_SEEDS = ("The", "Therefore", "Because", "I", "You")  # ROME/MEMIT get_context_templates
 _PREFIX_MEMO: OrderedDict[tuple, tuple[str, ...]] = OrderedDict()
 _MEMO_SIZE = 16
-
-
-def prompt_ids(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` with the tokenizer's leading specials (BOS) but no trailing ones (EOS)."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
-    specials = set(tokenizer.all_special_ids)
-    while len(ids) > len(plain) and ids[-1] in specials:
-        ids.pop()
-    return ids
-
-
-def pad_id(tokenizer) -> int:
-    """An id for padding positions (masked out, so its value does not matter)."""
-    return int(next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0))
-
-
-def left_pad(seqs: Sequence[Sequence[int]], *, pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad sequences: ``(input_ids, attention_mask, position_ids)``, each ``(B, T)``; real tokens at 0..len-1."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    return ids.to(device), mask.to(device), pos.to(device)
 
 
 @dataclass(frozen=True)
@@ -130,7 +102,7 @@ def locate(tokenizer, text: str, end: int | None, *, ids: Sequence[int] | None =
     Returns:
         The `Located` prompt; ``fallback`` is True when ``end`` is None.
     """
-    ids = prompt_ids(tokenizer, text) if ids is None else list(ids)
+    ids = encode_text(tokenizer, text) if ids is None else list(ids)
     if end is None or end <= 0:
         return Located(tuple(ids), len(ids) - 1, True)
     pos = None
@@ -141,7 +113,7 @@ def locate(tokenizer, text: str, end: int | None, *, ids: Sequence[int] | None =
             hits = [i for i, (a, b) in enumerate(spans) if b > a and a < end]
             pos = hits[-1] if hits else None
     if pos is None:  # ROME's rule: the last token of the text cut after the subject
-        pos = len(prompt_ids(tokenizer, text[:end])) - 1
+        pos = len(encode_text(tokenizer, text[:end])) - 1
     return Located(tuple(ids), max(0, min(pos, len(ids) - 1)), False)
 
 
@@ -182,10 +154,6 @@ def kl_rows(tokenizer, request: EditRequest, kl_prompts: Sequence[str]) -> list[
 # --------------------------------------------------------------------------- sampling
 
 
-def _accepts_position_ids(model: nn.Module) -> bool:
-    return "position_ids" in inspect.signature(type(model).forward).parameters
-
-
 @torch.no_grad()
 def sample_texts(
     model: nn.Module,
@@ -210,13 +178,13 @@ def sample_texts(
     """
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    seqs = [prompt_ids(tokenizer, s) for s in seeds]
-    ids, mask, pos = left_pad(seqs, pad=pad_id(tokenizer), device=device)  # (B, T)
+    seqs = [encode_text(tokenizer, s) for s in seeds]
+    ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (B, T)
     eos = {tokenizer.eos_token_id} - {None}
     cache = DynamicCache(config=model.config)
     out = [list(s) for s in seqs]
     done = [False] * len(seqs)
-    use_pos = _accepts_position_ids(model)
+    use_pos = accepts_position_ids(model)
     for _ in range(new_tokens):
         kwargs = dict(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
         if use_pos:

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from memla.editors._locate import Row, _accepts_position_ids, left_pad, pad_id
+from memla.editors._locate import Row
+from memla.evaluate.batching import accepts_position_ids, left_pad, pad_id
 from memla.hooks import trace
 from memla.models import arch_spec, get_module
 
@@ -123,9 +124,9 @@ class _Runner:
         extra = {}
         if any(self.split):
             heads = [r.ids[:s] for r, s in zip(rows, self.split)]
-            ids, self.head_mask, pos = left_pad(heads, pad=pad, device=self.device)  # (B, H)
+            ids, self.head_mask, pos = left_pad(heads, pad_id=pad, device=self.device)  # (B, H)
             self.cache = DynamicCache(config=model.config)
-            if _accepts_position_ids(model):
+            if accepts_position_ids(model):
                 extra["position_ids"] = pos
             with torch.no_grad():
                 with trace(model, [arch_spec(model).final_norm], retain_output=False, stop=True):
@@ -166,7 +167,7 @@ class _Runner:
         kwargs = dict(input_ids=self.ids, attention_mask=self.full_mask)
         if self.cache is not None:
             kwargs.update(cache=self._fresh_cache(), use_cache=True)
-        if _accepts_position_ids(self.model):
+        if accepts_position_ids(self.model):
             kwargs["position_ids"] = self.position_ids
         with trace(self.model, [*sites, spec.final_norm], edit=add, stop=True) as tr:
             self.model(**kwargs)

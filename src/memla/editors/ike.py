@@ -214,15 +214,14 @@ class IKEEditor:
     @torch.no_grad()
     def _hidden(self, model: nn.Module, tokenizer, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised mean-pooled hidden states, ``(N, d_model)`` (left-padded batches of 32)."""
-        from memla.evaluate.batching import _accepts_position_ids, left_pad, pad_id
-        from memla.evaluate.scoring import _encode
+        from memla.evaluate.batching import accepts_position_ids, encode_text, left_pad, pad_id
 
         device = next(model.parameters()).device
         rows = []
         for start in range(0, len(texts), 32):
-            seqs = [_encode(tokenizer, t) for t in texts[start:start + 32]]
+            seqs = [encode_text(tokenizer, t) for t in texts[start:start + 32]]
             ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (B, T) each
-            kwargs = {"position_ids": pos} if _accepts_position_ids(type(model)) else {}
+            kwargs = {"position_ids": pos} if accepts_position_ids(model) else {}
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1, **kwargs)
             hidden = out.hidden_states[self.config.hidden_layer].float()  # (B, T, d_model)
             m = mask[..., None].to(hidden.dtype)  # (B, T, 1)

@@ -335,8 +335,8 @@ def _meta(path: Path) -> dict:
 def _compute(model, tokenizer, layers, corpus: Corpus, *, samples: int, dtype: str, progress: bool):
     from tqdm.auto import tqdm
 
-    from memla.editors._locate import pad_id, prompt_ids
     from memla.editors._targets import right_pad
+    from memla.evaluate.batching import encode_text, pad_id
     from memla.hooks import trace
 
     spec = arch_spec(model)
@@ -363,7 +363,7 @@ def _compute(model, tokenizer, layers, corpus: Corpus, *, samples: int, dtype: s
         bar.update(take)
 
     for text in texts:
-        ids = prompt_ids(tokenizer, text)[:MAX_TOKENS]
+        ids = encode_text(tokenizer, text)[:MAX_TOKENS]
         if not ids:
             continue
         batch.append(ids)

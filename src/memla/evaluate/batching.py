@@ -41,9 +41,26 @@ SHARE_MIN_TOKENS = 16  # a common leading run at least this long is computed onc
 
 
 @functools.lru_cache(maxsize=64)
-def _accepts_position_ids(cls: type) -> bool:
-    """Whether ``cls.forward`` takes ``position_ids`` (BLOOM derives positions from the mask)."""
+def _forward_takes_position_ids(cls: type) -> bool:
     return "position_ids" in inspect.signature(cls.forward).parameters
+
+
+def accepts_position_ids(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``position_ids`` (BLOOM derives positions from the mask)."""
+    return _forward_takes_position_ids(type(model))
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids with the tokenizer's leading specials (BOS) but without trailing ones (EOS)."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    specials = set(tokenizer.all_special_ids)
+    lead = 0
+    while lead < len(ids) and ids[lead] in specials and ids[lead:lead + len(plain)] != plain:
+        lead += 1
+    if ids[lead:lead + len(plain)] == plain:
+        return ids[:lead + len(plain)]
+    return ids
 
 
 def pad_id(tokenizer) -> int:
@@ -112,7 +129,7 @@ def plan_batches(
 def forward(model: nn.Module, ids, mask, pos, *, logits_to_keep: int | torch.Tensor, cache=None):
     """One forward pass with explicit position ids (when the model takes them) and an optional KV cache."""
     kwargs = dict(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep, use_cache=cache is not None)
-    if _accepts_position_ids(type(model)):
+    if accepts_position_ids(model):
         kwargs["position_ids"] = pos
     if cache is not None:
         kwargs["cache"] = cache

@@ -25,22 +25,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memla.evaluate.batching import (  # noqa: F401  (left_pad, _accepts_position_ids: used by editors)
+from memla.evaluate.batching import (
     MAX_BATCH_ROWS,
     MAX_BATCH_TOKENS,
-    _accepts_position_ids,
+    encode_text,
     forward,
     last_column,
-    left_pad,
     pad_id,
     prompt_passes,
 )
 from memla.langs import join, sep
 
 log = logging.getLogger(__name__)
-
-_pad_id = pad_id  # the old private name, still imported by some editors
-
 
 @dataclass(frozen=True)
 class Encoded:
@@ -75,19 +71,6 @@ class TargetScore:
     clean: bool
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    """Token ids with the tokenizer's leading specials (BOS) but without trailing ones (EOS)."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    specials = set(tokenizer.all_special_ids)
-    lead = 0
-    while lead < len(ids) and ids[lead] in specials and ids[lead:lead + len(plain)] != plain:
-        lead += 1
-    if ids[lead:lead + len(plain)] == plain:
-        return ids[:lead + len(plain)]
-    return ids
-
-
 def encode_pair(tokenizer, prompt: str, target: str, lang: str, *, prefix: str = "") -> Encoded:
     """Split ``prefix + join(prompt, target, lang)`` into prompt and target tokens.
 
@@ -101,8 +84,8 @@ def encode_pair(tokenizer, prompt: str, target: str, lang: str, *, prefix: str =
     Returns:
         The `Encoded` pair; ``target_ids`` is never empty.
     """
-    prompt_ids = _encode(tokenizer, prefix + prompt)
-    full_ids = _encode(tokenizer, prefix + join(prompt, target, lang))
+    prompt_ids = encode_text(tokenizer, prefix + prompt)
+    full_ids = encode_text(tokenizer, prefix + join(prompt, target, lang))
     n = len(prompt_ids)
     if full_ids[:n] == prompt_ids and len(full_ids) > n:
         return Encoded(tuple(prompt_ids), tuple(full_ids[n:]), True)
@@ -237,7 +220,7 @@ def greedy_generate(
         Generated token ids per prompt, cut at the first EOS (excluded).
     """
     device = next(model.parameters()).device
-    seqs = [_encode(tokenizer, prefix + p) for p in prompts]
+    seqs = [encode_text(tokenizer, prefix + p) for p in prompts]
     cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos = set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos]) | {tokenizer.eos_token_id}
     eos.discard(None)
