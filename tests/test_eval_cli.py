@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_eval_support import one_thread, small_dataset, test_editors  # noqa: F401  (fixtures)
+from test_eval_support import one_thread, small_dataset, small_records, test_editors  # noqa: F401  (fixtures)
 from tiny import tiny_model
 
 from memla.cli import main
@@ -54,11 +54,27 @@ def test_bench_bad_input_exits_2(tmp_path, model_dir, test_editors, capsys):
     assert main([*base, "--methods", "test-shfit"]) == 2
     assert "did you mean 'test-shift'" in capsys.readouterr().err
     assert main([*base, "--methods", "test-shift", "--targets", "en,xx"]) == 2
+    assert main([*base, "--methods", "test-shift", "--sample", "0"]) == 2
+    assert "--sample must be at least 1" in capsys.readouterr().err
     assert main(["bench", "--dataset", str(tmp_path / "nope.json"), "--methods", "test-shift", "--out", str(tmp_path / "r")]) == 2
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("test-shift:\n  scael: 1.0\n")
     assert main([*base, "--methods", "test-shift", "--config", str(cfg)]) == 2
     assert "scael" in capsys.readouterr().err
+
+
+def test_bench_sample_spreads_over_relations(tmp_path, model_dir, test_editors):
+    raw = small_records()
+    raw[2]["relation"] = "P17"  # records 0 and 1 share P36: a sample of 2 must take record 2
+    data = tmp_path / "two-relations.json"
+    data.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "runs" / "sample"
+    assert main(["bench", "--dataset", str(data), "--methods", "test-shift", "--targets", "en", "--sample", "2",
+                 "--model", str(model_dir), "--out", str(out), "--no-progress"]) == 0
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    picked = {line["record"] for line in lines}
+    assert len(picked) == 2 and 2 in picked
+    assert "--sample" in json.loads((out / "manifest.json").read_text())["sessions"][0]["command"]
 
 
 def test_report_bad_input_exits_2(tmp_path, capsys):

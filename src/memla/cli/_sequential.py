@@ -80,7 +80,7 @@ def run_sequential_bench(
         args: the parsed ``memla bench`` arguments.
         model: the loaded model (restored bitwise at the end).
         tokenizer: its tokenizer.
-        records: the records (after ``--split`` / ``--limit``).
+        records: the records (after ``--split`` / ``--limit`` / ``--sample``).
         methods: method names.
         sources: source languages.
         targets: target languages.

@@ -4,6 +4,8 @@ Example::
 
     memla bench --dataset mkeb-mini --split test --methods memla,memit \\
         --source en,zh --targets all --out runs/mkeb-mini
+    memla bench --dataset mkeb-mini --split test --sample 16 --methods memla,rome \
+        --out runs/sample16                                         # one record per relation
     memla bench --dataset mkeb-mini --split test --methods memla,memit --sequential 50 --every 10 \\
         --batch-size 10 --targets en,zh --out runs/sequential      # edits accumulate (curves)
 """
@@ -41,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default="en", help="source languages ls, comma-separated or 'all' (default: %(default)s)")
     p.add_argument("--targets", default="all", help="target languages lt, comma-separated or 'all' (default: %(default)s)")
     p.add_argument("--split", default=None, help="use only records of this split, e.g. test (default: all records)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N records (after --split)")
+    subset = p.add_mutually_exclusive_group()
+    subset.add_argument("--limit", type=int, default=None, help="use only the first N records (after --split)")
+    subset.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="use N records (after --split) spread evenly over the relations, chosen with --seed; "
+                        "datasets are grouped by relation, so --limit N takes N facts of the first relation")
     p.add_argument("--config", default=None,
                    help="YAML/JSON file mapping method name -> its config, e.g. 'memla: {lr: 0.005}'")
     p.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
@@ -73,7 +79,7 @@ def _command(args: argparse.Namespace) -> list[str]:
 
     cmd = ["memla", "bench", "--dataset", str(args.dataset), "--methods", args.methods, "--source", args.source,
            "--targets", args.targets]
-    for flag, value in (("--split", args.split), ("--limit", args.limit), ("--config", args.config)):
+    for flag, value in (("--split", args.split), ("--limit", args.limit), ("--sample", args.sample), ("--config", args.config)):
         if value is not None:
             cmd += [flag, str(value)]
     cmd += ["--seed", str(args.seed), "--f1-unit", args.f1_unit, "--model", args.model or "default",
@@ -84,7 +90,7 @@ def _command(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark as asked by the parsed arguments; returns the exit status."""
     from memla.cli._sequential import check_sequential, run_sequential_bench
-    from memla.data import load_dataset
+    from memla.data import load_dataset, stratified_sample
     from memla.editors.base import editor_entry
     from memla.errors import MemlaError
     from memla.evaluate.runner import UNEDITED, run_bench
@@ -98,13 +104,16 @@ def run(args: argparse.Namespace) -> int:
             editor_entry(method)
     sources, targets = resolve_langs(args.source), resolve_langs(args.targets)
     configs = _read_configs(args.config)
-    if args.limit is not None and args.limit < 1:
-        raise MemlaError("--limit must be at least 1")
+    for flag, value in (("--limit", args.limit), ("--sample", args.sample)):
+        if value is not None and value < 1:
+            raise MemlaError(f"{flag} must be at least 1")
     if args.sequential is not None:
         check_sequential(args)
     records = load_dataset(args.dataset, split=args.split)
     if args.limit is not None:
         records = records[: args.limit]
+    if args.sample is not None:
+        records = stratified_sample(records, args.sample, seed=args.seed)
     model, tokenizer = load_model_from_args(args)
     if args.sequential is not None:
         return run_sequential_bench(args, model, tokenizer, records, methods=methods, sources=sources, targets=targets,

@@ -5,12 +5,14 @@ Public API::
     from memla.data import load_dataset, save_dataset, validate, builtin_datasets
     records = load_dataset("mkeb-mini", split="dev")     # built-in, or a .json / .jsonl path
     records[0].edit["zh"].prompt                         # "{}的首都是"
+    subset = stratified_sample(records, 16, seed=0)      # spread evenly over relations
 
 See DESIGN.md ("Data schema") for the layout; `memla.data.formats` converts
 BMIKE-53, MzsRE, MLaKE, CounterFact and MQuAKE files into it.
 """
 
 from memla.data.io import builtin_datasets, load_dataset, read_raw, save_dataset
+from memla.data.sample import stratified_sample
 from memla.data.schema import EditFact, Record
 from memla.data.validation import Problem, ValidationReport, validate
 from memla.errors import DataError
@@ -25,5 +27,6 @@ __all__ = [
     "load_dataset",
     "read_raw",
     "save_dataset",
+    "stratified_sample",
     "validate",
 ]
