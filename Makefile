@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP := $(VENV)/bin/python -m pip
 STAMP := $(VENV)/.memla-installed
 
-.PHONY: demo test test-slow test-all install clean
+.PHONY: demo test test-slow test-lmeval test-all install clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ test: install
 
 test-slow: install
 	$(VENV)/bin/python -m pytest -q -m slow
+
+# the lm-evaluation-harness engine (optional extra, ~600 MB): installed here, then its adapter tests
+test-lmeval: install
+	$(PIP) install -q -e ".[dev,lm-eval]"
+	$(VENV)/bin/python -c "import lm_eval"
+	$(VENV)/bin/python -m pytest -q tests/test_downstream_lmeval.py
 
 test-all: install
 	$(VENV)/bin/python -m pytest -q
