@@ -34,9 +34,9 @@ def hand_task(tmp_path):
     return write_jsonl(tmp_path / "hand.jsonl", HAND_MADE)
 
 
-def reference_loglik(model, tok, context: str, choice: str, lang: str) -> float:
+def reference_loglik(model, tok, context: str, choice: str, lang: str, delimiter: str) -> float:
     """Summed log P(choice | context) from one unbatched full forward pass (no logits_to_keep)."""
-    enc = encode_pair(tok, context, choice, lang)
+    enc = encode_pair(tok, context, choice, lang, delimiter=delimiter)
     ids = torch.tensor([list(enc.prompt_ids + enc.target_ids)])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)  # (T, V)
@@ -54,6 +54,46 @@ def test_formats_and_templates(hand_task):
     question, yes, also, no = XNLI_WORDS["zh"]
     assert xnli.context == f"安娜会说法语。, {question}?" and xnli.lang == "zh"
     assert xnli.choices == (f"{yes}, 安娜不会说话。", f"{also}, 安娜不会说话。", f"{no}, 安娜不会说话。") and xnli.label == 2
+    # lm-eval's xnli text "{premise}, 正确? 是的, {hypothesis}": a space also in zh (the join rule has none)
+    assert (piqa.joiner, anli.joiner, xnli.joiner) == (" ", " ", " ")
+    assert piqa.length_norm and anli.length_norm and not xnli.length_norm
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3_text"])
+def test_scored_text_is_context_delimiter_choice(arch, hand_task):
+    _, tok = tiny_model(arch)
+    for item in load_task(hand_task).items:
+        for choice in item.choices:
+            enc = encode_pair(tok, item.context, choice, item.lang, delimiter=item.joiner)
+            text = tok.decode(list(enc.prompt_ids + enc.target_ids), skip_special_tokens=True)
+            assert text == item.context + item.joiner + choice
+            assert tok.decode(list(enc.target_ids)).strip() == choice
+
+
+def test_labels_by_name_digit_strings_and_unlabelled_rows(tmp_path, caplog):
+    rows = [{"premise": "p", "hypothesis": "h", "label": "contradiction"},
+            {"premise": "p", "hypothesis": "h", "label": "1"},
+            {"premise": "p", "hypothesis": "h", "label": -1},
+            {"premise": "p", "hypothesis": "h", "label": 0, "lang": "de"}]
+    task = load_task(write_jsonl(tmp_path / "nli.jsonl", rows))
+    assert [it.label for it in task.items] == [2, 1, 0]
+    assert "skipped 1 item(s) labelled -1" in caplog.text
+    with pytest.raises(DataError, match="entailment, neutral, contradiction"):
+        load_task(write_jsonl(tmp_path / "bad.jsonl", [{"premise": "p", "hypothesis": "h", "label": "maybe"}]))
+
+
+def test_non_finite_scores_count_as_wrong(monkeypatch, hand_task):
+    import memla.evaluate.downstream as D
+
+    task = load_task(hand_task)
+    fake = [[0.0, -1.0], [float("nan"), float("nan")], [-1.0, 0.0, float("-inf")], [0.0, -1.0, -2.0]]
+    monkeypatch.setattr(D, "score_choices", lambda *a, **k: fake)
+    result = D.evaluate_local(None, None, task)
+    # np.argmax([nan, nan]) == 0 would answer item 1 (label 1) wrongly by accident; item 2's -inf is a valid score
+    assert result.correct == (1, 0, 0, 0) and result.invalid == 1
+    fake[1] = [-1.0, float("nan")]  # argmax would say 1 == label: must still count as wrong
+    assert D.evaluate_local(None, None, task).correct == (1, 0, 0, 0)
+    assert result.correct_norm is None  # the zh XNLI item has no acc_norm
 
 
 def test_builtin_tasks_load():
@@ -71,7 +111,7 @@ def test_choice_scores_match_unbatched_forward(arch, hand_task):
     task = load_task(hand_task)
     scores = score_choices(model, tok, task.items)
     for item, lls in zip(task.items, scores):
-        want = [reference_loglik(model, tok, item.context, c, item.lang) for c in item.choices]
+        want = [reference_loglik(model, tok, item.context, c, item.lang, item.joiner) for c in item.choices]
         np.testing.assert_allclose(lls, want, rtol=1e-4, atol=1e-4)
     result = evaluate_local(model, tok, task)
     assert result.correct == tuple(int(np.argmax(s) == it.label) for it, s in zip(task.items, scores))

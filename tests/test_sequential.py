@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -104,13 +105,19 @@ def test_batches_do_not_cross_checkpoints_and_refusals_are_skipped():
         next(edit_sequentially(model, tok, object(), requests(2), batch_size=2))
 
 
-def test_restored_after_an_error_mid_sequence(add_editor, tmp_path):
+def test_restored_after_an_error_mid_sequence_and_the_earlier_curve_kept(add_editor, tmp_path):
     model, tok = tiny_model("gemma3_text")
     fp = model_fingerprint(model)
+    records = as_records(small_records()[:2])
+    run_sequential(model, tok, records, methods=["test-add"], out=tmp_path, n_edits=2, every=1, progress=False)
+    earlier = load_sequential(tmp_path)
     with pytest.raises(RuntimeError, match="boom"):
-        run_sequential(model, tok, as_records(small_records()[:2]), methods=["test-add"], out=tmp_path, n_edits=2,
+        run_sequential(model, tok, records, methods=["test-add"], out=tmp_path, n_edits=2,
                        every=1, configs={"test-add": {"explode_at": 2}}, progress=False)
     assert model_fingerprint(model) == fp
+    assert load_sequential(tmp_path) == earlier  # the failed rerun left the complete curve alone
+    partial = [json.loads(x) for x in (tmp_path / "sequential.jsonl.partial").read_text().splitlines()]
+    assert partial[0]["kind"] == "run" and partial[-1]["kind"] != "end"  # what the failed run got through
 
 
 def test_run_sequential_lines_curves_and_report_parts(add_editor, tmp_path):
@@ -141,6 +148,9 @@ def test_run_sequential_lines_curves_and_report_parts(add_editor, tmp_path):
     assert [r[1] for r in table.rows] == ["ES en-en", "ES en-avg", "PS en-en", "PS en-avg", "NS en-en", "NS en-avg"]
     tables, pngs = write_curves(tmp_path, tmp_path / "report")
     assert [t.key for t in tables] == ["sequential_en", "sequential_downstream"]
+    assert tables[1].columns == ("Method", "Task", "0", "2", "3", "Δ 3 vs 0")
+    ds = {line["step"]: line["correct"] for line in lines if line["kind"] == "downstream"}
+    assert tables[1].rows[0][-1].value == pytest.approx(sum(ds[3]) - sum(ds[0]))  # one item: the paired difference
     assert [p.name for p in pngs] == ["curves_en.png"] and pngs[0].read_bytes()[:4] == b"\x89PNG"
 
     # a second run of the same method replaces its lines instead of mixing them
@@ -181,6 +191,15 @@ def test_cli_downstream_after_edits_saves_a_report_table(add_editor, tmp_path, c
     assert entry["applied"] == 2 and entry["before"]["mini"]["n"] == 1
     table = downstream_table([entry])
     assert table.columns == ("Task", "Method", "Edits", "n", "Before", "After", "Δ") and table.rows[0][:3] == ("mini", "test-add", "2 (en)")
+    # another task into the same folder adds an entry; the same measurement again replaces its own
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"goal": "To cut bread", "sol1": "use a knife", "sol2": "use a spoon", "label": 0}\n', encoding="utf-8")
+    assert main([*args[:2], str(other), *args[3:]]) == 0
+    assert main(args) == 0
+    assert sorted(t for e in load_downstream(tmp_path / "run") for t in e["after"]) == ["mini", "other"]
+    # --out keeps before / after pairs only
+    assert main(["downstream", "--tasks", str(task), "--out", str(tmp_path / "run")]) == 2
+    assert "needs --method" in capsys.readouterr().err
 
 
 def test_cli_bench_sequential_then_report(add_editor, tmp_path, capsys):

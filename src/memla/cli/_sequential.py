@@ -25,7 +25,8 @@ def add_sequential_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sequential", type=int, default=None, metavar="N",
                    help="apply N edits (the first N records) one after another to the same model, without restoring "
                    "in between, and measure ES / PS of the facts edited so far and NS of all N every --every edits "
-                   "(OUT/sequential.jsonl; curves in `memla report OUT`); the model is restored at the end")
+                   "(OUT/sequential.jsonl; curves in `memla report OUT`); the model is restored at the end. Sequences do not "
+                   "resume: a rerun replaces a method's curve once the new one is complete")
     g.add_argument("--every", type=int, default=10, metavar="K", help="measure every K edits (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=1, metavar="B",
                    help="requests per edit for methods with batched edits (MEMIT, PMET); others edit one at a time "

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     check_tasks(tasks, engine=args.engine)  # before loading the model
     if args.limit is not None and args.limit < 1:
         raise MemlaError("--limit must be at least 1")
+    if args.out and args.method is None:
+        raise MemlaError("--out saves before / after results and needs --method (the unedited scores are printed only)")
     if args.method is None:
         model, tokenizer = load_model_from_args(args)
         with console.status("scoring ..."):
@@ -104,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
         entry = {**result, "before": {v.task: v.to_dict() for v in result["before"].values()},
                  "after": {v.task: v.to_dict() for v in result["after"].values()},
-                 "dataset": args.dataset, "split": args.split, "model": args.model or "default", "seed": args.seed}
+                 "dataset": args.dataset, "split": args.split, "model": args.model or "default", "seed": args.seed,
+                 "engine": args.engine, "limit": args.limit, "batch_size": args.batch_size}
         console.print(f"saved to {save_downstream(args.out, entry)}")
     return 0

@@ -63,6 +63,7 @@ class TaskResult:
         correct: per item, 1 if the highest-likelihood choice is the label (``acc``).
         correct_norm: per item, the same with length-normalised likelihoods (``acc_norm``), if known.
         langs: per item, its language.
+        invalid: items with a NaN / +inf log-likelihood (counted as wrong).
     """
 
     task: str
@@ -70,6 +71,7 @@ class TaskResult:
     correct: tuple[int, ...]
     correct_norm: tuple[int, ...] | None = None
     langs: tuple[str, ...] = ()
+    invalid: int = 0
 
     @property
     def n(self) -> int:
@@ -106,7 +108,7 @@ class TaskResult:
         """Inverse of `to_dict`."""
         norm = data.get("correct_norm")
         return cls(data["task"], data["engine"], tuple(data["correct"]), None if norm is None else tuple(norm),
-                   tuple(data.get("langs", ())))
+                   tuple(data.get("langs", ())), int(data.get("invalid", 0)))
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -129,7 +131,8 @@ def score_choices(model: nn.Module, tokenizer, items: Sequence[ChoiceItem], *, p
     Returns:
         Per item, the summed log P(choice | context) of each choice.
     """
-    pairs = [encode_pair(tokenizer, it.context, choice, it.lang, prefix=prefix) for it in items for choice in it.choices]
+    pairs = [encode_pair(tokenizer, it.context, choice, it.lang, prefix=prefix, delimiter=it.joiner)
+             for it in items for choice in it.choices]
     limit = _max_positions(model)
     if limit and any(len(p.prompt_ids) + len(p.target_ids) > limit for p in pairs):
         # as lm-eval does: drop context tokens from the left so the sequence fits the model
@@ -152,16 +155,26 @@ def evaluate_local(model: nn.Module, tokenizer, task: LocalTask, *, prefix: str 
         limit: score only the first ``limit`` items.
 
     Returns:
-        The `TaskResult` (``acc`` and ``acc_norm``).
+        The `TaskResult`: ``acc``, and ``acc_norm`` when every item allows it.  An item
+        with a NaN or +inf log-likelihood (a broken model) counts as wrong; how many
+        there were is ``TaskResult.invalid`` (-inf is a valid, if hopeless, score).
     """
     items = task.items[:limit] if limit else task.items
     logliks = score_choices(model, tokenizer, items, prefix=prefix)
-    correct, correct_norm = [], []
+    correct, correct_norm, invalid = [], [], 0
     for item, lls in zip(items, logliks):
+        if np.isnan(lls).any() or np.isposinf(lls).any():  # np.argmax would pick the first NaN as an answer
+            invalid += 1
+            correct.append(0)
+            correct_norm.append(0)
+            continue
         correct.append(int(int(np.argmax(lls)) == item.label))
         normed = [ll / max(len(c), 1) for ll, c in zip(lls, item.choices)]
         correct_norm.append(int(int(np.argmax(normed)) == item.label))
-    return TaskResult(task.name, "memla", tuple(correct), tuple(correct_norm), tuple(it.lang for it in items))
+    if invalid:
+        log.warning("%s: %d of %d item(s) have NaN / +inf log-likelihoods and count as wrong", task.name, invalid, len(items))
+    norm = tuple(correct_norm) if all(it.length_norm for it in items) else None
+    return TaskResult(task.name, "memla", tuple(correct), norm, tuple(it.lang for it in items), invalid)
 
 
 def split_task_names(spec: str | Sequence[str]) -> list[str]:
@@ -323,6 +336,10 @@ def downstream_after_edits(
     entry = editor_entry(method)
     editor = entry.editor_cls(load_config(entry.config_cls, config))
     chosen = [r for r in records if ls in r.edit][:n_edits]
+    if not chosen:
+        raise MemlaError(f"no record has a {ls!r} edit prompt; nothing to edit")
+    if len(chosen) < n_edits:
+        log.warning("only %d records have a %r edit prompt; measuring after %d edits", len(chosen), ls, len(chosen))
     size = batch_size if callable(getattr(editor, "edit_batch", None)) else 1
     results: dict[int, dict] = {}
     events: list[EditEvent] = []
@@ -333,6 +350,8 @@ def downstream_after_edits(
             results[step] = evaluate_tasks(model, tokenizer, tasks, engine=engine, limit=limit)
     before, after = results[0], results[max(results)]
     applied = sum(len(e.records) for e in events if e.status == "ok")
+    if not applied:
+        log.warning("%s applied none of the %d edits; 'after' is the unedited model", method, len(chosen))
     return {"method": method, "ls": ls, "n_edits": len(chosen), "applied": applied,
             "skipped": sum(len(e.records) for e in events if e.status != "ok"),
             "edit_s": round(sum(e.edit_s for e in events), 3), "before": before, "after": after,

@@ -5,18 +5,16 @@ to disk) in lm-eval's ``HFLM`` and runs multiple-choice tasks through
 ``lm_eval.evaluator.evaluate``.  Task names are lm-eval's (``piqa``, ``anli_r1``,
 ``xnli_de``, ...; their datasets come from the Hugging Face hub, so they need the
 network or a warm ``datasets`` cache).  memla's local tasks can run through lm-eval
-too: each is handed over as an in-memory task config on a temporary JSONL file with
-the same context / choice strings and the same delimiter as the memla engine, which
-is how the tests check that both engines agree.
+too: each is handed over as task configs whose items live in memory (``custom_dataset``;
+nothing is written to disk), with the same context / choice strings and delimiters as
+the memla engine, which is how the tests check that both engines agree.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -24,7 +22,6 @@ from torch import nn
 from memla.errors import MemlaError
 from memla.evaluate.downstream import TaskResult
 from memla.evaluate.tasks import LocalTask
-from memla.langs import sep
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +44,9 @@ def _adds_bos(tokenizer) -> bool:
 def wrap_model(model: nn.Module, tokenizer, *, batch_size: int = 8):
     """lm-eval's ``HFLM`` around an in-memory model (weight edits stay visible through it).
 
+    HFLM gives a tokenizer without a pad token one (possibly a new token id beyond the
+    embedding matrix); it then gets a copy, so the caller's tokenizer stays as it is.
+
     Args:
         model: a causal LM (its current weights are what lm-eval scores).
         tokenizer: its tokenizer.
@@ -59,42 +59,59 @@ def wrap_model(model: nn.Module, tokenizer, *, batch_size: int = 8):
         raise MemlaError(INSTALL_HINT)
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=_adds_bos(tokenizer),
+    own = tokenizer if tokenizer.pad_token is not None else copy.deepcopy(tokenizer)
+    return HFLM(pretrained=model, tokenizer=own, batch_size=batch_size, add_bos_token=_adds_bos(tokenizer),
                 logits_cache=False)
 
 
-def local_task_configs(task: LocalTask, folder: str | Path) -> list[dict[str, Any]]:
-    """lm-eval task configs for a memla local task: one per language (each has its own delimiter).
+def _in_memory(rows: list[dict[str, Any]]):
+    """A ``custom_dataset`` callable: the rows as an in-memory test split (no files, no ``datasets`` cache)."""
+    def load(**_):
+        from datasets import Dataset, DatasetDict
+
+        return DatasetDict({"test": Dataset.from_list(rows)})
+
+    return load
+
+
+def local_task_configs(task: LocalTask, *, limit: int | None = None) -> tuple[list[dict[str, Any]], list[list[int]]]:
+    """lm-eval task configs for a memla local task, one per (language, delimiter, metrics) group.
 
     Args:
         task: the local task.
-        folder: where to write the JSONL files the configs point at.
+        limit: only the first ``limit`` items of the task (as the memla engine counts them).
 
     Returns:
-        Configs named ``memla_<task>__<lang>`` (multiple-choice, ``acc`` and ``acc_norm``).
+        ``(configs, positions)``: configs named ``memla_<task>__<lang>[__<k>]`` (multiple choice,
+        ``acc``, and ``acc_norm`` where the items allow it) with their items in memory, and
+        for each config the items' positions in the task (to restore the task's order).
     """
-    configs = []
-    for lang in dict.fromkeys(it.lang for it in task.items):
-        path = Path(folder) / f"{task.name}.{lang}.jsonl"
-        with path.open("w", encoding="utf-8") as f:
-            for i, it in enumerate(t for t in task.items if t.lang == lang):
-                row = {"doc": i, "context": it.context, "choices": list(it.choices), "label": it.label, "lang": lang}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    items = task.items[:limit] if limit else task.items
+    groups: dict[tuple[str, str, bool], list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault((it.lang, it.joiner, it.length_norm), []).append(i)
+    configs, positions, seen = [], [], set()
+    for (lang, joiner, norm), where in groups.items():
+        name = f"memla_{task.name}__{lang}" + (f"__{len(seen)}" if lang in seen else "")
+        seen.add(lang)
+        rows = [{"context": items[i].context, "choices": list(items[i].choices), "label": items[i].label} for i in where]
+        metrics = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
+        if norm:
+            metrics.append({"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True})
         configs.append({
-            "task": f"memla_{task.name}__{lang}",
-            "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"test": str(path)}},
+            "task": name,
+            "custom_dataset": _in_memory(rows),
             "test_split": "test",
             "output_type": "multiple_choice",
             "doc_to_text": "{{context}}",
             "doc_to_choice": "{{choices}}",
             "doc_to_target": "label",
-            "target_delimiter": sep(lang),
-            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+            "target_delimiter": joiner,
+            "metric_list": metrics,
             "metadata": {"version": 1.0},
         })
-    return configs
+        positions.append(where)
+    return configs, positions
 
 
 def _leaves(name: str, group_map: Mapping[str, Sequence[str]]) -> list[str]:
@@ -111,32 +128,38 @@ def _per_item(samples: Sequence[Mapping[str, Any]], key: str) -> tuple[int, ...]
     return tuple(int(round(float(s[key]))) for s in ordered)
 
 
-def _evaluate(model, tokenizer, tasks, hub, local, *, limit, batch_size) -> tuple[dict, dict[str, list[str]]]:
-    """Load the tasks and run lm-eval; returns its per-sample logs and each task's leaf task names."""
+def _evaluate(model, tokenizer, tasks, hub, local, *, limit, batch_size):
+    """Load the tasks and run lm-eval.
+
+    Returns:
+        ``(samples, parts, positions)``: lm-eval's per-sample logs, each task's leaf task
+        names, and for local tasks each leaf's item positions in the task.
+    """
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
-    with tempfile.TemporaryDirectory(prefix="memla-lmeval-") as tmp:
-        specs: list[Any] = list(hub)
-        parts: dict[str, list[str]] = {}
-        for name in tasks:
-            if name in local:
-                configs = local_task_configs(local[name], tmp)
-                specs += configs
-                parts[name] = [c["task"] for c in configs]
-        manager = TaskManager(include_defaults=bool(hub))
-        try:
-            task_dict = manager.load(specs)
-        except (KeyError, ValueError) as err:
-            raise MemlaError(f"lm-eval does not know task(s) {', '.join(hub)}: {err}") from None
-        except OSError as err:  # ConnectionError included: the dataset is not cached and the hub is out of reach
-            raise MemlaError(f"lm-eval could not load the data of {', '.join(hub)} ({err}); "
-                             "offline, use local tasks (--engine memla)") from None
-        for name in hub:  # a group (e.g. "xnli") stands for its leaf tasks
-            parts[name] = _leaves(name, task_dict.get("group_map", {}))
-        lm = wrap_model(model, tokenizer, batch_size=batch_size)
-        results = evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
-    return results["samples"], parts
+    specs: list[Any] = list(hub)
+    parts: dict[str, list[str]] = {}
+    positions: dict[str, list[int]] = {}
+    for name in tasks:
+        if name in local:
+            configs, where = local_task_configs(local[name], limit=limit)
+            specs += configs
+            parts[name] = [c["task"] for c in configs]
+            positions.update({c["task"]: w for c, w in zip(configs, where)})
+    manager = TaskManager(include_defaults=bool(hub))
+    try:
+        task_dict = manager.load(specs)
+    except (KeyError, ValueError) as err:
+        raise MemlaError(f"lm-eval does not know task(s) {', '.join(hub)}: {err}") from None
+    except OSError as err:  # ConnectionError included: the dataset is not cached and the hub is out of reach
+        raise MemlaError(f"lm-eval could not load the data of {', '.join(hub)} ({err}); "
+                         "offline, use local tasks (--engine memla)") from None
+    for name in hub:  # a group (e.g. "xnli") stands for its leaf tasks
+        parts[name] = _leaves(name, task_dict.get("group_map", {}))
+    lm = wrap_model(model, tokenizer, batch_size=batch_size)
+    results = evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+    return results["samples"], parts, positions
 
 
 def run_lm_eval(
@@ -155,11 +178,11 @@ def run_lm_eval(
         tokenizer: its tokenizer.
         tasks: task names; those in ``local`` run from memla's local files, the rest are lm-eval's.
         local: ``{name: LocalTask}`` for local tasks to run through lm-eval.
-        limit: at most this many items per task (per language for local tasks).
+        limit: at most this many items per task (the first ones, for local tasks as the memla engine takes them).
         batch_size: lm-eval batch size.
 
     Returns:
-        ``{task: TaskResult}`` with ``engine="lm-eval"``.
+        ``{task: TaskResult}`` with ``engine="lm-eval"``; a local task's items in its own order, under its own name.
 
     Raises:
         MemlaError: lm-eval missing, an unknown task, or a task without an ``acc`` metric.
@@ -174,23 +197,25 @@ def run_lm_eval(
     if not log.isEnabledFor(logging.DEBUG):  # lm-eval warns about every in-memory model; keep the CLI readable
         quiet.setLevel(logging.ERROR)
     try:
-        samples, parts = _evaluate(model, tokenizer, tasks, hub, local, limit=limit, batch_size=batch_size)
+        samples, parts, positions = _evaluate(model, tokenizer, tasks, hub, local, limit=limit, batch_size=batch_size)
     finally:
         quiet.setLevel(level)
     for name in tasks:
-        correct: list[int] = []
-        norm: list[int] | None = []
-        langs: list[str] = []
+        rows: list[tuple[int, int, int | None, str]] = []  # (position, acc, acc_norm, lang)
         for part in parts[name]:
             if part not in samples:
-                raise MemlaError(f"lm-eval task {part!r} produced no samples")
+                raise MemlaError(f"lm-eval task {part!r} produced no samples (a tag of tasks? name the tasks)")
             acc = _per_item(samples[part], "acc")
             if acc is None:
                 raise MemlaError(f"lm-eval task {part!r} has no 'acc' metric; only multiple-choice tasks are supported")
-            acc_norm = _per_item(samples[part], "acc_norm")
-            correct += acc
-            norm = None if norm is None or acc_norm is None else norm + list(acc_norm)
-            lang = part.rsplit("__", 1)[1] if name in local else (part if part != name else "")
-            langs += [lang] * len(acc)
-        out[name] = TaskResult(name, "lm-eval", tuple(correct), None if norm is None else tuple(norm), tuple(langs))
+            acc_norm = _per_item(samples[part], "acc_norm") or (None,) * len(acc)
+            if name in local:
+                where, lang = positions[part], local[name].items[positions[part][0]].lang
+            else:
+                where, lang = range(len(rows), len(rows) + len(acc)), (part if part != name else "")
+            rows += [(p, a, n, lang) for p, a, n in zip(where, acc, acc_norm)]
+        rows.sort()
+        norm = None if any(r[2] is None for r in rows) else tuple(r[2] for r in rows)
+        task = local[name].name if name in local else name
+        out[name] = TaskResult(task, "lm-eval", tuple(r[1] for r in rows), norm, tuple(r[3] for r in rows))
     return out

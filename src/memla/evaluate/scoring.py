@@ -34,7 +34,7 @@ from memla.evaluate.batching import (
     pad_id,
     prompt_passes,
 )
-from memla.langs import join, sep
+from memla.langs import sep
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class TargetScore:
     clean: bool
 
 
-def encode_pair(tokenizer, prompt: str, target: str, lang: str, *, prefix: str = "") -> Encoded:
+def encode_pair(tokenizer, prompt: str, target: str, lang: str, *, prefix: str = "", delimiter: str | None = None) -> Encoded:
     """Split ``prefix + join(prompt, target, lang)`` into prompt and target tokens.
 
     Args:
@@ -80,16 +80,18 @@ def encode_pair(tokenizer, prompt: str, target: str, lang: str, *, prefix: str =
         target: the answer appended by the join rule (DESIGN.md).
         lang: language of the prompt (chooses the separator).
         prefix: text prepended to the prompt (IKE demonstrations).
+        delimiter: text between prompt and target instead of the join rule's separator.
 
     Returns:
         The `Encoded` pair; ``target_ids`` is never empty.
     """
+    between = sep(lang) if delimiter is None else delimiter
     prompt_ids = encode_text(tokenizer, prefix + prompt)
-    full_ids = encode_text(tokenizer, prefix + join(prompt, target, lang))
+    full_ids = encode_text(tokenizer, prefix + prompt + between + target)
     n = len(prompt_ids)
     if full_ids[:n] == prompt_ids and len(full_ids) > n:
         return Encoded(tuple(prompt_ids), tuple(full_ids[n:]), True)
-    target_ids = tokenizer(sep(lang) + target, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(between + target, add_special_tokens=False)["input_ids"]
     log.debug("unclean prompt/target split for %r + %r (%s)", prompt, target, lang)
     return Encoded(tuple(prompt_ids), tuple(target_ids), False)
 

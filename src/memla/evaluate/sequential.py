@@ -19,6 +19,7 @@ Lines go to ``OUT/sequential.jsonl`` (kinds "run", "edit", "cell", "downstream",
 from __future__ import annotations
 
 import json
+import os
 import logging
 import random
 import time
@@ -219,13 +220,15 @@ class SequentialSummary:
     wall_s: float
 
 
-def _rewrite_without(path: Path, drop: set[tuple[str, str]]) -> None:
-    """Drop the lines of earlier runs of the same (method, ls) sequences."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and (json.loads(line)["method"], json.loads(line)["ls"]) not in drop]
-    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+def _commit(path: Path, sequence: tuple[str, str], lines: Sequence[str]) -> None:
+    """Replace the lines of an earlier run of the same (method, ls) sequence by ``lines``, atomically."""
+    keep = []
+    if path.exists():
+        keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and (json.loads(line)["method"], json.loads(line)["ls"]) != sequence]
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in [*keep, *lines]), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def run_sequential(
@@ -255,8 +258,10 @@ def run_sequential(
         tokenizer: its tokenizer.
         records: the records; the first ``n_edits`` with an ``ls`` edit prompt are edited, in order.
         methods: editor names ("unedited" is ignored: step 0 is the unedited model).
-        out: run directory; lines go to ``out/sequential.jsonl`` (earlier lines of the same
-            method and ``ls`` are replaced).
+        out: run directory; lines go to ``out/sequential.jsonl``.  A sequence's lines are
+            written to ``sequential.jsonl.partial`` while it runs (to follow it) and replace
+            those of an earlier run of the same method and ``ls`` only when it completes,
+            so a crash keeps the earlier curve.  Sequences do not resume.
         n_edits: N, the number of edits per sequence.
         every: k, measure after every k edits.
         sources: source languages ``ls`` (one sequence each).
@@ -287,15 +292,17 @@ def run_sequential(
     names = [m for m in dict.fromkeys(methods) if m != "unedited"]
     entries = {m: editor_entry(m) for m in names}
     sequences = [(m, ls) for ls in sources for m in names]
-    _rewrite_without(path, set(sequences))
+    partial = path.parent / (path.name + ".partial")
     reference: dict[str, tuple[dict, dict]] = {}  # ls -> step-0 cells and downstream (same for every method)
     applied = 0
-    with path.open("a", encoding="utf-8") as f:
-        def write(**line: Any) -> None:
-            f.write(json.dumps(jsonable(line), ensure_ascii=False) + "\n")
-            f.flush()
+    for method, ls in sequences:
+        lines: list[str] = []
+        with partial.open("w", encoding="utf-8") as f:
+            def write(**line: Any) -> None:
+                lines.append(json.dumps(jsonable(line), ensure_ascii=False))
+                f.write(lines[-1] + "\n")
+                f.flush()
 
-        for method, ls in sequences:
             chosen = [r for r in records if ls in r.edit][:n_edits]
             if len(chosen) < n_edits:
                 log.warning("only %d records have a %r edit prompt; the sequence has %d edits", len(chosen), ls, len(chosen))
@@ -338,6 +345,8 @@ def run_sequential(
             write(kind="end", method=method, ls=ls, edits=len(edited), restored=restored)
             if not restored:
                 raise RuntimeError("the model was not restored after sequential editing")
+        _commit(path, (method, ls), lines)
+        partial.unlink()
     return SequentialSummary(path, tuple(sequences), applied, time.perf_counter() - started)
 
 

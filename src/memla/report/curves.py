@@ -141,7 +141,7 @@ def curves_png(points: Sequence[CurvePoint], *, ls: str) -> bytes:
                                 yerr=[100 * (p.stat.se or 0.0) for p in pts], color=color, linestyle=style,
                                 marker="o", markersize=3, capsize=2, label=f"{method} {ls}-{lt}")
         ax.set_title(METRIC_NAMES[metric], fontsize=10)
-        ax.set_xlabel("edits applied")
+        ax.set_xlabel("edits (requests processed; skipped ones count)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         if k == 0:
@@ -167,9 +167,23 @@ def sequential_downstream_table(lines: Sequence[Mapping[str, Any]]) -> Table | N
     index = {(line["method"], line["ls"], line["task"], int(line["step"])): line for line in found}
     keys = list(dict.fromkeys((line["method"], line["ls"], line["task"]) for line in found))
     rows = [(m, f"{task} ({ls} edits)", *(None if (m, ls, task, s) not in index else _acc_stat(m, task, index[(m, ls, task, s)])
-                                          for s in steps)) for m, ls, task in keys]
+                                          for s in steps), _paired_change(m, task, index, (m, ls, task), steps))
+            for m, ls, task in keys]
     return Table(key="sequential_downstream", title="Downstream accuracy vs number of sequential edits (%, ± s.e.)",
-                 columns=("Method", "Task", *(str(s) for s in steps)), rows=tuple(rows))
+                 columns=("Method", "Task", *(str(s) for s in steps), f"Δ {steps[-1]} vs 0"), rows=tuple(rows),
+                 notes=("Δ: accuracy after the last checkpoint minus the unedited model's, with the paired s.e. "
+                        "over the same items.",))
+
+
+def _paired_change(method: str, task: str, index: Mapping[tuple, Mapping[str, Any]], key: tuple, steps: Sequence[int]) -> Stat | None:
+    """Accuracy at the last step minus step 0 on the same items, with the paired standard error."""
+    from memla.evaluate.downstream import mean_se
+
+    first, last = index.get((*key, steps[0])), index.get((*key, steps[-1]))
+    if first is None or last is None or len(first["correct"]) != len(last["correct"]):
+        return None
+    diff, se = mean_se([b - a for a, b in zip(first["correct"], last["correct"])])
+    return Stat(method, "", task, "diff", diff, se, len(first["correct"]))
 
 
 def downstream_table(runs: Sequence[Mapping[str, Any]]) -> Table:
@@ -201,8 +215,14 @@ def load_downstream(run_dir: str | Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
+SAME_MEASUREMENT = ("engine", "limit", "batch_size", "dataset", "split", "model", "seed")
+
+
 def save_downstream(run_dir: str | Path, entry: Mapping[str, Any]) -> Path:
-    """Add one ``memla downstream`` result to ``run_dir/downstream.json`` (replacing the same method, ls, edits).
+    """Add one ``memla downstream`` result to ``run_dir/downstream.json``.
+
+    It replaces an earlier entry only of the same measurement: method, ls, number of
+    edits, tasks, engine, item limit, batch size, dataset, split, model and seed.
 
     Args:
         run_dir: folder (created).
@@ -213,7 +233,10 @@ def save_downstream(run_dir: str | Path, entry: Mapping[str, Any]) -> Path:
     """
     path = Path(run_dir) / DOWNSTREAM
     path.parent.mkdir(parents=True, exist_ok=True)
-    same = lambda e: (e["method"], e["ls"], e["n_edits"]) == (entry["method"], entry["ls"], entry["n_edits"])  # noqa: E731
+    def key(e: Mapping[str, Any]) -> tuple:
+        return (e["method"], e["ls"], e["n_edits"], tuple(sorted(e.get("after", {}))), *(str(e.get(k)) for k in SAME_MEASUREMENT))
+
+    same = lambda e: key(e) == key(entry)  # noqa: E731
     runs = [e for e in load_downstream(run_dir) if not same(e)] + [dict(entry)]
     path.write_text(json.dumps(runs, indent=2, ensure_ascii=False), encoding="utf-8")
     return path

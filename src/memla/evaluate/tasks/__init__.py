@@ -6,10 +6,15 @@ Formats (detected from each row's fields; templates follow lm-evaluation-harness
 - ANLI ``{premise, hypothesis, label}`` -> ``"{premise}\nQuestion: {hypothesis} True, False, or Neither?\nAnswer:"``,
   choices ``True`` / ``Neither`` / ``False`` (label 0 entailment, 1 neutral, 2 contradiction).
 - XNLI ``{premise, hypothesis, label, lang}`` -> ``"{premise}, right?"`` and the choices
-  ``"Yes, {hypothesis}"`` / ``"Also, ..."`` / ``"No, ..."`` in the item's language (lm-eval's wording).
+  ``"Yes, {hypothesis}"`` / ``"Also, ..."`` / ``"No, ..."`` in the item's language, always joined
+  by a space: lm-eval's ``xnli_*`` text ``"{premise}, right? Yes, {hypothesis}"``.  lm-eval
+  scores the whole sentence; the premise is shared by the choices, so the argmax (``acc``) is
+  the same.  No ``acc_norm`` (lm-eval reports none for XNLI).
 - generic ``{context, choices, label[, lang]}``.
 
-A file is JSONL (one object a line) or a JSON list.  Built-in tasks (`builtin_tasks`),
+Labels are integers, digit strings or, for ANLI / XNLI, ``entailment`` / ``neutral`` /
+``contradiction``; rows labelled ``-1`` (no gold label, as in SNLI / MNLI exports) are skipped
+with a warning.  A file is JSONL (one object a line) or a JSON list.  Built-in tasks (`builtin_tasks`),
 shipped beside this module:
 
 - ``piqa-mini``: 40 PIQA-style physical-commonsense items, English.
@@ -22,6 +27,7 @@ They are small sanity sets for measuring what edits cost a model, not benchmarks
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -29,10 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from memla.errors import DataError
+from memla.langs import sep
+
+log = logging.getLogger(__name__)
 
 TASKS_PACKAGE = __name__
 FORMATS: tuple[str, ...] = ("auto", "piqa", "anli", "xnli", "choices")
 ANLI_CHOICES: tuple[str, ...] = ("True", "Neither", "False")
+NLI_LABELS: dict[str, int] = {"entailment": 0, "neutral": 1, "contradiction": 2}
 # (question word, entailment, neutral, contradiction); en/zh/fr/de/es/ru/th as in lm-eval's xnli tasks
 XNLI_WORDS: dict[str, tuple[str, str, str, str]] = {
     "en": ("right", "Yes", "Also", "No"),
@@ -60,6 +70,8 @@ class ChoiceItem:
         label: index of the correct choice.
         lang: language of the item (picks the join separator).
         item_id: the item's id in its file, if any.
+        delimiter: text between context and choice; None: the DESIGN.md join rule for ``lang``.
+        length_norm: whether ``acc_norm`` (likelihood per character of the choice) applies.
     """
 
     context: str
@@ -67,6 +79,13 @@ class ChoiceItem:
     label: int
     lang: str = "en"
     item_id: Any = None
+    delimiter: str | None = None
+    length_norm: bool = True
+
+    @property
+    def joiner(self) -> str:
+        """The text between context and choice."""
+        return sep(self.lang) if self.delimiter is None else self.delimiter
 
 
 @dataclass(frozen=True)
@@ -142,14 +161,30 @@ def to_item(row: Mapping[str, Any], fmt: str) -> ChoiceItem:
         question, *labels = XNLI_WORDS[lang]
         context = f"{need('premise')}, {question}?"
         choices = tuple(f"{word}, {need('hypothesis')}" for word in labels)
+        label = _label(need("label"), len(choices), names=NLI_LABELS)
+        return ChoiceItem(context, choices, label, lang, row.get("id"), delimiter=" ", length_norm=False)
     elif fmt == "choices":
         context, choices = str(need("context")), tuple(str(c) for c in need("choices"))
     else:
         raise DataError(f"unknown task format {fmt!r}; use one of {', '.join(FORMATS)}")
-    label = need("label")
-    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
-        raise DataError(f"label must be an integer in [0, {len(choices) - 1}], got {label!r}")
+    label = _label(need("label"), len(choices), names=NLI_LABELS if fmt == "anli" else {})
     return ChoiceItem(context, choices, label, lang, row.get("id"))
+
+
+def _label(value: Any, n_choices: int, *, names: Mapping[str, int]) -> int:
+    """A row's label as a choice index (an int, a digit string or one of ``names``)."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        value = names[key] if key in names else int(key) if key.lstrip("-").isdigit() else value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_choices:
+        known = f" or one of {', '.join(names)}" if names else ""
+        raise DataError(f"label must be an integer in [0, {n_choices - 1}]{known}, got {value!r}")
+    return value
+
+
+def _unlabelled(row: Mapping[str, Any]) -> bool:
+    """Rows without a gold label (``-1`` in SNLI / MNLI / XNLI exports)."""
+    return str(row.get("label", "")).strip() == "-1"
 
 
 def load_task(name_or_path: str, *, format: str = "auto") -> LocalTask:
@@ -180,17 +215,22 @@ def load_task(name_or_path: str, *, format: str = "auto") -> LocalTask:
         rows = json.loads(text) if stripped.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as err:
         raise DataError(f"{source}: not valid JSON / JSONL ({err})") from None
-    items, fmt_seen = [], set()
+    items, fmt_seen, unlabelled = [], set(), 0
     for i, row in enumerate(rows, 1):
         where = f"{source}: item {i}" + (f" (id {row['id']})" if isinstance(row, dict) and "id" in row else "")
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object")
+        if _unlabelled(row):
+            unlabelled += 1
+            continue
         try:
             fmt = detect_format(row) if format == "auto" else format
             items.append(to_item(row, fmt))
         except DataError as err:
             raise DataError(f"{where}: {err}") from None
         fmt_seen.add(fmt)
+    if unlabelled:
+        log.warning("%s: skipped %d item(s) labelled -1 (no gold label)", source, unlabelled)
     if not items:
         raise DataError(f"{source}: the task has no items")
     return LocalTask(name, fmt_seen.pop() if len(fmt_seen) == 1 else "mixed", tuple(items), source)
