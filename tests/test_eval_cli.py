@@ -56,6 +56,8 @@ def test_bench_bad_input_exits_2(tmp_path, model_dir, test_editors, capsys):
     assert main([*base, "--methods", "test-shift", "--targets", "en,xx"]) == 2
     assert main([*base, "--methods", "test-shift", "--sample", "0"]) == 2
     assert "--sample must be at least 1" in capsys.readouterr().err
+    assert main([*base, "--methods", "test-shift", "--downstream", "piqa-mini", "--every", "5"]) == 2
+    assert "--every, --downstream only apply with --sequential N" in capsys.readouterr().err
     assert main(["bench", "--dataset", str(tmp_path / "nope.json"), "--methods", "test-shift", "--out", str(tmp_path / "r")]) == 2
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("test-shift:\n  scael: 1.0\n")

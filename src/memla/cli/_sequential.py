@@ -52,11 +52,18 @@ def check_sequential(args: argparse.Namespace) -> None:
     """Validate the sequential options before anything is loaded.
 
     Raises:
-        MemlaError: N, K or B below 1, or unusable downstream tasks.
+        MemlaError: N, K or B below 1, unusable downstream tasks, or sequential options
+            without ``--sequential``.
     """
     from memla.errors import MemlaError
     from memla.evaluate.downstream import check_tasks, split_task_names
 
+    if args.sequential is None:
+        given = [flag for flag, used in (("--every", args.every != 10), ("--batch-size", args.batch_size != 1),
+                                         ("--downstream", bool(args.downstream)), ("--engine", args.engine != "auto")) if used]
+        if given:
+            raise MemlaError(f"{', '.join(given)} only apply with --sequential N")
+        return
     if args.sequential < 1 or args.every < 1 or args.batch_size < 1:
         raise MemlaError("--sequential, --every and --batch-size must be at least 1")
     if args.downstream:

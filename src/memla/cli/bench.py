@@ -107,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--limit", args.limit), ("--sample", args.sample)):
         if value is not None and value < 1:
             raise MemlaError(f"{flag} must be at least 1")
-    if args.sequential is not None:
-        check_sequential(args)
+    check_sequential(args)
     records = load_dataset(args.dataset, split=args.split)
     if args.limit is not None:
         records = records[: args.limit]
