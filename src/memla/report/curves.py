@@ -141,7 +141,7 @@ def curves_png(points: Sequence[CurvePoint], *, ls: str) -> bytes:
                                 yerr=[100 * (p.stat.se or 0.0) for p in pts], color=color, linestyle=style,
                                 marker="o", markersize=3, capsize=2, label=f"{method} {ls}-{lt}")
         ax.set_title(METRIC_NAMES[metric], fontsize=10)
-        ax.set_xlabel("edits (requests processed; skipped ones count)")
+        ax.set_xlabel("edit requests processed")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         if k == 0:
