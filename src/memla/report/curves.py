@@ -113,12 +113,14 @@ def curve_tables(points: Sequence[CurvePoint]) -> list[Table]:
     return tables
 
 
-def curves_png(points: Sequence[CurvePoint], *, ls: str) -> bytes:
-    """ES, PS and NS against the number of edits, one line per method and view (ls-ls solid, ls-avg dashed).
+def curves_png(points: Sequence[CurvePoint], *, ls: str, downstream: Sequence[Mapping[str, Any]] = ()) -> bytes:
+    """ES, PS and NS against the number of edits, one line per method and view (ls-ls solid, ls-avg dashed),
+    and a fourth panel with downstream accuracy (one marker per task) when it was measured.
 
     Args:
         points: from `curve_points`.
         ls: the source language to plot.
+        downstream: "downstream" lines of the sequential results (any ``ls``; this one's are plotted).
 
     Returns:
         PNG bytes.
@@ -127,11 +129,13 @@ def curves_png(points: Sequence[CurvePoint], *, ls: str) -> bytes:
     from matplotlib.figure import Figure
 
     mine = [p for p in points if p.stat.ls == ls]
-    fig = Figure(figsize=(11.0, 3.4), dpi=110)
+    tasks = [line for line in downstream if line.get("ls") == ls]
+    panels = len(CURVE_METRICS) + bool(tasks)
+    fig = Figure(figsize=(3.7 * panels, 3.6), dpi=110)
     FigureCanvasAgg(fig)
     colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(p.stat.method for p in mine))}
     for k, metric in enumerate(CURVE_METRICS):
-        ax = fig.add_subplot(1, len(CURVE_METRICS), k + 1)
+        ax = fig.add_subplot(1, panels, k + 1)
         for method, color in colors.items():
             for lt, style in zip(_views(ls, mine), ("-", "--")):
                 pts = sorted((p for p in mine if p.stat.method == method and p.stat.metric == metric and p.stat.lt == lt),
@@ -146,12 +150,29 @@ def curves_png(points: Sequence[CurvePoint], *, ls: str) -> bytes:
         ax.grid(alpha=0.3)
         if k == 0:
             ax.set_ylabel("%")
+    if tasks:
+        _downstream_panel(fig.add_subplot(1, panels, panels), tasks, colors)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=max(1, min(len(labels), 4)), fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _downstream_panel(ax, lines: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> None:
+    """Downstream accuracy against the number of edits: method by colour, task by marker."""
+    markers = {t: m for t, m in zip(dict.fromkeys(line["task"] for line in lines), "os^Dvx*")}
+    for (method, task) in dict.fromkeys((line["method"], line["task"]) for line in lines):
+        pts = sorted((line for line in lines if (line["method"], line["task"]) == (method, task)), key=lambda x: x["step"])
+        ax.errorbar([p["step"] for p in pts], [100 * p["acc"] for p in pts], yerr=[100 * (p.get("acc_se") or 0.0) for p in pts],
+                    color=colors.get(method, "C9"), linestyle=":", marker=markers.get(task, "o"), markersize=4, capsize=2,
+                    label=f"{method} {task}")
+    ax.set_title("downstream accuracy", fontsize=10)
+    ax.set_xlabel("edit requests processed")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="lower left")
 
 
 def _acc_stat(method: str, task: str, result: Mapping[str, Any]) -> Stat:
@@ -289,6 +310,6 @@ def write_curves(run_dir: str | Path, out_dir: str | Path | None, *, n_boot: int
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"curves_{ls}.png"
-        path.write_bytes(curves_png(points, ls=ls))
+        path.write_bytes(curves_png(points, ls=ls, downstream=[line for line in lines if line.get("kind") == "downstream"]))
         paths.append(path)
     return tables, paths
