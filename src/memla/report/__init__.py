@@ -106,7 +106,7 @@ def build_report(run_dir: str | Path, *, n_boot: int = 1000, seed: int = 0) -> R
         if extra is not None:
             tables.append(extra)
     if curves:
-        tables += write_curves(run_dir, None, n_boot=n_boot)[0]
+        tables += write_curves(run_dir, None, n_boot=n_boot, seed=seed)[0]
     return Report(run_dir, manifest, tuple(stats), tuple(methods), tuple(sources), tuple(targets), tuple(tables), skipped)
 
 

@@ -285,13 +285,15 @@ def sequential_manifest(run_dir: str | Path) -> dict[str, Any]:
             "sessions": [{"command": r["command"]} for r in runs if r.get("command")][-1:]}
 
 
-def write_curves(run_dir: str | Path, out_dir: str | Path | None, *, n_boot: int = 1000) -> tuple[list[Table], list[Path]]:
+def write_curves(run_dir: str | Path, out_dir: str | Path | None, *, n_boot: int = 1000,
+                 seed: int = 0) -> tuple[list[Table], list[Path]]:
     """Tables and PNG curves of a run's sequential and downstream results.
 
     Args:
         run_dir: the run folder (``sequential.jsonl`` and / or ``downstream.json``).
         out_dir: folder for ``curves_<ls>.png`` (created if there is something to plot); None: tables only.
         n_boot: bootstrap replicates for NS.
+        seed: bootstrap seed.
 
     Returns:
         ``(tables, png paths)``; both empty when the run has neither file.
@@ -299,7 +301,7 @@ def write_curves(run_dir: str | Path, out_dir: str | Path | None, *, n_boot: int
     from memla.evaluate.sequential import load_sequential
 
     lines = load_sequential(run_dir)
-    points = curve_points(lines, n_boot=n_boot)
+    points = curve_points(lines, n_boot=n_boot, seed=seed)
     tables = curve_tables(points)
     extra = sequential_downstream_table(lines)
     tables += [extra] if extra is not None else []
