@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_eval_support import one_thread  # noqa: F401  (fixture)
-from tiny import tiny_model
+from tiny import save_tiny, tiny_model
 
 from memla.cli import main
 from memla.errors import DataError, MemlaError
@@ -164,9 +163,7 @@ def test_engine_choice_errors(hand_task):
 
 
 def test_cli_unedited_and_bad_input(tmp_path, hand_task, capsys):
-    model, tok = tiny_model("gpt2")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    save_tiny("gpt2", tmp_path / "m")
     assert main(["downstream", "--tasks", hand_task, "--model", str(tmp_path / "m"), "--engine", "memla"]) == 0
     out = capsys.readouterr().out
     assert "hand" in out and "hand:zh" in out

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 from test_downstream import HAND_MADE, write_jsonl
-from test_eval_support import one_thread  # noqa: F401  (fixture)
 from tiny import tiny_model
 
 from memla.editors.base import EditResult, apply

@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_eval_support import one_thread, small_dataset, small_records, test_editors  # noqa: F401  (fixtures)
-from tiny import tiny_model
+from test_eval_support import small_dataset, small_records, test_editors  # noqa: F401  (fixtures)
+from tiny import save_tiny
 
 from memla.cli import main
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model, tok = tiny_model("gpt2")
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny("gpt2", tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 def test_bench_then_report(tmp_path, model_dir, test_editors, capsys):

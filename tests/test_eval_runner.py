@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_eval_support import as_records, one_thread, small_records, test_editors  # noqa: F401  (fixtures)
+from test_eval_support import as_records, small_records, test_editors  # noqa: F401  (fixtures)
 from tiny import tiny_model
 
 from memla.errors import EditError, MemlaError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_eval_support import one_thread  # noqa: F401  (autouse fixture)
 from tiny import tiny_tokenizer
 from tokenizers import processors
 from transformers import PreTrainedTokenizerFast

@@ -150,15 +150,6 @@ def register_test_editors(registry: dict) -> None:
         registry[name] = base.EditorEntry(name, cls, cfg, cls.__doc__.splitlines()[0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run tiny models on one thread: faster for tiny matrices, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def test_editors(monkeypatch):
     """Register the test-only editors for one test."""

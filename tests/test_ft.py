@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from edit_support import margin
 from tiny import tiny_model
 
 from memla.config import dump_config, load_config
 from memla.editors import EditRequest, apply, editor_entry, get_editor
-from memla.editors._train import scaled_layer, teacher_batch
+from memla.editors._train import scaled_layer
 from memla.editors.ft import FTConfig, FTEditor, FTUnconstrainedConfig
 from memla.errors import EditError, MemlaError
 from memla.models import arch_spec
@@ -18,14 +19,6 @@ TINY = dict(norm_constraint=0.05, lr=0.01, objective="target_new")
 
 def request() -> EditRequest:
     return EditRequest(prompt="The capital of {} is", subject="France", target_new="Tokyo", target_true="Paris", lang="en")
-
-
-def margin(model, tok, req: EditRequest) -> float:
-    """log P(target_new) − log P(target_true), length-normalised, on the edit prompt."""
-    batch = teacher_batch(tok, [(req.text, req.target_new, req.lang), (req.text, req.target_true, req.lang)])
-    with torch.no_grad():
-        lp = batch.mean_logprob(batch.logits(model))
-    return float(lp[0] - lp[1])
 
 
 @pytest.fixture(params=["gpt2", "llama", "gemma3_text"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from edit_support import KV_TINY
 from tiny import tiny_model
 
 from memla.config import dump_config, load_config
@@ -18,19 +19,10 @@ from memla.errors import EditError, MemlaError
 from memla.evaluate.scoring import score_targets
 from memla.models import arch_spec, get_module
 
-TINY = dict(covariance="identity", clamp_norm_factor=100.0, lr=0.05, steps=30, weight_decay=0.0,
-            context_lengths=((4, 4),))
+TINY = KV_TINY
 # Ten facts whose subjects are single tokens of the tiny tokenizer (distinct keys).
 SUBJECTS = ["France", "Italy", "Japan", "Francia", "Frankreich", "Francji", "Parigi", "Paryż", "Франции", "França"]
 NEW = ["Tokyo", "Paris", "Rome", "Париж", "파리", "Hauptstadt", "capitale", "Stolicą", "capital", "东京"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def requests(n: int = 10) -> list[EditRequest]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_model
+from edit_support import margin
+from tiny import save_tiny, tiny_model
 
 from memla.config import dump_config, load_config
 from memla.data import load_dataset
@@ -31,13 +32,6 @@ FAST = dict(rank=16, edit_lr=0.05, steps=4, save_every=2, train_langs=("en",))
 
 def request() -> EditRequest:
     return EditRequest(prompt="The capital of {} is", subject="France", target_new="Tokyo", target_true="Paris", lang="en")
-
-
-def margin(model, tok, req: EditRequest) -> float:
-    batch = teacher_batch(tok, [(req.text, req.target_new, req.lang), (req.text, req.target_true, req.lang)])
-    with torch.no_grad():
-        lp = batch.mean_logprob(batch.logits(model))
-    return float(lp[0] - lp[1])
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +148,7 @@ def test_config_roundtrips_through_yaml(tmp_path):
 def test_cli_train_mend(tmp_path):
     from memla.cli import main
 
-    model, tok = tiny_model("gpt2")
-    model_dir = tmp_path / "tiny-gpt2"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model_dir = save_tiny("gpt2", tmp_path / "tiny-gpt2")
     cfg = tmp_path / "mend.yaml"
     dump_config(MendConfig(**FAST), cfg)
     out = tmp_path / "ckpt"

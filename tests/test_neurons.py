@@ -13,15 +13,6 @@ from memla.neurons._common import Head
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread (no OpenMP barriers), above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def assert_agree(fast, ref, *, thresholds=(0.1, 0.2, 0.3)):
     """The issue's agreement rule: max |diff| <= 1e-4 max |score| and the same thresholded sets."""
     assert fast.shape == ref.shape

@@ -3,28 +3,15 @@
 import json
 
 import pytest
-import torch
-from tiny import tiny_model
+from tiny import save_tiny
 
 from memla.cli import main
 from memla.cli.neurons import parse_layers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model, tok = tiny_model("llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny("llama", tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_parse_layers():

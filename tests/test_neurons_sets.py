@@ -10,15 +10,6 @@ from memla.neurons import NeuronSet, attribute, knowledge_neurons, locate, split
 from memla.neurons.locate import _combine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread (no OpenMP barriers), above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ns(*pairs):
     return NeuronSet(pairs)
 

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from edit_support import KV_TINY
 from tiny import tiny_model
 
 from memla.config import dump_config, load_config
@@ -20,16 +21,7 @@ from memla.errors import MemlaError
 from memla.evaluate.scoring import score_targets
 from memla.models import arch_spec
 
-TINY = dict(covariance="identity", clamp_norm_factor=100.0, lr=0.05, steps=30, weight_decay=0.0,
-            context_lengths=((4, 4),))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = KV_TINY
 
 
 def request() -> EditRequest:

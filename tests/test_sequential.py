@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from test_eval_support import as_records, one_thread, small_records  # noqa: F401  (fixture)
-from tiny import tiny_model
+from test_eval_support import as_records, small_records
+from tiny import save_tiny, tiny_model
 
 from memla.editors import base
 from memla.editors.base import EditRequest, EditResult, pristine
@@ -178,9 +178,7 @@ def test_cli_downstream_after_edits_saves_a_report_table(add_editor, tmp_path, c
     from memla.cli import main
     from memla.report.curves import downstream_table, load_downstream
 
-    model, tok = tiny_model("gpt2")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    save_tiny("gpt2", tmp_path / "m")
     task = tmp_path / "mini.jsonl"
     task.write_text('{"goal": "To dry hands", "sol1": "use a towel", "sol2": "use water", "label": 0}\n', encoding="utf-8")
     args = ["downstream", "--tasks", str(task), "--method", "test-add", "--dataset", str(small_dataset(tmp_path)),
@@ -207,9 +205,7 @@ def test_cli_bench_sequential_then_report(add_editor, tmp_path, capsys):
 
     from memla.cli import main
 
-    model, tok = tiny_model("gpt2")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    save_tiny("gpt2", tmp_path / "m")
     out = tmp_path / "run"
     args = ["bench", "--dataset", str(small_dataset(tmp_path)), "--methods", "test-add", "--targets", "en,zh,ja",
             "--sequential", "2", "--every", "1", "--batch-size", "2", "--model", str(tmp_path / "m"), "--out", str(out),

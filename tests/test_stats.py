@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from tiny import tiny_model
+from tiny import save_tiny, tiny_model
 
 from memla.cli import main
 from memla.cli._common import console
@@ -23,12 +23,8 @@ TEXTS = ["The capital of France is Paris.", "La capitale de la France est Paris.
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _wide_console(monkeypatch):
     monkeypatch.setattr(console, "width", 200)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -148,11 +144,7 @@ def test_rome_with_statistics_uses_the_cache(corpus):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model, tok = tiny_model("llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny("llama", tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_cli_stats(model_dir, corpus, capsys):

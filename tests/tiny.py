@@ -95,3 +95,11 @@ def tiny_model(model_type: str, *, seed: int = 0, dtype: torch.dtype = torch.flo
             p.add_(torch.randn_like(p) * 0.02)
     model.eval().requires_grad_(False)
     return model, tokenizer
+
+
+def save_tiny(model_type: str, path) -> str:
+    """Write `tiny_model(model_type)` and its tokenizer to ``path`` (for the CLI's ``--model``); returns it as a string."""
+    model, tokenizer = tiny_model(model_type)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
