@@ -15,6 +15,10 @@ from typing import Any
 from memla.cli._common import console, print_table
 
 
+# defaults of the options that only apply with --sequential (a changed one without it is an error)
+SEQUENTIAL_DEFAULTS = {"every": 10, "batch_size": 1, "downstream": None, "engine": "auto"}
+
+
 def add_sequential_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--sequential``, ``--every``, ``--batch-size``, ``--downstream`` and ``--engine``.
 
@@ -27,14 +31,14 @@ def add_sequential_arguments(parser: argparse.ArgumentParser) -> None:
                    "in between, and measure ES / PS of the facts edited so far and NS of all N every --every edits "
                    "(OUT/sequential.jsonl; curves in `memla report OUT`); the model is restored at the end. Sequences do not "
                    "resume: a rerun replaces a method's curve once the new one is complete")
-    g.add_argument("--every", type=int, default=10, metavar="K", help="measure every K edits (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=1, metavar="B",
+    g.add_argument("--every", type=int, default=SEQUENTIAL_DEFAULTS["every"], metavar="K", help="measure every K edits (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=SEQUENTIAL_DEFAULTS["batch_size"], metavar="B",
                    help="requests per edit for methods with batched edits (MEMIT, PMET); others edit one at a time "
                    "(default: %(default)s)")
-    g.add_argument("--downstream", default=None, metavar="TASKS",
+    g.add_argument("--downstream", default=SEQUENTIAL_DEFAULTS["downstream"], metavar="TASKS",
                    help="also measure downstream accuracy on these tasks at every checkpoint, e.g. piqa-mini,nli-mini "
                    "(see `memla downstream`)")
-    g.add_argument("--engine", default="auto", choices=["auto", "memla", "lm-eval"],
+    g.add_argument("--engine", default=SEQUENTIAL_DEFAULTS["engine"], choices=["auto", "memla", "lm-eval"],
                    help="engine of --downstream (default: %(default)s)")
 
 
@@ -59,8 +63,7 @@ def check_sequential(args: argparse.Namespace) -> None:
     from memla.evaluate.downstream import check_tasks, split_task_names
 
     if args.sequential is None:
-        given = [flag for flag, used in (("--every", args.every != 10), ("--batch-size", args.batch_size != 1),
-                                         ("--downstream", bool(args.downstream)), ("--engine", args.engine != "auto")) if used]
+        given = ["--" + key.replace("_", "-") for key, default in SEQUENTIAL_DEFAULTS.items() if getattr(args, key) != default]
         if given:
             raise MemlaError(f"{', '.join(given)} only apply with --sequential N")
         return
