@@ -17,7 +17,7 @@ from tiny import tiny_model
 
 from memla.errors import EditError, MemlaError
 from memla.evaluate import load_run, run_bench, score_targets
-from memla.evaluate.store import RESULTS, ResultStore
+from memla.evaluate.store import RESULTS, ResultStore, write_manifest
 
 TARGETS = "en,zh,ja,th,fr"
 VOLATILE = ("edit_s", "eval_s")  # timings differ between runs
@@ -135,7 +135,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_llama, reco
 _CHILD = """
 import sys
 import torch
-torch.set_num_threads(1)
+torch.set_num_threads({threads})  # the parent's count: the resumed and the full run must compute alike
 sys.path[:0] = [{tests!r}]
 from memla.editors import base
 from test_eval_support import as_records, register_test_editors, small_records
@@ -154,7 +154,8 @@ def test_sigkill_loses_at_most_the_edit_in_progress(tmp_path, tiny_llama, record
     model, tok = tiny_llama
     out = tmp_path / "killed"
     script = tmp_path / "child.py"
-    script.write_text(_CHILD.format(tests=str(Path(__file__).parent), targets=TARGETS, out=str(out)))
+    threads = torch.get_num_threads()
+    script.write_text(_CHILD.format(tests=str(Path(__file__).parent), targets=TARGETS, out=str(out), threads=threads))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     child = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     results = out / RESULTS
@@ -170,8 +171,9 @@ def test_sigkill_loses_at_most_the_edit_in_progress(tmp_path, tiny_llama, record
     finally:
         if child.poll() is None:
             child.kill()
-    _, partial = load_run(out)
+    manifest, partial = load_run(out)
     assert 12 <= len(partial) < 90
+    assert manifest["sessions"][0]["torch_threads"] == threads  # the child computed with the parent's thread count
     configs = {"test-shift": {"sleep_s": 0.3}}
     _run(out, model, tok, records, configs=configs)
     _run(tmp_path / "full", model, tok, records, configs=configs)
@@ -185,6 +187,61 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_llama, records, test_e
         _run(tmp_path / "run", model, tok, records[:1], methods=["test-shift"], configs={"test-shift": {"scale": 1.0}})
     with pytest.raises(MemlaError, match="seed"):
         _run(tmp_path / "run", model, tok, records[:1], methods=["test-shift"], seed=1)
+
+
+def test_manifest_records_threads_device_and_dtype_per_session(tmp_path, tiny_llama, records, test_editors, caplog):
+    model, tok = tiny_llama
+    run = tmp_path / "run"
+    _run(run, model, tok, records[:1], methods=["test-shift"], sources="en")
+    manifest, _ = load_run(run)
+    assert {k: manifest["sessions"][0][k] for k in ("torch_threads", "device", "dtype")} == {
+        "torch_threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32"}
+
+    # another thread count: allowed, with a warning naming both counts
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        with caplog.at_level("WARNING", logger="memla.evaluate.runner"):
+            _run(run, model, tok, records[:2], methods=["test-shift"], sources="en")
+    finally:
+        torch.set_num_threads(threads)
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert f"torch_threads {threads} and this session uses {threads + 1}" in warning
+    manifest, lines = load_run(run)
+    assert [s["torch_threads"] for s in manifest["sessions"]] == [threads, threads + 1]
+    assert {ln["record"] for ln in lines} == {records[0].example_id, records[1].example_id}
+
+    # another device (a run made on a GPU, resumed here): refused unless allowed
+    for session in manifest["sessions"]:
+        session["device"] = "cuda:0"
+    write_manifest(run, manifest)
+    with pytest.raises(MemlaError, match="device cuda:0 and this session uses cpu.*--allow-compute-change"):
+        _run(run, model, tok, records[:2], methods=["test-shift"], sources="en")
+    summary = _run(run, model, tok, records[:2], methods=["test-shift"], sources="en", allow_compute_change=True)
+    assert summary.written == 0
+
+    # another dtype: always refused, and the message names it (not only the fingerprint)
+    manifest, _ = load_run(run)
+    manifest["sessions"][0]["dtype"] = "bfloat16"
+    write_manifest(run, manifest)
+    with pytest.raises(MemlaError, match="dtype bfloat16, float32 and this session uses float32"):
+        _run(run, model, tok, records[:2], methods=["test-shift"], sources="en", allow_compute_change=True)
+
+
+def test_resume_of_a_manifest_without_session_settings(tmp_path, tiny_llama, records, test_editors, caplog):
+    """Runs written before sessions recorded their settings kept one thread count under "host"."""
+    model, tok = tiny_llama
+    run = tmp_path / "run"
+    _run(run, model, tok, records[:1], methods=["test-shift"], sources="en")
+    manifest, _ = load_run(run)
+    for session in manifest["sessions"]:
+        for key in ("torch_threads", "device", "dtype"):
+            del session[key]
+    manifest["host"]["torch_threads"] = torch.get_num_threads() + 3
+    write_manifest(run, manifest)
+    with caplog.at_level("WARNING", logger="memla.evaluate.runner"):
+        assert _run(run, model, tok, records[:1], methods=["test-shift"], sources="en").written == 0
+    assert f"torch_threads {torch.get_num_threads() + 3} and this session uses" in caplog.text
 
 
 def test_unknown_method_and_config_keys(tmp_path, tiny_llama, records, test_editors):

@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="units of the NS/QS token F1 (default: the model's tokens)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (resumed if it exists)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--allow-compute-change", action="store_true",
+                   help="resume a run made on another device (refused by default: the cells would mix devices); "
+                   "another torch thread count only warns, another dtype is always refused")
     add_sequential_arguments(p)
     add_model_argument(p)
     p.set_defaults(func=run)
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer, records,
         methods=methods, out=args.out, sources=sources, targets=targets, configs=configs, seed=args.seed,
         f1_unit=args.f1_unit, dataset=args.dataset, split=args.split, model_name=args.model or "default",
-        command=_command(args), progress=not args.no_progress,
+        command=_command(args), progress=not args.no_progress, allow_compute_change=args.allow_compute_change,
     )
     console.print(
         f"{summary.written} cells written, {summary.reused} edits already done, "

@@ -17,9 +17,10 @@ One JSONL line per (method, record, ls, lt) goes into ``OUT/results.jsonl``::
 record (it raised `memla.errors.EditError`, e.g. it needs the subject position)
 or the record has no ``ls`` edit, and ``"missing"`` when the record has no
 ``lt`` edit prompt.  ``OUT/manifest.json`` holds the resolved configs, seed,
-package versions, model fingerprint, timings and command lines.  Running the same
-command again skips every finished cell; a killed run loses at most the edit in
-progress.
+package versions, model fingerprint, timings, and per session the command line, torch
+thread count, device and dtype.  Running the same command again skips every finished
+cell; a killed run loses at most the edit in progress.  A resume with another thread
+count warns (scores may move in the last bits); another device or dtype is refused.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from memla.editors.base import EditRequest, EditResult, apply, editor_entry
 from memla.errors import EditError, MemlaError
 from memla.evaluate.cells import evaluate_record, missing_reason
 from memla.evaluate.metrics import F1_UNITS
-from memla.evaluate.store import RESULTS, ResultStore, cell_key, jsonable, read_manifest, write_manifest
+from memla.evaluate.store import RESULTS, ResultStore, cell_key, compute_settings, jsonable, read_manifest, write_manifest
 from memla.langs import resolve_langs
 from memla.models import model_fingerprint
 
@@ -110,8 +111,27 @@ def _resolve_methods(methods: Sequence[str], configs: Mapping[str, Any] | None) 
     return resolved
 
 
-def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], out: Path) -> None:
-    """Refuse to mix results of a different model, seed, dataset or config into one run."""
+def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], session: Mapping[str, Any], out: Path, *,
+                  allow_compute_change: bool) -> None:
+    """Refuse to mix results of a different model, seed, dataset, config, dtype or device into one run.
+
+    A different torch thread count is allowed with a warning naming both values: it
+    moves scores only in the last bits, but the resumed run is then no longer bitwise
+    equal to an uninterrupted one.  A different device is refused unless
+    ``allow_compute_change``; a different dtype always (the weights differ).
+    """
+    for key in ("dtype", "device", "torch_threads"):
+        earlier = sorted({str(s[key]) for s in old.get("sessions", []) if key in s} or _legacy_setting(old, key))
+        if not earlier or earlier == [str(session[key])]:
+            continue
+        change = f"{out} was computed with {key} {', '.join(earlier)} and this session uses {session[key]}"
+        if key == "torch_threads":
+            log.warning("%s: scores may differ in the last bits from an uninterrupted run", change)
+        elif key == "device" and allow_compute_change:
+            log.warning("%s (allowed by --allow-compute-change)", change)
+        else:
+            allow = " or pass --allow-compute-change" if key == "device" else ""
+            raise MemlaError(f"{change}; rerun with the same {key}, use another --out{allow}")
     problems = []
     for key in ("model_fingerprint", "seed", "dataset", "split", "f1_unit"):
         if key in old and old[key] != new[key]:
@@ -121,6 +141,13 @@ def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], out: Path) -> 
             problems.append(f"config of {name} differs")
     if problems:
         raise MemlaError(f"{out} holds a run that does not match this one ({'; '.join(problems)}); use another --out")
+
+
+def _legacy_setting(old: Mapping[str, Any], key: str) -> set[str]:
+    """The setting as a manifest written before sessions recorded it holds it (CPU runs only then)."""
+    value = {"torch_threads": old.get("host", {}).get("torch_threads"), "dtype": old.get("dtype"),
+             "device": "cpu" if "dtype" in old else None}[key]
+    return set() if value is None else {str(value)}
 
 
 def _merge(old: Sequence[str], new: Sequence[str]) -> list[str]:
@@ -144,6 +171,7 @@ def run_bench(
     model_name: str | None = None,
     command: Sequence[str] | None = None,
     progress: bool = True,
+    allow_compute_change: bool = False,
 ) -> RunSummary:
     """Run the MKEB-style benchmark (paper, Appendix B) and store raw scores per cell.
 
@@ -163,6 +191,8 @@ def run_bench(
         model_name: model name or path, for the manifest.
         command: the command line, for the manifest (default ``sys.argv``).
         progress: show a progress bar with ETA.
+        allow_compute_change: resume a run made on another device (refused by default).
+            A different torch thread count is allowed with a warning; a different dtype never.
 
     Returns:
         A `RunSummary`.
@@ -180,7 +210,8 @@ def run_bench(
     resolved = _resolve_methods(methods, configs)
     fingerprint = model_fingerprint(model)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    session = {"started": now, "command": list(command if command is not None else sys.argv)}
+    compute = compute_settings(model)
+    session = {"started": now, "command": list(command if command is not None else sys.argv), **compute}
     manifest = {
         "memla_run": 1,
         "dataset": dataset,
@@ -189,7 +220,8 @@ def run_bench(
         "model": model_name or "default",
         "model_type": getattr(model.config, "model_type", None),
         "model_fingerprint": fingerprint,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": compute["dtype"],
+        "device": compute["device"],
         "seed": seed,
         "f1_unit": f1_unit,
         "methods": list(resolved),
@@ -197,11 +229,11 @@ def run_bench(
         "targets": list(targets),
         "configs": {n: (None if v is None else {"class": type(v[1]).__name__, **config_to_dict(v[1])}) for n, v in resolved.items()},
         "versions": package_versions(),
-        "host": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "host": {"platform": platform.platform()},
     }
     old = read_manifest(out)
     if old is not None:
-        _check_resume(old, manifest, out)
+        _check_resume(old, manifest, session, out, allow_compute_change=allow_compute_change)
         manifest["methods"] = _merge(old.get("methods", []), manifest["methods"])
         manifest["sources"] = _merge(old.get("sources", []), manifest["sources"])
         manifest["targets"] = _merge(old.get("targets", []), manifest["targets"])

@@ -38,6 +38,7 @@ from memla.editors.base import EditRequest, apply_, editor_entry, pristine
 from memla.errors import EditError, MemlaError
 from memla.evaluate.metrics import token_f1
 from memla.evaluate.scoring import answer_length, encode_pair, greedy_generate, score_encoded
+from memla.evaluate.store import compute_settings
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ def run_sequential(
             size = batch_size if callable(getattr(editor, "edit_batch", None)) else 1
             write(kind="run", method=method, ls=ls, n_edits=len(chosen), every=every, batch_size=size, targets=list(targets),
                   records=[r.example_id for r in chosen], config={"class": type(config).__name__, **config_to_dict(config)},
-                  seed=seed, f1_unit=f1_unit, model_fingerprint=fingerprint, tasks=list(tasks or ()),
+                  seed=seed, f1_unit=f1_unit, model_fingerprint=fingerprint, tasks=list(tasks or ()), **compute_settings(model),
                   started=datetime.now(timezone.utc).isoformat(timespec="seconds"), **dict(run_info or {}))
             requests = [EditRequest.from_record(r, ls) for r in chosen]
             edited: set[Any] = set()

@@ -18,6 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from memla.errors import MemlaError
 
 log = logging.getLogger(__name__)
@@ -145,6 +148,17 @@ def jsonable(obj: Any, *, max_items: int = 64) -> Any:
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     return str(obj)
+
+
+def compute_settings(model: nn.Module) -> dict[str, Any]:
+    """What decides the floating-point results besides the inputs: torch threads, device and dtype.
+
+    CPU kernels split reductions by thread, so the same cell computed with 1 and with
+    2 threads can differ in the last bits; a GPU or another dtype moves them further.
+    """
+    param = next(model.parameters())
+    return {"torch_threads": torch.get_num_threads(), "device": str(param.device),
+            "dtype": str(param.dtype).removeprefix("torch.")}
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
