@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from tiny import tiny_model
@@ -96,8 +98,10 @@ def test_final_update_is_c_times_sum_of_editors_eq8(scale):
         with torch.no_grad():
             delta = sum(e.delta() for e in eds.values())
             weight = model.get_parameter(spec.down_weight_name(layer))
-            c = 0.25 if scale == "constant" else norm_ratio_scale(delta, weight)
-            assert result.info["scale"][str(layer)] == pytest.approx(c)
+            x = float(delta.norm() / weight.norm())
+            expected = 0.25 if scale == "constant" else 0.65 * math.exp(-x * x / 2) + 0.4 * (1 / (1 + math.exp(-2 * x)))
+            c = result.info["scale"][str(layer)]
+            assert c == pytest.approx(expected, rel=1e-12)
             torch.testing.assert_close(result.deltas[spec.down_weight_name(layer)], c * delta, rtol=0, atol=0)
 
 
@@ -106,6 +110,12 @@ def test_norm_ratio_scale_values():
     assert norm_ratio_scale(torch.zeros(4, 4), w) == pytest.approx(0.65 + 0.2)
     big = norm_ratio_scale(100 * w, w)
     assert big == pytest.approx(0.4, abs=1e-6)
+    # Interior points, by hand: c(x) = 0.65·exp(−x²/2) + 0.4·sigmoid(2x) with x = ‖Δ‖/‖W‖.
+    #   x = 0.5: exp(−0.125) = 0.8824969026 -> 0.5736229867; sigmoid(1) = 0.7310585786 -> 0.2924234314; c = 0.8660464181
+    #   x = 1:   exp(−0.5)   = 0.6065306597 -> 0.3942449288; sigmoid(2) = 0.8807970780 -> 0.3523188312; c = 0.7465637600
+    #   x = 2:   exp(−2)     = 0.1353352832 -> 0.0879679341; sigmoid(4) = 0.9820137900 -> 0.3928055160; c = 0.4807734501
+    for ratio, c in ((0.5, 0.8660464181), (1.0, 0.7465637600), (2.0, 0.4807734501)):
+        assert norm_ratio_scale(ratio * w, w) == pytest.approx(c, abs=1e-9)
 
 
 def test_only_lora_parameters_get_gradients():

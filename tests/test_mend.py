@@ -20,7 +20,6 @@ from memla.editors.mend import (
     default_checkpoint_dir,
     gradient_factors,
     load_checkpoint,
-    low_rank_term,
     resolve_layers,
 )
 from memla.editors.mend_train import checkpoint_meta, save_checkpoint, train_mend
@@ -89,7 +88,7 @@ def test_training_hook_matches_the_dense_delta(arch, tmp_path):
     probe = teacher_batch(tok, [("Die Hauptstadt von Frankreich ist", "Paris", "de"), (req.text, "Rome", "en")])
     with torch.no_grad():
         transformed = net.transform(factors)
-        with added_outputs(model, {n: low_rank_term(u, d, a) for n, (u, d, a) in zip(names, transformed)}):
+        with added_outputs(model, dict(zip(names, transformed))):
             hooked = probe.logits(model)
     save_checkpoint(tmp_path, net, checkpoint_meta(model, net, MendConfig(rank=8, n_hidden=1)))
     result = get_editor("mend", {"checkpoint": str(tmp_path)}).edit(model, tok, req)

@@ -36,6 +36,21 @@ def test_spec_paths_resolve_and_shapes_match_layout(tiny):
     assert get_module(model, spec.lm_head).weight.shape[0] == model.config.vocab_size
 
 
+def test_weight_layout_helpers_give_the_linear_orientation(tiny):
+    model, _ = tiny
+    spec = arch_spec(model)
+    d_model, d_ff = mlp_dims(model)
+    weight = get_module(model, spec.path(spec.mlp_down, 1)).weight
+    linear = spec.down_weight(model, 1)
+    assert tuple(linear.shape) == (d_model, d_ff)
+    assert torch.equal(spec.to_linear(weight), linear) and spec.down_module(model, 1).weight is weight
+    assert spec.from_linear(linear).shape == weight.shape and torch.equal(spec.from_linear(linear), weight)
+    down = spec.down_module(model, 1)
+    x = torch.randn(3, d_ff)
+    with torch.no_grad():
+        torch.testing.assert_close(down(x), x @ linear.T + (0 if down.bias is None else down.bias))  # y = W x (+ b)
+
+
 def test_down_projection_input_has_d_ff_features(tiny):
     from memla.hooks import trace
 

@@ -20,11 +20,12 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from memla.errors import ModelLoadError
 
@@ -84,6 +85,33 @@ class ArchSpec:
     def down_weight_name(self, layer: int) -> str:
         """Parameter name of layer ``layer``'s down-projection weight."""
         return f"{self.path(self.mlp_down, layer)}.weight"
+
+    def to_linear(self, weight: Tensor) -> Tensor:
+        """A down-projection weight (or delta) in its own layout -> the ``nn.Linear`` orientation.
+
+        Args:
+            weight: ``[d_ff, d_model]`` (``Conv1D``) or ``[d_model, d_ff]`` (``nn.Linear``).
+
+        Returns:
+            ``[d_model, d_ff]``: a transposed view for ``Conv1D``, ``weight`` itself otherwise.
+        """
+        return weight.T if self.down_layout == "conv1d" else weight
+
+    def from_linear(self, weight: Tensor) -> Tensor:
+        """A ``[d_model, d_ff]`` tensor -> the down-projection's own layout (the inverse of `to_linear`).
+
+        Returns:
+            A transposed view for ``Conv1D`` (``[d_ff, d_model]``), ``weight`` itself otherwise.
+        """
+        return weight.T if self.down_layout == "conv1d" else weight
+
+    def down_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """Layer ``layer``'s down-projection module."""
+        return get_module(model, self.path(self.mlp_down, layer))
+
+    def down_weight(self, model: nn.Module, layer: int) -> Tensor:
+        """Layer ``layer``'s down-projection weight as ``[d_model, d_ff]`` (a view of the parameter)."""
+        return self.to_linear(self.down_module(model, layer).weight)
 
 
 def _llama_like(model_type: str, *, post_ffn_norm: str | None = None, prefix: str = "model") -> ArchSpec:
@@ -172,12 +200,7 @@ def num_layers(model: nn.Module) -> int:
 
 def mlp_dims(model: nn.Module) -> tuple[int, int]:
     """``(d_model, d_ff)`` read off layer 0's down-projection weight."""
-    spec = arch_spec(model)
-    weight = get_module(model, spec.path(spec.mlp_down, 0)).weight
-    if spec.down_layout == "conv1d":
-        d_ff, d_model = weight.shape
-    else:
-        d_model, d_ff = weight.shape
+    d_model, d_ff = arch_spec(model).down_weight(model, 0).shape
     return d_model, d_ff
 
 
@@ -195,24 +218,44 @@ def _bit_checksum(flat: torch.Tensor) -> int:
     return int(flat.view(_INT_OF_SIZE[flat.element_size()]).sum(dtype=torch.int64))
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module, *, skip: Collection[str] = (), exact: bool = True) -> str:
     """A short hash identifying a model's config and weights, for cache keys and restore checks.
 
     Hashes the config and, for every parameter, its name, shape, a strided sample
-    of its values and an exact checksum of the whole tensor (the integer sum of its
-    raw bits: order-independent, so the same on any thread count), so that an edit
-    touching only a few columns still changes the hash.
+    of its values and (``exact=True``) an exact checksum of the whole tensor (the
+    integer sum of its raw bits: order-independent, so the same on any thread
+    count), so that an edit touching only a few columns still changes the hash.
+
+    Args:
+        model: the model.
+        skip: parameter names left out, e.g. `down_param_names` for caches of the
+            unedited model that edits must not invalidate (key statistics, context prefixes).
+        exact: hash the checksums too; ``False`` hashes the strided samples only (the
+            key of those caches, kept so that the files already written stay valid).
+
+    Returns:
+        16 hex digits.
     """
     h = hashlib.sha256()
     h.update(model.config.to_json_string(use_diff=False).encode())
     for name, p in model.named_parameters():
+        if name in skip:
+            continue
         flat = p.detach().reshape(-1)
         stride = max(1, flat.numel() // 4096)
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(flat[::stride].float().cpu().numpy().tobytes())
-        h.update(str(_bit_checksum(flat.contiguous())).encode())
+        if exact:
+            h.update(str(_bit_checksum(flat.contiguous())).encode())
     return h.hexdigest()[:16]
+
+
+def down_param_names(model: nn.Module) -> frozenset[str]:
+    """Names of every layer's down-projection weight and bias: the parameters weight editors change."""
+    spec = arch_spec(model)
+    downs = [spec.path(spec.mlp_down, layer) for layer in range(num_layers(model))]
+    return frozenset(f"{d}.{kind}" for d in downs for kind in ("weight", "bias"))
 
 
 # --------------------------------------------------------------------------- loading

@@ -6,6 +6,7 @@ the registry.
 """
 
 from memla.editors.base import (
+    BatchEditor,
     EditRequest,
     EditResult,
     Editor,
@@ -19,6 +20,7 @@ from memla.editors.base import (
 )
 
 __all__ = [
+    "BatchEditor",
     "EditRequest",
     "EditResult",
     "Editor",

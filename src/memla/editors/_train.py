@@ -24,7 +24,7 @@ from memla.errors import EditError
 from memla.evaluate.batching import forward, left_pad, pad_id
 from memla.evaluate.scoring import encode_pair
 from memla.hooks import trace
-from memla.models import arch_spec, num_layers
+from memla.models import ArchSpec, arch_spec, num_layers
 
 
 @dataclass(frozen=True)
@@ -134,15 +134,9 @@ def added_outputs(model: nn.Module, terms: Mapping[str, Callable[[Tensor], Tenso
         yield
 
 
-def linear_delta_term(delta: Tensor, layout: str) -> Callable[[Tensor], Tensor]:
-    """``x ↦ x ΔWᵀ`` for a down-projection delta in its own weight layout.
-
-    ``nn.Linear`` stores ``[d_model, d_ff]`` (``y = x Wᵀ``); GPT-2 ``Conv1D`` stores
-    ``[d_ff, d_model]`` (``y = x W``).
-    """
-    if layout == "conv1d":
-        return lambda x: x.to(delta.dtype) @ delta  # (B, T, d_model)
-    return lambda x: x.to(delta.dtype) @ delta.T  # (B, T, d_model)
+def linear_delta_term(delta: Tensor, spec: ArchSpec) -> Callable[[Tensor], Tensor]:
+    """``x ↦ x ΔWᵀ`` for a down-projection delta in its own weight layout (``spec.to_linear``)."""
+    return lambda x: x.to(delta.dtype) @ spec.to_linear(delta).T  # (B, T, d_model)
 
 
 def scaled_layer(n_layers: int, fraction: float) -> int:

@@ -61,7 +61,7 @@ def save_edit(result: EditResult, model: nn.Module, path: str | os.PathLike) -> 
 
     Args:
         result: the edit.
-        model: the model it was made for (module types and name).
+        model: the model it was made for (its weight layout and name).
         path: output folder (created).
 
     Returns:
@@ -71,13 +71,11 @@ def save_edit(result: EditResult, model: nn.Module, path: str | os.PathLike) -> 
     out.mkdir(parents=True, exist_ok=True)
     if not result.deltas:
         raise EditError("this edit has no weight deltas to save (IKE edits are prompts, not weights)")
-    conv1d = arch_spec(model).down_layout == "conv1d"
+    spec = arch_spec(model)
     factors = {}
     for name, delta in result.deltas.items():
         module = _module_of(name)
-        is_conv1d = type(model.get_submodule(module)).__name__ == "Conv1D"
-        linear = delta.T if is_conv1d else delta  # (d_out, d_in)
-        f = low_rank_factors(linear)
+        f = low_rank_factors(spec.to_linear(delta))  # (d_out, d_in); one layout per model, as fan_in_fan_out
         if f is None:
             factors = None
             break
@@ -98,7 +96,7 @@ def save_edit(result: EditResult, model: nn.Module, path: str | os.PathLike) -> 
         "rank_pattern": {re.escape(m): r for m, r in ranks.items()},
         "alpha_pattern": {re.escape(m): r for m, r in ranks.items()},
         "target_modules": sorted(factors),
-        "fan_in_fan_out": conv1d,
+        "fan_in_fan_out": spec.down_layout == "conv1d",
         "lora_dropout": 0.0,
         "bias": "none",
         "inference_mode": True,

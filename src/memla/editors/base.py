@@ -13,15 +13,18 @@ import dataclasses
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from memla.config import load_config
 from memla.errors import EditError
+from memla.langs import is_known
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,6 @@ class EditRequest:
             raise EditError(f"{where}: empty target_true")
         if self.target_true is not None and self.target_new.strip() == self.target_true.strip():
             raise EditError(f"{where}: target_new equals target_true ({self.target_new!r})")
-        from memla.langs import is_known
-
         if not is_known(self.lang):
             raise EditError(f"{where}: unknown language code {self.lang!r}")
         object.__setattr__(self, "paraphrases", tuple(self.paraphrases))
@@ -143,6 +144,16 @@ class Editor(Protocol):
     name: str
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult: ...
+
+
+@runtime_checkable
+class BatchEditor(Protocol):
+    """An editor that also edits several requests in one update (MEMIT, PMET).
+
+    ``isinstance(editor, BatchEditor)`` tells whether an editor has batched edits.
+    """
+
+    def edit_batch(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> EditResult: ...
 
 
 # --------------------------------------------------------------------------- apply / restore
@@ -233,14 +244,12 @@ def register_editor(name: str, *, config: type, summary: str = ""):
 
 
 def _discover() -> None:
-    """Import every module of memla.editors once so that their decorators run."""
+    """Import every module of this package (memla.editors) once so that their decorators run."""
     global _DISCOVERED
     if _DISCOVERED:
         return
-    import memla.editors as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{pkg.__name__}.{info.name}")
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{info.name}")
     _DISCOVERED = True
 
 
@@ -267,7 +276,5 @@ def get_editor(name: str, config=None):
         name: registry name (e.g. ``"memla"``).
         config: ``None`` (defaults), a dict, a YAML/JSON path, or a config instance.
     """
-    from memla.config import load_config
-
     entry = editor_entry(name)
     return entry.editor_cls(load_config(entry.config_cls, config))

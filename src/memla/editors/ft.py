@@ -142,7 +142,7 @@ class FTEditor:
         eps = cfg.norm_constraint
         bound = None if eps is None else float32_at_most(eps)
         losses: list[float] = []
-        with torch.enable_grad(), added_outputs(model, {name: linear_delta_term(delta, spec.down_layout)}):
+        with torch.enable_grad(), added_outputs(model, {name: linear_delta_term(delta, spec)}):
             for _ in range(cfg.steps):
                 loss = loss_fn()
                 losses.append(round(loss.item(), 5))

@@ -90,8 +90,3 @@ def lora_hooks(
 
     with trace(model, list(loras), edit_input=keep_input, edit=add_delta, retain_output=False):
         yield
-
-
-def to_param_layout(delta: Tensor, layout: str) -> Tensor:
-    """A ``[d_model, d_ff]`` delta in the down-projection's own weight layout."""
-    return delta.T.contiguous() if layout == "conv1d" else delta

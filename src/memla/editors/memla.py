@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from memla.editors.base import EditRequest, EditResult, register_editor
-from memla.editors.lora import MaskedLoRA, lora_hooks, to_param_layout
+from memla.editors.lora import MaskedLoRA, lora_hooks
 from memla.errors import EditError
 from memla.models import arch_spec, get_module, mlp_dims
 from memla.neurons import NeuronSet, knowledge_neurons, split_language_neurons
@@ -114,12 +114,6 @@ def edit_scale(cfg: MemlaConfig, delta: Tensor, weight: Tensor) -> float:
     return cfg.scale_constant if cfg.scale == "constant" else norm_ratio_scale(delta, weight)
 
 
-def linear_weight(model: nn.Module, name: str) -> Tensor:
-    """A down-projection's weight in the ``nn.Linear`` orientation ``[d_model, d_ff]``."""
-    weight = get_module(model, name).weight
-    return weight.T if arch_spec(model).down_layout == "conv1d" else weight
-
-
 def norm_ratio_scale(delta: Tensor, weight: Tensor) -> float:
     """``c(Δ, W) = 0.65·exp(−x²/2) + 0.4·sigmoid(2x)`` with ``x = ‖Δ‖_F / ‖W‖_F`` (Eq. 8)."""
     x = float(delta.norm() / weight.float().norm())
@@ -196,9 +190,9 @@ class MemlaEditor:
         for layer, eds in editors.items():
             with torch.no_grad():
                 delta = sum(e.delta() for e in eds.values())  # (d_model, d_ff)
-                weight = get_module(model, names[layer]).weight
-                c = edit_scale(cfg, delta, linear_weight(model, names[layer]))
-                deltas[spec.down_weight_name(layer)] = to_param_layout(c * delta, spec.down_layout).to(weight.dtype)
+                weight = spec.down_weight(model, layer)  # (d_model, d_ff)
+                c = edit_scale(cfg, delta, weight)
+                deltas[spec.down_weight_name(layer)] = spec.from_linear(c * delta).contiguous().to(weight.dtype)
                 scales[layer] = c
         info = {
             "method": self.name,
@@ -251,7 +245,8 @@ def train_lora(
         for e in eds:
             e.to(device)
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    weights = {name: linear_weight(model, name) for name in loras}
+    spec = arch_spec(model)
+    weights = {name: spec.to_linear(get_module(model, name).weight) for name in loras}  # (d_model, d_ff)
     scales: dict[str, float] = {}
     losses, probs = [], []
     with lora_hooks(model, loras, scales=scales):

@@ -181,6 +181,29 @@ class GradientTransform(nn.Module):
         return out[:, : self.d_ff], out[:, self.d_ff:]  # (N, d_ff), (N, d_model)
 
 
+@dataclass(frozen=True)
+class LayerEdit:
+    """One layer's MEND edit ``ΔW = −α Σ_i δ̃_i ũ_iᵀ`` (Eq. 3), kept as its factors.
+
+    Attributes:
+        u: the transformed inputs ``ũ``, ``(N, d_ff)``.
+        delta: the transformed output gradients ``δ̃``, ``(N, d_model)``.
+        alpha: the learned step ``α_l`` (0-d).
+    """
+
+    u: Tensor
+    delta: Tensor
+    alpha: Tensor
+
+    def weight(self) -> Tensor:
+        """``ΔW`` in the ``nn.Linear`` orientation, ``(d_model, d_ff)``."""
+        return -self.alpha * (self.delta.T @ self.u)  # (d_model, d_ff)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``ΔW x`` for layer inputs ``x`` ``(B, T, d_ff)`` without forming ``ΔW``: ``−α (x ũᵀ) δ̃``."""
+        return -self.alpha * ((x.float() @ self.u.T) @ self.delta)  # (B, T, N) @ (N, d_model) -> (B, T, d_model)
+
+
 class MendNet(nn.Module):
     """The editor networks ``g_l`` and learned steps ``α_l`` of the edited layers.
 
@@ -203,9 +226,9 @@ class MendNet(nn.Module):
         )
         self.edit_lrs = nn.Parameter(torch.full((len(self.layers),), float(edit_lr)))  # (n_layers,)
 
-    def transform(self, factors: Sequence[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Per edited layer ``(ũ, δ̃, α)`` from the gradient factors ``(u, δ)`` (Eq. 3)."""
-        return [(*g(u, d), self.edit_lrs[i]) for i, (g, (u, d)) in enumerate(zip(self.transforms, factors))]
+    def transform(self, factors: Sequence[tuple[Tensor, Tensor]]) -> list[LayerEdit]:
+        """Per edited layer, the edit ``−α_l Σ_i δ̃_i ũ_iᵀ`` from the gradient factors ``(u, δ)`` (Eq. 3)."""
+        return [LayerEdit(*g(u, d), self.edit_lrs[i]) for i, (g, (u, d)) in enumerate(zip(self.transforms, factors))]
 
 
 def gradient_factors(model: nn.Module, batch: TeacherBatch, names: Sequence[str], *, rows: Sequence[int] = (0,)
@@ -242,9 +265,6 @@ def gradient_factors(model: nn.Module, batch: TeacherBatch, names: Sequence[str]
     return factors, float(loss.detach()), logits.detach()
 
 
-def low_rank_term(u_t: Tensor, d_t: Tensor, alpha: Tensor):
-    """``x ↦ −α (x ũᵀ) δ̃``: the edited layer's extra output, ``ΔW x`` without forming ΔW."""
-    return lambda x: -alpha * ((x.float() @ u_t.T) @ d_t)  # (B, T, N) @ (N, d_model) -> (B, T, d_model)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -333,10 +353,8 @@ class MendEditor:
         factors, loss, _ = gradient_factors(model, batch, names)
         deltas, norms = {}, {}
         with torch.no_grad():
-            for layer, (u_t, d_t, alpha) in zip(net.layers, net.transform(factors)):
-                delta = -alpha * (d_t.T @ u_t)  # (d_model, d_ff)
-                if spec.down_layout == "conv1d":
-                    delta = delta.T.contiguous()  # (d_ff, d_model)
+            for layer, edit in zip(net.layers, net.transform(factors)):
+                delta = spec.from_linear(edit.weight()).contiguous()  # the weight's own layout
                 deltas[spec.down_weight_name(layer)] = delta
                 norms[str(layer)] = round(float(delta.norm()), 6)
         info = {

@@ -41,7 +41,6 @@ from memla.editors.mend import (
     MendNet,
     default_checkpoint_dir,
     gradient_factors,
-    low_rank_term,
     resolve_layers,
 )
 from memla.errors import MemlaError
@@ -225,9 +224,8 @@ def _step(model: nn.Module, tokenizer, net: MendNet, names: Sequence[str], recor
     # One pre-edit pass: the edit loss on row 0 gives (u, δ); the same pass gives the locality baseline.
     factors, _, pre_logits = gradient_factors(model, batch, names, rows=(0,))
     base = batch.answer_logprobs(pre_logits, rows=loc_rows) if loc else None  # (Σ n_i, V)
-    transformed = net.transform(factors)
-    terms = {name: low_rank_term(u_t, d_t, alpha) for name, (u_t, d_t, alpha) in zip(names, transformed)}
-    with torch.enable_grad(), added_outputs(model, terms):
+    edits = dict(zip(names, net.transform(factors)))
+    with torch.enable_grad(), added_outputs(model, edits):
         logits = batch.logits(model)  # (N, V)
     mean_lp = batch.mean_logprob(logits)  # (S,)
     l_edit = -mean_lp[:n_eq].mean()

@@ -330,7 +330,7 @@ def downstream_after_edits(
         "after": {task: TaskResult}, "rows": compare(before, after)}``.
     """
     from memla.config import load_config
-    from memla.editors.base import EditRequest, editor_entry, pristine
+    from memla.editors.base import BatchEditor, EditRequest, editor_entry, pristine
     from memla.evaluate.sequential import EditEvent, edit_sequentially
 
     entry = editor_entry(method)
@@ -340,7 +340,7 @@ def downstream_after_edits(
         raise MemlaError(f"no record has a {ls!r} edit prompt; nothing to edit")
     if len(chosen) < n_edits:
         log.warning("only %d records have a %r edit prompt; measuring after %d edits", len(chosen), ls, len(chosen))
-    size = batch_size if callable(getattr(editor, "edit_batch", None)) else 1
+    size = batch_size if isinstance(editor, BatchEditor) else 1
     results: dict[int, dict] = {}
     events: list[EditEvent] = []
     with pristine(model):

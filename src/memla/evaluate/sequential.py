@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memla.editors.base import EditRequest, apply_, editor_entry, pristine
+from memla.editors.base import BatchEditor, EditRequest, apply_, editor_entry, pristine
 from memla.errors import EditError, MemlaError
 from memla.evaluate.metrics import token_f1
 from memla.evaluate.scoring import answer_length, encode_pair, greedy_generate, score_encoded
@@ -111,7 +111,7 @@ def edit_sequentially(
 
     if batch_size < 1 or (every is not None and every < 1):
         raise MemlaError("batch_size and every must be at least 1")
-    if batch_size > 1 and not callable(getattr(editor, "edit_batch", None)):
+    if batch_size > 1 and not isinstance(editor, BatchEditor):
         raise MemlaError(f"method {getattr(editor, 'name', editor)!r} has no batched edits (edit_batch); use batch size 1")
     every = every or max(len(requests), 1)
     yield 0, []
@@ -309,9 +309,9 @@ def run_sequential(
                 log.warning("only %d records have a %r edit prompt; the sequence has %d edits", len(chosen), ls, len(chosen))
             config = load_config(entries[method].config_cls, (configs or {}).get(method))
             editor = entries[method].editor_cls(config)
-            if batch_size > 1 and not callable(getattr(editor, "edit_batch", None)):
+            if batch_size > 1 and not isinstance(editor, BatchEditor):
                 log.warning("%s has no batched edits; editing one request at a time", method)
-            size = batch_size if callable(getattr(editor, "edit_batch", None)) else 1
+            size = batch_size if isinstance(editor, BatchEditor) else 1
             write(kind="run", method=method, ls=ls, n_edits=len(chosen), every=every, batch_size=size, targets=list(targets),
                   records=[r.example_id for r in chosen], config={"class": type(config).__name__, **config_to_dict(config)},
                   seed=seed, f1_unit=f1_unit, model_fingerprint=fingerprint, tasks=list(tasks or ()), **compute_settings(model),
