@@ -81,3 +81,22 @@ def test_report_bad_input_exits_2(tmp_path, capsys):
     (tmp_path / "results.jsonl").write_text("")
     assert main(["report", str(tmp_path), "--format", "docx"]) == 2
     assert "docx" in capsys.readouterr().err
+
+
+def test_option_help_lists_library_choices(capsys, monkeypatch):
+    from memla.editors import registry
+    from memla.evaluate.downstream import ENGINES
+    from memla.evaluate.metrics import F1_UNITS
+
+    monkeypatch.setenv("COLUMNS", "400")  # no line breaks inside hyphenated names
+    for argv in (["edit", "--help"], ["bench", "--help"], ["downstream", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert "default: None" not in out
+        assert all(name in out for name in registry())  # --method / --methods name the registered editors
+        if argv[0] != "edit":
+            assert "{" + ",".join(ENGINES) + "}" in out
+        if argv[0] == "bench":
+            assert "{" + ",".join(F1_UNITS) + "}" in out

@@ -1,8 +1,9 @@
 """The `memla` command line.
 
 Each sub-command lives in its own module of this package and exposes
-``register(subparsers)``, which adds its parser and sets ``func`` (a callable
-taking the parsed ``argparse.Namespace`` and returning an exit status).  Modules
+``register(subparsers)``, which adds its parser and sets ``func`` to the module's
+``run`` (``run_<name>`` for a command's own sub-commands, as ``memla data check``):
+a callable taking the parsed ``argparse.Namespace`` and returning an exit status.  Modules
 are discovered automatically and listed in ``--help`` in the order of their
 module-level ``ORDER`` number.  Sub-commands parse arguments and call library
 functions only.

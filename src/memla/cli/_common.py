@@ -1,9 +1,9 @@
-"""Helpers shared by the sub-commands: the console, the --model option, tables."""
+"""Helpers shared by the sub-commands: the console, the --model and --method options, tables."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -16,8 +16,8 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="model to use: 'default' (embedded Gemma 3 270M), a Hugging Face hub id, "
-        "a local model directory or a .gguf file (default: %(default)s = embedded model)",
+        help="model to use: 'default' (the embedded Gemma 3 270M, used when --model is not given), "
+        "a Hugging Face hub id, a local model directory or a .gguf file",
     )
     parser.add_argument(
         "--dtype",
@@ -25,6 +25,41 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         choices=["float32", "bfloat16", "float16"],
         help="weight dtype (default: %(default)s)",
     )
+
+
+class _Deferred:
+    """Help text made when argparse formats it (``%(name)s``), not when the parser is built."""
+
+    def __init__(self, make: Callable[[], str]):
+        self._make = make
+
+    def __str__(self) -> str:
+        return self._make()
+
+
+def _method_names() -> str:
+    from memla.editors import registry
+
+    return ", ".join(registry())
+
+
+def add_method_argument(parser: argparse.ArgumentParser, flag: str, *, help: str, **kwargs) -> argparse.Action:
+    """Add an option naming editing methods; ``%(methods)s`` in ``help`` lists the registered ones.
+
+    The registry imports every editor module (about a second), so the list is made only
+    when the help is printed; an unknown name is reported with the known ones by
+    `memla.editors.editor_entry`.
+
+    Args:
+        parser: the sub-command's parser.
+        flag: the option, e.g. ``"--method"``.
+        help: its help text.
+        **kwargs: passed to ``add_argument``.
+    """
+    action = parser.add_argument(flag, **kwargs)
+    action.methods = _Deferred(_method_names)
+    action.help = help  # set after add_argument, which checks help strings (Python 3.14) before `methods` exists
+    return action
 
 
 def load_model_from_args(args: argparse.Namespace):

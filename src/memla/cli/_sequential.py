@@ -25,6 +25,8 @@ def add_sequential_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the ``memla bench`` parser.
     """
+    from memla.evaluate.downstream import ENGINES
+
     g = parser.add_argument_group("sequential editing")
     g.add_argument("--sequential", type=int, default=None, metavar="N",
                    help="apply N edits (the first N records) one after another to the same model, without restoring "
@@ -38,7 +40,7 @@ def add_sequential_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--downstream", default=SEQUENTIAL_DEFAULTS["downstream"], metavar="TASKS",
                    help="also measure downstream accuracy on these tasks at every checkpoint, e.g. piqa-mini,nli-mini "
                    "(see `memla downstream`)")
-    g.add_argument("--engine", default=SEQUENTIAL_DEFAULTS["engine"], choices=["auto", "memla", "lm-eval"],
+    g.add_argument("--engine", default=SEQUENTIAL_DEFAULTS["engine"], choices=ENGINES,
                    help="engine of --downstream (default: %(default)s)")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from memla.cli._common import add_model_argument, console, load_model_from_args, print_table
+from memla.cli._common import add_method_argument, add_model_argument, console, load_model_from_args, print_table
 
 ORDER = 50
 
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers: the top-level sub-parser collection.
     """
     from memla.cli._sequential import add_sequential_arguments
+    from memla.evaluate.metrics import F1_UNITS
 
     p = subparsers.add_parser(
         "bench",
@@ -37,9 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "See `memla report OUT` for the tables.",
     )
     p.add_argument("--dataset", required=True, help="dataset file (JSON/JSONL, MKEB layout) or built-in name, e.g. mkeb-mini")
-    p.add_argument("--methods", required=True,
-                   help="comma-separated registered method names, e.g. memla,memit,ike; "
-                   "'unedited' (the model without an edit) is always measured too")
+    add_method_argument(p, "--methods", required=True,
+                        help="comma-separated method names, e.g. memla,memit,ike (registered: %(methods)s); "
+                        "'unedited' (the model without an edit) is always measured too")
     p.add_argument("--source", default="en", help="source languages ls, comma-separated or 'all' (default: %(default)s)")
     p.add_argument("--targets", default="all", help="target languages lt, comma-separated or 'all' (default: %(default)s)")
     p.add_argument("--split", default=None, help="use only records of this split, e.g. test (default: all records)")
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None,
                    help="YAML/JSON file mapping method name -> its config, e.g. 'memla: {lr: 0.005}'")
     p.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
-    p.add_argument("--f1-unit", default="tokens", choices=["tokens", "chars", "words"],
+    p.add_argument("--f1-unit", default="tokens", choices=F1_UNITS,
                    help="units of the NS/QS token F1 (default: the model's tokens)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (resumed if it exists)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

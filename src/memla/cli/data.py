@@ -76,7 +76,7 @@ def _add_check(actions: argparse._SubParsersAction) -> None:
     check.add_argument("dataset", metavar="FILE_OR_NAME", help="a .json / .jsonl file or a built-in dataset name (see `memla data list`)")
     check.add_argument("--format", choices=FORMATS, default="auto", help="file layout (default: %(default)s: JSONL for .jsonl, else JSON)")
     check.add_argument("--max-problems", type=int, default=30, metavar="N", help="list at most N problems one by one (default: %(default)s); all are counted")
-    check.set_defaults(func=cmd_check)
+    check.set_defaults(func=run_check)
 
 
 def _add_show(actions: argparse._SubParsersAction) -> None:
@@ -91,7 +91,7 @@ def _add_show(actions: argparse._SubParsersAction) -> None:
     show.add_argument("--record", required=True, metavar="ID", help="the record's example_id")
     show.add_argument("--lang", default=None, metavar="xx", help="language(s) to show: 'zh', 'en,zh' or 'all' (default: every language of the record)")
     show.add_argument("--json", action="store_true", help="print the record's JSON instead")
-    show.set_defaults(func=cmd_show)
+    show.set_defaults(func=run_show)
 
 
 def _add_convert(actions: argparse._SubParsersAction) -> None:
@@ -107,18 +107,18 @@ def _add_convert(actions: argparse._SubParsersAction) -> None:
     conv.add_argument("inputs", nargs="+", metavar="IN", help="input files (e.g. all zsre_test_<lang>.json of BMIKE-53)")
     conv.add_argument("--out", required=True, metavar="OUT", help="output file (.json: a JSON list, .jsonl: one record per line)")
     conv.add_argument("--drop-invalid", action="store_true", help="write the valid records and drop those with errors")
-    conv.set_defaults(func=cmd_convert)
+    conv.set_defaults(func=run_convert)
 
 
 def _add_list(actions: argparse._SubParsersAction) -> None:
     lst = actions.add_parser("list", help="list the built-in datasets", description="List the datasets shipped with memla, with record and language counts.")
-    lst.set_defaults(func=cmd_list)
+    lst.set_defaults(func=run_list)
 
 
 # ----------------------------------------------------------------------------- check
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def run_check(args: argparse.Namespace) -> int:
     """Run ``memla data check``; returns 2 when the dataset has errors."""
     raw, label = read_raw(args.dataset, format=args.format)
     report = validate(raw, source=label)
@@ -207,7 +207,7 @@ def _dash(value: object) -> str:
 # ----------------------------------------------------------------------------- show
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def run_show(args: argparse.Namespace) -> int:
     """Run ``memla data show``; prints one record."""
     records = load_dataset(args.dataset)
     record = _find_record(records, args.record, args.dataset)
@@ -270,7 +270,7 @@ def _highlight(prompt: str, subject: str | None) -> Text:
 # ----------------------------------------------------------------------------- convert / list
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
+def run_convert(args: argparse.Namespace) -> int:
     """Run ``memla data convert``; returns 2 (writing nothing) when the result has errors."""
     records = convert(args.source_format, args.inputs)
     report = validate(records, source=f"{args.source_format} input")
@@ -293,7 +293,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def run_list(args: argparse.Namespace) -> int:
     """Run ``memla data list``; prints the built-in datasets."""
     table = Table(title="built-in datasets")
     for name in ("name", "records", "languages", "splits"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from memla.cli._common import add_model_argument, console, load_model_from_args, print_table
+from memla.cli._common import add_method_argument, add_model_argument, console, load_model_from_args, print_table
 
 ORDER = 55
 
@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     Args:
         subparsers: the top-level sub-parser collection.
     """
+    from memla.evaluate.downstream import ENGINES
     from memla.evaluate.tasks import builtin_tasks
 
     p = subparsers.add_parser(
@@ -38,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tasks", default=",".join(builtin_tasks()),
                    help="comma-separated task names or JSONL files (default: %(default)s)")
-    p.add_argument("--method", default=None, help="editing method; omit to measure the unedited model only")
+    add_method_argument(p, "--method", default=None,
+                        help="editing method (%(methods)s); omit to measure the unedited model only")
     p.add_argument("--config", default=None, help="YAML/JSON file with the method's config")
     p.add_argument("--dataset", default=None, help="dataset with the facts to edit (file or built-in name, e.g. mkeb-mini)")
     p.add_argument("--split", default=None, help="use only records of this split, e.g. test")
@@ -46,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default="en", help="source language of the edits (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="requests per edit for methods with batched edits (MEMIT, PMET) (default: %(default)s)")
-    p.add_argument("--engine", default="auto", choices=["auto", "memla", "lm-eval"],
+    p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="auto: memla's scorer for local tasks, lm-eval for the rest (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
     p.add_argument("--seed", type=int, default=0, help="edit seed (default: %(default)s)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from memla.cli._common import add_model_argument, console, load_model_from_args
+from memla.cli._common import add_method_argument, add_model_argument, console, load_model_from_args
 from memla.errors import EditError
 
 ORDER = 5
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                       "neurons and to show the effect there")
     fact.add_argument("--dataset", help="take the fact from this dataset (file or built-in name, e.g. mkeb-mini)")
     fact.add_argument("--record", help="example_id of the record in --dataset")
-    p.add_argument("--method", default="memla", help="editing method (default: %(default)s)")
+    add_method_argument(p, "--method", default="memla", help="editing method: %(methods)s (default: %(default)s)")
     p.add_argument("--config", help="YAML/JSON file with the method's config")
     p.add_argument("--save-adapter", metavar="DIR", help="save the edit (PEFT LoRA adapter, or dense deltas) to DIR")
     p.add_argument("--load-adapter", metavar="DIR", help="apply a saved edit instead of editing")
