@@ -111,6 +111,35 @@ def test_hf_dataset_when_reachable(monkeypatch):
     assert corpus.texts(model, tok, samples=20)[:2] == TEXTS[:2]
 
 
+@pytest.mark.parametrize("fails", ["load", "read"])
+def test_unreachable_hub_falls_back_to_builtin(fails, monkeypatch, caplog):
+    import requests
+
+    def rows():
+        yield {"text": TEXTS[0]}
+        raise requests.exceptions.ConnectionError("connection reset while streaming")
+
+    def load_dataset(name, config, split, streaming):
+        if fails == "load":  # what datasets raises when the Hub cannot be reached
+            raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+        return rows()
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(S, "SAMPLE_SEEDS", {"en": ("The",), "zh": ("这",)})
+    model, tok = tiny_model("llama")
+    with caplog.at_level("WARNING"):
+        stats = S.layer_stats(model, tok, [0], corpus="hf:fake/corpus", samples=50, progress=False)[0]
+    assert "cannot be reached" in caplog.text and "builtin" in caplog.text
+    builtin = S.resolve_corpus("builtin").key
+    assert builtin in stats.path.name and stats.count == 50  # cached under the corpus actually used
+    again = S.layer_stats(model, tok, [0], corpus="builtin", samples=50, progress=False)[0]
+    assert again.cached and torch.equal(again.mom2, stats.mom2)
+
+
 def test_bad_corpus_and_options(tmp_path):
     with pytest.raises(MemlaError, match="not found"):
         S.resolve_corpus([str(tmp_path / "missing.txt")])

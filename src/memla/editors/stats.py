@@ -7,9 +7,10 @@ estimated from a text corpus, given as a tuple of items:
   the built-in dataset mkeb-mini (edit prompts with their true answers, paraphrases,
   neighbourhood prompts with answers, multi-hop questions; 12 languages) plus text the
   model itself samples from seed words in the 12 languages;
-* ``"hf:NAME[:CONFIG[:SPLIT]]"``: a Hugging Face dataset's ``text`` column (needs the
-  ``datasets`` package and the network; when unreachable, falls back to ``"builtin"``
-  with a warning);
+* ``"hf:NAME[:CONFIG[:SPLIT]]"``: a Hugging Face dataset's ``text`` column, streamed (needs
+  the ``datasets`` package and the network; offline, without ``datasets``, or when the Hub
+  cannot be reached while the statistics are computed, ``"builtin"`` is used instead, with
+  a warning, and the cache key is the builtin corpus's);
 * paths of UTF-8 text files, one text per non-empty line.
 
 Texts are tokenised (at most 256 tokens each, BOS included but its key left out: it is
@@ -33,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
 import torch
 from torch import Tensor, nn
 
@@ -56,6 +58,9 @@ SAMPLE_SEEDS = {
     "pl": ("W", "To", "Jest", "Polska"), "th": ("ประเทศ", "วันนี้", "เรา", "ใน"),
 }
 SAMPLE_TOKENS = 48  # new tokens per sampled text
+# What an unreachable Hub raises in `datasets.load_dataset` (which turns OfflineModeIsEnabled and requests'
+# ConnectionError / Timeout into the builtin ConnectionError) and in the streamed reads after it.
+HF_NETWORK_ERRORS = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
 def stats_fingerprint(model: nn.Module) -> str:
@@ -139,19 +144,25 @@ def _builtin_texts(model: nn.Module, tokenizer) -> list[str]:
     return sampled + sentences  # the model's own text first: always part of C
 
 
+class HubUnreachable(MemlaError):
+    """An ``hf:`` corpus item could not be read from the Hugging Face Hub (network failure)."""
+
+
 def _hf_texts(item: str, *, samples: int) -> list[str]:
     name, config, split = (item[3:].split(":") + [None, None])[:3]
-    import datasets  # optional dependency; ImportError is handled by resolve_corpus's caller
+    import datasets  # optional dependency; resolve_corpus replaced the item when it is missing
 
-    data = datasets.load_dataset(name, config, split=split or "train", streaming=True)
     texts, chars = [], 0
-    for row in data:
-        text = str(row.get("text", "")).strip()
-        if text:
-            texts.append(text)
-            chars += len(text)
-        if chars > 8 * samples:  # a generous bound on the characters that give `samples` tokens
-            break
+    try:
+        for row in datasets.load_dataset(name, config, split=split or "train", streaming=True):
+            text = str(row.get("text", "")).strip()
+            if text:
+                texts.append(text)
+                chars += len(text)
+            if chars > 8 * samples:  # a generous bound on the characters that give `samples` tokens
+                break
+    except HF_NETWORK_ERRORS as err:
+        raise HubUnreachable(f"{item}: the Hugging Face Hub cannot be reached ({type(err).__name__}: {err})") from err
     return texts
 
 
@@ -172,7 +183,7 @@ def resolve_corpus(items: str | Sequence[str]) -> Corpus:
         items: ``"builtin"``, ``"hf:NAME[:CONFIG[:SPLIT]]"``, text file paths, or a sequence of them.
 
     Returns:
-        The `Corpus`; ``hf:`` items that cannot be reached are replaced by ``"builtin"``.
+        The `Corpus`; ``hf:`` items are replaced by ``"builtin"`` offline or without ``datasets``.
 
     Raises:
         MemlaError: a file does not exist or is not UTF-8, or no item is given.
@@ -302,19 +313,20 @@ def layer_stats(
         raise MemlaError(f"layers must be in 0..{n - 1}, got {layers}")
     resolved = resolve_corpus(corpus)
     fp = stats_fingerprint(model)
-    out, missing = {}, []
-    for layer in layers:
-        path = stats_path(fp, layer, resolved.key, samples, dtype)
-        mom2 = _load(path)
-        if mom2 is None:
-            missing.append(layer)
-        else:
-            count = int(json.loads(_meta(path).get("count", "0")))
-            out[layer] = LayerStats(layer, mom2, count, path, True)
+    out, missing = _cached(fp, layers, resolved.key, samples, dtype)
+    if missing:
+        try:
+            texts = resolved.texts(model, tokenizer, samples=samples)
+        except HubUnreachable as err:
+            log.warning("%s; using the offline builtin corpus instead", err)
+            resolved = resolve_corpus(["builtin" if item.startswith("hf:") else item for item in resolved.items])
+            found, missing = _cached(fp, missing, resolved.key, samples, dtype)
+            out.update(found)
+            texts = resolved.texts(model, tokenizer, samples=samples) if missing else []
     if missing:
         log.warning("computing key statistics of layer(s) %s from %d keys (once; cached in %s)",
                     ", ".join(map(str, missing)), samples, stats_dir())
-        mom2s, count = _compute(model, tokenizer, missing, resolved, samples=samples, dtype=dtype, progress=progress)
+        mom2s, count = _compute(model, tokenizer, missing, texts, samples=samples, dtype=dtype, progress=progress)
         for layer in missing:
             path = stats_path(fp, layer, resolved.key, samples, dtype)
             meta = {"model": fp, "layer": layer, "corpus": list(resolved.items), "corpus_key": resolved.key,
@@ -322,6 +334,21 @@ def layer_stats(
             _save(path, mom2s[layer], meta)
             out[layer] = LayerStats(layer, mom2s[layer], count, path, False)
     return out
+
+
+def _cached(fp: str, layers: Sequence[int], corpus_key: str, samples: int, dtype: str
+            ) -> tuple[dict[int, LayerStats], list[int]]:
+    """The layers' statistics found in the cache, and the layers missing from it."""
+    out, missing = {}, []
+    for layer in layers:
+        path = stats_path(fp, layer, corpus_key, samples, dtype)
+        mom2 = _load(path)
+        if mom2 is None:
+            missing.append(layer)
+        else:
+            count = int(json.loads(_meta(path).get("count", "0")))
+            out[layer] = LayerStats(layer, mom2, count, path, True)
+    return out, missing
 
 
 def _meta(path: Path) -> dict:
@@ -332,7 +359,7 @@ def _meta(path: Path) -> dict:
 
 
 @torch.no_grad()
-def _compute(model, tokenizer, layers, corpus: Corpus, *, samples: int, dtype: str, progress: bool):
+def _compute(model, tokenizer, layers, texts: Sequence[str], *, samples: int, dtype: str, progress: bool):
     from tqdm.auto import tqdm
 
     from memla.editors._targets import right_pad
@@ -345,7 +372,6 @@ def _compute(model, tokenizer, layers, corpus: Corpus, *, samples: int, dtype: s
     d_ff = get_module(model, names[layers[0]]).weight.shape[0 if spec.down_layout == "conv1d" else 1]
     acc = {layer: torch.zeros(d_ff, d_ff, dtype=torch.float64, device=device) for layer in layers}
     specials = set(tokenizer.all_special_ids)
-    texts = corpus.texts(model, tokenizer, samples=samples)
     count, batch = 0, []
     bar = tqdm(total=samples, unit="key", desc=f"key statistics L{','.join(map(str, layers))}", disable=not progress)
 
