@@ -9,8 +9,8 @@ from tiny import tiny_model
 
 from memla.config import dump_config, load_config
 from memla.editors import EditRequest, apply, editor_entry, get_editor
-from memla.editors._train import scaled_layer
 from memla.editors.ft import FTConfig, FTEditor, FTUnconstrainedConfig
+from memla.editors.layers import scaled_layer
 from memla.errors import EditError, MemlaError
 from memla.models import arch_spec
 

@@ -8,6 +8,9 @@ prediction directly), a learning rate scaled to those norms, no weight decay (it
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from edit_support import KV_TINY
@@ -15,6 +18,8 @@ from tiny import ARCHS, tiny_model
 
 from memla.config import dump_config, load_config
 from memla.editors import EditRequest, apply, get_editor
+from memla.editors import _locate as L
+from memla.editors import _targets as T
 from memla.editors._locate import context_prefixes, kl_rows, locate, locate_request, rewriting_rows
 from memla.editors._targets import _Runner, head_logits, rank_one_update
 from memla.editors.rome import RomeConfig, RomeEditor
@@ -146,6 +151,25 @@ def test_cached_prefix_forward_matches_full_forward(arch):
         p = row.targets[0][0] if row.targets else row.pos
         got = head_logits(model, h[i, runner.column(i, p)][None])[0]
         torch.testing.assert_close(got, full[p], atol=1e-4, rtol=1e-4)
+
+
+def test_low_precision_head_copy_is_released_with_the_model():
+    model, _ = tiny_model("llama")
+    head_logits(model, torch.randn(2, model.config.hidden_size), dtype=torch.bfloat16)
+    ((_, copy),) = T._HEAD_COPY.values()  # one copy at a time
+    assert copy.dtype == torch.bfloat16
+    released = weakref.ref(copy)
+    del model, copy
+    gc.collect()
+    assert released() is None and not T._HEAD_COPY
+
+
+def test_prefix_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(L, "_MEMO_SIZE", 2)
+    model, tok = tiny_model("llama")
+    for seed in range(4):
+        context_prefixes(model, tok, ((2, 1),), seed=seed)
+    assert len(L._PREFIX_MEMO) == 2
 
 
 def test_config_round_trips_through_yaml(tmp_path):

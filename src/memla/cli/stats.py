@@ -39,14 +39,14 @@ def register(subparsers) -> None:
 
 def parse_layers(values: list[str], model) -> list[int]:
     """Layer indices from ``--layers`` values ('default', 'all', numbers, comma lists)."""
-    from memla.editors._common import scaled_layers
     from memla.editors.memit import MemitEditor
+    from memla.editors.rome import RomeEditor
     from memla.errors import MemlaError
     from memla.models import num_layers
 
     words = [w for v in values for w in v.split(",") if w.strip()]
-    if words == ["default"]:
-        return sorted(set(scaled_layers((5,), model)) | set(scaled_layers(MemitEditor.reference_layers, model)))
+    if words == ["default"]:  # PMET's default layers are MEMIT's
+        return sorted({RomeEditor().layer(model), *MemitEditor().layers(model)})
     if words == ["all"]:
         return list(range(num_layers(model)))
     try:

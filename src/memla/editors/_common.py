@@ -4,7 +4,7 @@
 prefixes, covariance statistics); each method's config subclasses it and overrides the
 defaults with the values of its own paper and reference code.  Layer choices of the
 reference configs (GPT-J, 28 layers) are scaled to the edited model's depth by
-`scaled_layers`.
+`memla.editors.layers.scaled_layers`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from torch import Tensor, nn
 
 from memla.editors._locate import ROME_SEEDS
 from memla.editors.stats import DTYPES, covariances
-from memla.errors import EditError
-from memla.models import num_layers
 
-GPTJ_LAYERS = 28  # depth of GPT-J 6B, the model of the reference hyper-parameter files
-GPTJ_D_FF = 16384  # its MLP width, the scale of MEMIT's λ = 15000
+GPTJ_D_FF = 16384  # MLP width of GPT-J 6B (the reference configs' model), the scale of MEMIT's λ = 15000
 
 
 @dataclass(frozen=True)
@@ -102,25 +99,6 @@ def optimise_options(cfg: KeyValueConfig) -> dict:
     return dict(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, kl_factor=cfg.kl_factor,
                 clamp_norm_factor=cfg.clamp_norm_factor, stop_loss=cfg.stop_loss,
                 head_dtype=None if cfg.head_dtype == "model" else getattr(torch, cfg.head_dtype))
-
-
-def scaled_layers(reference: Sequence[int], model: nn.Module, *, depth: int = GPTJ_LAYERS) -> tuple[int, ...]:
-    """Reference layers of a ``depth``-layer model mapped proportionally onto ``model``'s depth.
-
-    ``l ↦ round(l · n / depth)``, clipped to ``0..n-1``, duplicates removed (e.g. ROME's
-    GPT-J layer 5 of 28 is layer 3 of Gemma 3 270M's 18; MEMIT's 3..8 become 2..5).
-    """
-    n = num_layers(model)
-    return tuple(sorted({min(n - 1, max(0, round(layer * n / depth))) for layer in reference}))
-
-
-def check_layers(layers: Sequence[int], model: nn.Module) -> tuple[int, ...]:
-    """Validate layer indices against the model (``EditError`` names the valid range)."""
-    n = num_layers(model)
-    bad = [layer for layer in layers if not 0 <= layer < n]
-    if bad:
-        raise EditError(f"layer(s) {bad} out of range: the model has layers 0..{n - 1}")
-    return tuple(sorted(set(layers)))
 
 
 def prefix_groups(lengths: Sequence[tuple[int, int]]) -> list[list[int]]:

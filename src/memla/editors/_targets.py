@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -174,7 +175,9 @@ class _Runner:
         return _first(tr[spec.final_norm].output), {s: _first(tr[s].output) for s in sites}
 
 
-_HEAD_COPY: dict[str, tuple] = {}  # one low-precision copy of the LM head, keyed by its tensor's identity
+# The low-precision copy of an LM head, kept while its module lives and only for the latest head used
+# (one copy at a time: for Gemma 3 270M it is 168M values); the key in the value tells a changed weight.
+_HEAD_COPY: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _head_weight(head: nn.Module, dtype: torch.dtype) -> Tensor:
@@ -182,9 +185,10 @@ def _head_weight(head: nn.Module, dtype: torch.dtype) -> Tensor:
     if w.dtype == dtype:
         return w
     ident = (id(w), w.data_ptr(), w._version, dtype)
-    cached = _HEAD_COPY.get("head")
+    cached = _HEAD_COPY.get(head)
     if cached is None or cached[0] != ident:
-        _HEAD_COPY["head"] = cached = (ident, w.detach().to(dtype))
+        _HEAD_COPY.clear()
+        _HEAD_COPY[head] = cached = (ident, w.detach().to(dtype))
     return cached[1]
 
 

@@ -139,15 +139,6 @@ def linear_delta_term(delta: Tensor, spec: ArchSpec) -> Callable[[Tensor], Tenso
     return lambda x: x.to(delta.dtype) @ spec.to_linear(delta).T  # (B, T, d_model)
 
 
-def scaled_layer(n_layers: int, fraction: float) -> int:
-    """The layer at relative depth ``fraction`` of an ``n_layers`` model: ``round(fraction · (n_layers − 1))``.
-
-    Carries a reference layer choice (e.g. layer 0 of GPT-2 XL's 48) over to a
-    model of another depth.
-    """
-    return int(round(fraction * (n_layers - 1)))
-
-
 def down_name(model: nn.Module, layer: int) -> str:
     """Module path of layer ``layer``'s down-projection (raises on a bad index)."""
     n = num_layers(model)

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memla.editors._train import added_outputs, down_name, linear_delta_term, scaled_layer, teacher_batch
+from memla.editors._train import added_outputs, down_name, linear_delta_term, teacher_batch
 from memla.editors.base import EditRequest, EditResult, register_editor
+from memla.editors.layers import scaled_layer
 from memla.evaluate.scoring import encode_pair
 from memla.models import arch_spec, get_module, num_layers
 

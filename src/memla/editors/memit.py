@@ -31,12 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from memla.editors._common import (GPTJ_D_FF, KeyValueConfig, check_layers, down_weight, group_mean,
-                                   layer_covariances, optimise_options, prefix_groups, scaled_layers)
+from memla.editors._common import (GPTJ_D_FF, KeyValueConfig, down_weight, group_mean, layer_covariances,
+                                   optimise_options, prefix_groups)
 from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
 from memla.editors._targets import (capture, down_to_residual, memit_update, optimise_targets, residual_to_down,
                                     to_layout)
 from memla.editors.base import EditRequest, EditResult, apply, register_editor
+from memla.editors.layers import check_layers, scaled_layers
 from memla.errors import EditError
 from memla.models import arch_spec, get_module, mlp_dims
 

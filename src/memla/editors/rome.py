@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from memla.editors._common import (KeyValueConfig, check_layers, down_weight, layer_covariances, optimise_options,
-                                   scaled_layers)
+from memla.editors._common import KeyValueConfig, down_weight, layer_covariances, optimise_options
 from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
 from memla.editors._targets import capture, optimise_targets, rank_one_update, to_layout
 from memla.editors.base import EditRequest, EditResult, register_editor
+from memla.editors.layers import check_layers, scaled_layers
 from memla.models import arch_spec, get_module
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,15 @@ class RomeConfig(KeyValueConfig):
 class RomeEditor:
     """ROME (§3): locate the key, optimise v*, insert it with a rank-one update."""
 
+    reference_layer = 5  # GPT-J's (of 28)
+
     def __init__(self, config: RomeConfig | None = None):
         self.config = config or RomeConfig()
 
     def layer(self, model: nn.Module) -> int:
         """The edited layer (the configured one or the scaled GPT-J default)."""
         if self.config.layer is None:
-            return scaled_layers((5,), model)[0]
+            return scaled_layers((self.reference_layer,), model)[0]
         return check_layers((self.config.layer,), model)[0]
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
