@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memla.data import load_dataset
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.errors import EditError
 from memla.langs import join
@@ -172,8 +173,6 @@ class IKEEditor:
         """The pool facts in ``lang`` (loaded once)."""
         if lang not in self._facts:
             if self._records is None:
-                from memla.data import load_dataset
-
                 self._records = load_dataset(self.config.pool, split=self.config.pool_split)
             facts = []
             for r in self._records:

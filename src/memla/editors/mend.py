@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from memla.editors._train import TeacherBatch, down_name, teacher_batch
@@ -291,8 +292,6 @@ def load_checkpoint(directory: str | os.PathLike, *, device: torch.device | str 
     Returns:
         ``(net, meta)``; ``net`` is in eval mode.
     """
-    from safetensors.torch import load_file
-
     path = Path(directory)
     meta = json.loads((path / META).read_text())
     if meta.get("format") != FORMAT:

@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
+from tqdm.auto import tqdm
 
+from memla.config import config_to_dict
 from memla.editors._train import added_outputs, down_name, teacher_batch
 from memla.editors.mend import (
     FORMAT,
@@ -72,8 +75,6 @@ def save_checkpoint(directory: str | os.PathLike, net: MendNet, meta: dict[str, 
     Returns:
         The directory.
     """
-    from safetensors.torch import save_file
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
@@ -93,8 +94,6 @@ def save_checkpoint(directory: str | os.PathLike, net: MendNet, meta: dict[str, 
 
 def checkpoint_meta(model: nn.Module, net: MendNet, config: MendConfig, **extra: Any) -> dict[str, Any]:
     """The JSON metadata stored beside the weights: architecture, model fingerprint, training config."""
-    from memla.config import config_to_dict
-
     d_model, d_ff = mlp_dims(model)
     return {
         "model_fingerprint": model_fingerprint(model),
@@ -146,8 +145,6 @@ def train_mend(
     Returns:
         The `MendTrainResult`.
     """
-    from tqdm.auto import tqdm
-
     cfg = config or MendConfig()
     steps = cfg.steps if steps is None else steps
     if steps < 1:
