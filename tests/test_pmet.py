@@ -15,7 +15,7 @@ from tiny import tiny_model
 from memla.config import dump_config, load_config
 from memla.editors import EditRequest, apply, get_editor
 from memla.editors._locate import context_prefixes, kl_rows, rewriting_rows
-from memla.editors._targets import optimise_targets
+from memla.editors.kv import capture, optimise_targets
 from memla.editors.pmet import PmetConfig, PmetEditor
 from memla.errors import MemlaError
 from memla.evaluate.scoring import score_targets
@@ -67,8 +67,6 @@ def test_square_root_spreading():
     bare = [locate_request(tok, request())]
     z = torch.randn(32, 1)
     site = editor.target_sites(model, 1)[-1]
-    from memla.editors._targets import capture
-
     cur = capture(model, tok, [bare[0].prompt_ids], [bare[0].pos], [site], inputs=False)[site].T
     for left in (1, 2, 4):
         r = editor.residuals(model, tok, bare, z, 1, 0, left, torch.zeros(32, 1))

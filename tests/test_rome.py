@@ -19,9 +19,9 @@ from tiny import ARCHS, tiny_model
 from memla.config import dump_config, load_config
 from memla.editors import EditRequest, apply, get_editor
 from memla.editors import _locate as L
-from memla.editors import _targets as T
+from memla.editors.kv import values as T
 from memla.editors._locate import context_prefixes, kl_rows, locate, locate_request, rewriting_rows
-from memla.editors._targets import _Runner, head_logits, rank_one_update
+from memla.editors.kv import TargetRunner, head_logits, rank_one_update
 from memla.editors.rome import RomeConfig, RomeEditor
 from memla.errors import EditError, MemlaError
 from memla.evaluate.scoring import score_targets
@@ -134,7 +134,7 @@ def test_cached_prefix_forward_matches_full_forward(arch):
     req = request(prompt="The capital of {} is")
     rows, _ = rewriting_rows(tok, req, context_prefixes(model, tok, ((4, 3),)))
     rows += kl_rows(tok, req, ("{} is a",))
-    runner = _Runner(model, tok, rows)
+    runner = TargetRunner(model, tok, rows)
     assert runner.cache is not None
     spec = arch_spec(model)
     site = spec.path(spec.mlp_down, 0)

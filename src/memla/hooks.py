@@ -35,6 +35,11 @@ class Trace:
     output: Any = None
 
 
+def output_tensor(output: Any) -> torch.Tensor:
+    """A module output's hidden states: the output itself, or the first element of a tuple (decoder blocks)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 @contextmanager
 def trace(
     model: nn.Module,

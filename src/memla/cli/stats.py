@@ -10,6 +10,8 @@ ORDER = 45
 
 
 def register(subparsers) -> None:
+    from memla.editors.kv.stats import DTYPES
+
     p = subparsers.add_parser(
         "stats",
         help="precompute the MLP key covariance statistics of ROME / MEMIT / PMET (cached)",
@@ -31,7 +33,7 @@ def register(subparsers) -> None:
         "(default: %(default)s)",
     )
     p.add_argument("--samples", type=int, default=50_000, help="keys (token positions) to average (default: %(default)s)")
-    p.add_argument("--stats-dtype", default="float32", choices=["float32", "float64"],
+    p.add_argument("--stats-dtype", default="float32", choices=DTYPES,
                    help="dtype of the statistics (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -58,7 +60,7 @@ def parse_layers(values: list[str], model) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from memla.editors.stats import layer_stats, resolve_corpus
+    from memla.editors.kv import layer_stats, resolve_corpus
 
     corpus = resolve_corpus(args.corpus)  # checks the files before the model loads
     model, tokenizer = load_model_from_args(args)

@@ -227,10 +227,10 @@ def context_prefixes(
         (``cache_dir()/"prefixes"``) per model (its fingerprint without the
         down-projections, which editors change), tokenizer and settings.
     """
-    from memla.editors.stats import stats_fingerprint
-    from memla.models import cache_dir
+    from memla.models import cache_dir, down_param_names, model_fingerprint
 
-    key = (stats_fingerprint(model), getattr(tokenizer, "name_or_path", ""), len(tokenizer),
+    fingerprint = model_fingerprint(model, skip=down_param_names(model), exact=False)
+    key = (fingerprint, getattr(tokenizer, "name_or_path", ""), len(tokenizer),
            tuple(map(tuple, lengths)), tuple(seeds), seed)
     if key in _PREFIX_MEMO:
         _PREFIX_MEMO.move_to_end(key)

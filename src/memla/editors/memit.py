@@ -16,7 +16,7 @@ the norm; without a norm this is the same optimisation as MEMIT's, since δ adde
 MLP output or to the block output changes the block output alike).  Layer ``L`` receives
 ``(z − v_L) · share``; a lower layer ``l`` receives the residual-stream effect
 ``(n_L(z) − n_L(v_L)) · share`` mapped to its own down-projection output through its
-norm's Jacobian (`memla.editors._targets.residual_to_down`); the residual is measured
+norm's Jacobian (`memla.editors.kv.updates.residual_to_down`); the residual is measured
 again after each layer's update, which absorbs the linearisation error as MEMIT's own
 spreading does.  Subject not found: the last prompt token (``info["subject_fallback"]``).
 """
@@ -31,15 +31,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from memla.editors._common import (GPTJ_D_FF, KeyValueConfig, down_weight, group_mean, layer_covariances,
-                                   optimise_options, prefix_groups)
 from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
-from memla.editors._targets import (capture, down_to_residual, memit_update, optimise_targets, residual_to_down,
-                                    to_layout)
 from memla.editors.base import EditRequest, EditResult, apply, register_editor
+from memla.editors.kv import (GPTJ_D_FF, KeyValueConfig, capture, down_to_residual, down_weight_and_bias, group_mean,
+                              layer_covariances, memit_update, optimise_options, optimise_targets, prefix_groups,
+                              residual_to_down)
 from memla.editors.layers import check_layers, scaled_layers
 from memla.errors import EditError
-from memla.models import arch_spec, get_module, mlp_dims
+from memla.models import arch_spec, mlp_dims
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +194,14 @@ class MemitEditor:
                 keys = capture(model, tokenizer, [l.prompt_ids for l in flat], [l.pos for l in flat], [down])[down]
                 keys = keys.view(len(requests), len(prefixes), -1)  # (n, P, d_ff)
                 K = torch.stack([group_mean(k, groups) for k in keys], dim=1)  # (d_ff, n)
-                W, b = down_weight(model, layer)  # (d_model, d_ff)
+                W, b = down_weight_and_bias(model, layer)  # (d_model, d_ff)
                 v = W @ K + (0 if b is None else b[:, None])  # (d_model, n), current values at the keys
                 R = self.residuals(model, tokenizer, bare, z, layers[-1], layer, len(layers) - i, v)  # (d_model, n)
             C_l = C[layer] if C is not None else (K.pow(2).sum(0).mean() / K.shape[0]) * torch.eye(K.shape[0])
             delta = memit_update(R, K, C_l.to(K.device), lam)  # (d_model, d_ff)
-            deltas[spec.down_weight_name(layer)] = to_layout(delta, spec.down_layout, get_module(model, down).weight)
+            weight = spec.down_module(model, layer).weight
+            in_layout = spec.from_linear(delta).to(dtype=weight.dtype, device=weight.device).contiguous()
+            deltas[spec.down_weight_name(layer)] = in_layout
             norms[str(layer)] = round(float(delta.norm()), 5)
         info = {
             "method": self.method,

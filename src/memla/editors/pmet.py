@@ -15,7 +15,7 @@ Its optimisation also follows the reference code's schedule: once every target t
 the argmax, the NLL weight drops to 0.1 and the optimisation stops when the KL term is
 ≤ 0.01.  Post-FFN norm (Gemma 2/3): the target is the down-projection output of layer
 ``L`` (before the norm); for the other layers its residual-stream effect ``n_L(v*) − n_L(v)``
-is mapped back through their own norms (`memla.editors._targets.residual_to_down`).
+is mapped back through their own norms (`memla.editors.kv.updates.residual_to_down`).
 Subject not found: the last prompt token (``info["subject_fallback"]``).
 """
 
@@ -27,9 +27,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from memla.editors._common import optimise_options
-from memla.editors._targets import optimise_targets
 from memla.editors.base import register_editor
+from memla.editors.kv import optimise_options, optimise_targets
 from memla.editors.memit import MemitConfig, MemitEditor
 from memla.models import arch_spec
 

@@ -1,12 +1,12 @@
 """ROME: rank-one model editing of one MLP down-projection (Meng et al. 2022, §3; r-ROME fix).
 
 1. **Key** (ROME Eq. 3): the down-projection input at the subject's last token.  ``k*``
-   averages it over short prefixes the model generates itself (`memla.editors._locate`).
+   averages it over short prefixes the model generates itself (`memla.editors.kv.keys`).
 2. **Value** (ROME Eq. 4): ``v* = v₀ + δ`` where δ, added to the down-projection output
    at the subject's last token, minimises ``NLL(target_new | prefix_j + prompt)
    + kl_factor · KL("{} is a") + weight_decay · ‖δ‖/‖v₀‖²`` with ‖δ‖ clamped.
 3. **Update** (ROME Eq. 2): ``ΔW = (v* − W k) (C⁻¹ k)ᵀ / ((C⁻¹ k)ᵀ k)``, ``C = E[k kᵀ]``
-   from `memla.editors.stats` (or the identity).  The original code puts the
+   from `memla.editors.kv.stats` (or the identity).  The original code puts the
    prefix-averaged ``k*`` in ``C⁻¹ k*`` but the unprefixed ``k`` in ``W k`` and the
    denominator; r-ROME (Gupta et al. 2024) uses one key in both, which stops the
    collapse of sequential edits.  ``key="prompt"`` (default) uses the unprefixed key in
@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from memla.editors._common import KeyValueConfig, down_weight, layer_covariances, optimise_options
 from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
-from memla.editors._targets import capture, optimise_targets, rank_one_update, to_layout
 from memla.editors.base import EditRequest, EditResult, register_editor
+from memla.editors.kv import (KeyValueConfig, capture, down_weight_and_bias, layer_covariances, optimise_options,
+                              optimise_targets, rank_one_update)
 from memla.editors.layers import check_layers, scaled_layers
-from memla.models import arch_spec, get_module
+from memla.models import arch_spec
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,10 @@ class RomeEditor:
         C = layer_covariances(model, tokenizer, [layer], cfg)
         t_stats = time.perf_counter() - t2
         k_num, k_den = {"prompt": (k_bare, k_bare), "prefix": (k_star, k_star), "original": (k_star, k_bare)}[cfg.key]
-        W, b = down_weight(model, layer)  # (d_model, d_ff), (d_model,) or None
+        W, b = down_weight_and_bias(model, layer)  # (d_model, d_ff), (d_model,) or None
         w_k = W @ k_den + (0 if b is None else b)  # (d_model,)
         delta = rank_one_update(v_star, w_k, k_num, k_den, None if C is None else C[layer])  # (d_model, d_ff)
-        weight = get_module(model, down).weight
+        weight = spec.down_module(model, layer).weight
         info = {
             "method": "rome",
             "layer": layer,
@@ -139,4 +139,5 @@ class RomeEditor:
         }
         if fallback:
             log.info("ROME: subject %r not found in %r; used the last prompt token", request.subject, request.prompt)
-        return EditResult(deltas={spec.down_weight_name(layer): to_layout(delta, spec.down_layout, weight)}, info=info)
+        in_layout = spec.from_linear(delta).to(dtype=weight.dtype, device=weight.device).contiguous()
+        return EditResult(deltas={spec.down_weight_name(layer): in_layout}, info=info)

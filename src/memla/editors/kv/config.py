@@ -1,10 +1,12 @@
-"""Settings and helpers shared by the locate-then-edit baselines ROME, MEMIT and PMET.
+"""The settings ROME, MEMIT and PMET share, and the two things a config decides at edit time.
 
 `KeyValueConfig` holds the fields the three methods share (v* optimisation, context
 prefixes, covariance statistics); each method's config subclasses it and overrides the
-defaults with the values of its own paper and reference code.  Layer choices of the
-reference configs (GPT-J, 28 layers) are scaled to the edited model's depth by
-`memla.editors.layers.scaled_layers`.
+defaults with the values of its own paper and reference code.  `optimise_options` turns
+a config into the keyword arguments of `memla.editors.kv.values.optimise_targets`, and
+`layer_covariances` gives the ``C`` of the closed-form updates (statistics or identity).
+Layer choices of the reference configs (GPT-J, 28 layers) are scaled to the edited
+model's depth by `memla.editors.layers.scaled_layers`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from memla.editors._locate import ROME_SEEDS
-from memla.editors.stats import DTYPES, covariances
+from memla.editors.kv.stats import DTYPES, covariances
 
 GPTJ_D_FF = 16384  # MLP width of GPT-J 6B (the reference configs' model), the scale of MEMIT's λ = 15000
 
@@ -26,10 +28,10 @@ class KeyValueConfig:
     """Fields shared by `RomeConfig`, `MemitConfig` and `PmetConfig`.
 
     Attributes:
-        covariance: ``"stats"`` (``C = E[k kᵀ]`` from `memla.editors.stats`, ROME/MEMIT
+        covariance: ``"stats"`` (``C = E[k kᵀ]`` from `memla.editors.kv.stats`, ROME/MEMIT
             ``mom2_adjustment: true``) or ``"identity"`` (no statistics needed).
         stats_corpus: corpus of the statistics: ``"builtin"`` (offline multilingual),
-            ``"hf:NAME[:CONFIG[:SPLIT]]"`` or text file paths (see `memla.editors.stats`).
+            ``"hf:NAME[:CONFIG[:SPLIT]]"`` or text file paths (see `memla.editors.kv.stats`).
         stats_samples: keys (token positions) averaged into ``C``.  The reference code
             uses 100,000 Wikipedia texts; 50,000 keys (4.4 CPU-minutes once for the four
             default MEMIT layers of Gemma 3 270M, cached) estimate a 2048-wide ``C`` well.
@@ -95,33 +97,10 @@ class KeyValueConfig:
 
 
 def optimise_options(cfg: KeyValueConfig) -> dict:
-    """Keyword arguments of `memla.editors._targets.optimise_targets` from a config."""
+    """Keyword arguments of `memla.editors.kv.values.optimise_targets` from a config."""
     return dict(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, kl_factor=cfg.kl_factor,
                 clamp_norm_factor=cfg.clamp_norm_factor, stop_loss=cfg.stop_loss,
                 head_dtype=None if cfg.head_dtype == "model" else getattr(torch, cfg.head_dtype))
-
-
-def prefix_groups(lengths: Sequence[tuple[int, int]]) -> list[list[int]]:
-    """Index groups of `context_prefixes`: the bare prompt, then one group per ``(tokens, count)``."""
-    groups, start = [[0]], 1
-    for _, count in lengths:
-        if count:
-            groups.append(list(range(start, start + count)))
-        start += count
-    return groups
-
-
-def group_mean(keys: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
-    """MEMIT's ``compute_ks`` average: the mean over prefixes of each group, then over groups.
-
-    Args:
-        keys: ``(P, d)`` keys of one request, in prefix order.
-        groups: `prefix_groups`.
-
-    Returns:
-        ``(d,)``.
-    """
-    return torch.stack([keys[list(g)].mean(0) for g in groups]).mean(0)
 
 
 def layer_covariances(model: nn.Module, tokenizer, layers: Sequence[int], cfg: KeyValueConfig) -> dict[int, Tensor] | None:
@@ -130,13 +109,3 @@ def layer_covariances(model: nn.Module, tokenizer, layers: Sequence[int], cfg: K
         return None
     return covariances(model, tokenizer, layers, corpus=cfg.stats_corpus, samples=cfg.stats_samples,
                        dtype=cfg.stats_dtype, progress=True)
-
-
-def down_weight(model: nn.Module, layer: int) -> tuple[Tensor, Tensor | None]:
-    """Layer ``layer``'s down-projection as ``(W (d_model, d_ff), bias or None)``."""
-    from memla.models import arch_spec, get_module
-
-    spec = arch_spec(model)
-    module = get_module(model, spec.path(spec.mlp_down, layer))
-    w = module.weight.detach().float()
-    return (w.T if spec.down_layout == "conv1d" else w), (None if module.bias is None else module.bias.detach().float())

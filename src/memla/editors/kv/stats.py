@@ -19,6 +19,7 @@ Results are cached under ``memla.models.cache_dir()/"stats"``, keyed by the mode
 fingerprint, the layer, the corpus hash, the sample count and the dtype.  The model
 fingerprint leaves out the down-projection weights (the weights editors change), so the
 statistics of the unedited model serve sequential edits, as in MEMIT's code (computed once).
+An AlphaEdit-style null-space projection of the preserved keys reads the same ``C``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,19 @@ from pathlib import Path
 
 import requests
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from memla.data import load_dataset
+from memla.editors._locate import sample_texts
+from memla.editors.kv.keys import right_pad
 from memla.errors import MemlaError
-from memla.models import arch_spec, cache_dir, get_module, num_layers
+from memla.evaluate.batching import encode_text, pad_id
+from memla.hooks import trace
+from memla.langs import join
+from memla.models import arch_spec, cache_dir, down_param_names, mlp_dims, model_fingerprint, num_layers
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +73,6 @@ SAMPLE_TOKENS = 48  # new tokens per sampled text
 HF_NETWORK_ERRORS = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
-def stats_fingerprint(model: nn.Module) -> str:
-    """A hash of the model's config and weights *without* its down-projections (editors' targets).
-
-    Like `memla.models.model_fingerprint`: the config plus a strided sample of every
-    other parameter.
-    """
-    spec = arch_spec(model)
-    skip = {spec.down_weight_name(i) for i in range(num_layers(model))}
-    skip |= {f"{spec.path(spec.mlp_down, i)}.bias" for i in range(num_layers(model))}
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    for name, p in model.named_parameters():
-        if name in skip:
-            continue
-        flat = p.detach().reshape(-1)
-        h.update(name.encode() + str(tuple(p.shape)).encode())
-        h.update(flat[::max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 # --------------------------------------------------------------------------- corpora
 
 
@@ -92,9 +83,6 @@ def _builtin_sentences() -> tuple[str, ...]:
 
 def builtin_sentences() -> list[str]:
     """The sentences of the built-in dataset mkeb-mini, all languages (deterministic order)."""
-    from memla.data import load_dataset
-    from memla.langs import join
-
     texts = []
     for record in load_dataset("mkeb-mini"):
         for lang, fact in record.edit.items():
@@ -134,8 +122,6 @@ class Corpus:
 
 
 def _builtin_texts(model: nn.Module, tokenizer) -> list[str]:
-    from memla.editors._locate import sample_texts
-
     seeds = [s for lang in SAMPLE_SEEDS for s in SAMPLE_SEEDS[lang]]
     log.info("sampling %d texts from the model for the builtin corpus", len(seeds))
     sampled = sample_texts(model, tokenizer, seeds, new_tokens=SAMPLE_TOKENS, seed=0)
@@ -232,8 +218,6 @@ def stats_path(fingerprint: str, layer: int, corpus_key: str, samples: int, dtyp
 def _load(path: Path) -> Tensor | None:
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
-
     try:
         return load_file(path)["mom2"]
     except Exception as err:  # a truncated or foreign file: recompute
@@ -242,8 +226,6 @@ def _load(path: Path) -> Tensor | None:
 
 
 def _save(path: Path, mom2: Tensor, meta: dict) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
     os.close(fd)
@@ -312,7 +294,7 @@ def layer_stats(
     if any(not 0 <= layer < n for layer in layers):
         raise MemlaError(f"layers must be in 0..{n - 1}, got {layers}")
     resolved = resolve_corpus(corpus)
-    fp = stats_fingerprint(model)
+    fp = model_fingerprint(model, skip=down_param_names(model), exact=False)  # valid for the edited model too
     out, missing = _cached(fp, layers, resolved.key, samples, dtype)
     if missing:
         try:
@@ -352,24 +334,16 @@ def _cached(fp: str, layers: Sequence[int], corpus_key: str, samples: int, dtype
 
 
 def _meta(path: Path) -> dict:
-    from safetensors import safe_open
-
     with safe_open(path, framework="pt") as f:
         return dict(f.metadata() or {})
 
 
 @torch.no_grad()
 def _compute(model, tokenizer, layers, texts: Sequence[str], *, samples: int, dtype: str, progress: bool):
-    from tqdm.auto import tqdm
-
-    from memla.editors._targets import right_pad
-    from memla.evaluate.batching import encode_text, pad_id
-    from memla.hooks import trace
-
     spec = arch_spec(model)
     device = next(model.parameters()).device
     names = {layer: spec.path(spec.mlp_down, layer) for layer in layers}
-    d_ff = get_module(model, names[layers[0]]).weight.shape[0 if spec.down_layout == "conv1d" else 1]
+    d_ff = mlp_dims(model)[1]
     acc = {layer: torch.zeros(d_ff, d_ff, dtype=torch.float64, device=device) for layer in layers}
     specials = set(tokenizer.all_special_ids)
     count, batch = 0, []

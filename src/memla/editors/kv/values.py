@@ -1,24 +1,18 @@
-"""Shared machinery of ROME, MEMIT and PMET: key capture, v*/z optimisation, the closed-form updates.
+"""Optimising v*: the vectors that, added to module outputs at the subject's last token, make
+the model predict ``target_new`` (ROME Eq. 4, MEMIT Eq. 16, PMET Eq. 9).
 
-* `capture` reads module inputs (keys k) and outputs (values v) at given token positions.
-* `optimise_targets` finds the vectors δ added at the subject's last token of one or more
-  modules' outputs so that the model predicts ``target_new`` (ROME Eq. 4, MEMIT Eq. 16,
-  PMET Eq. 9): ``L(δ) = NLL(target_new | prefix_j + prompt) + kl_factor · KL("{} is a")
-  + weight_decay · ‖δ‖ / ‖v₀‖²``, Adam, ‖δ‖ clamped to ``clamp_norm_factor · ‖v₀‖``
-  (the reference code's exact loss, early stop at ``loss < stop_loss``).
-  Speed: positions before the subject's last token do not depend on δ, so their KV cache
-  is computed once and every step runs only the suffix; only the rows and positions that
-  the loss reads go through the LM head (the final norm is traced, the forward stops there).
-* `residual_to_down`: for architectures with a post-FFN norm (Gemma 2/3) a residual-stream
-  target is mapped to the down-projection output through the norm's Jacobian
-  (pseudo-inverse; the norm is scale-invariant, so the component along v is free).
-* `rank_one_update` (ROME Eq. 2) and `memit_update` (MEMIT Eq. 14) in float64.
+`optimise_targets` minimises ``L(δ) = NLL(target_new | prefix_j + prompt) + kl_factor ·
+KL("{} is a") + weight_decay · ‖δ‖ / ‖v₀‖²`` with Adam, ‖δ‖ clamped to
+``clamp_norm_factor · ‖v₀‖`` (the reference code's exact loss, early stop at
+``loss < stop_loss``).  Speed: positions before the subject's last token do not depend on
+δ, so `TargetRunner` computes their KV cache once and every step runs only the suffix;
+only the rows and positions that the loss reads go through the LM head (`head_logits`;
+the final norm is traced, the forward stops there).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,68 +22,10 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from memla.editors._locate import Row
+from memla.editors.kv.keys import right_pad
 from memla.evaluate.batching import accepts_position_ids, left_pad, pad_id
-from memla.hooks import trace
+from memla.hooks import output_tensor, trace
 from memla.models import arch_spec, get_module
-
-log = logging.getLogger(__name__)
-
-CAPTURE_ROWS = 64  # rows per forward pass when reading keys
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def right_pad(seqs: Sequence[Sequence[int]], *, pad_id: int, device) -> tuple[Tensor, Tensor]:
-    """Right-pad token sequences: ``(input_ids, attention_mask)``, each ``(B, T)``."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-@torch.no_grad()
-def capture(
-    model: nn.Module,
-    tokenizer,
-    seqs: Sequence[Sequence[int]],
-    positions: Sequence[int],
-    modules: Sequence[str],
-    *,
-    inputs: bool = True,
-) -> dict[str, Tensor]:
-    """Module inputs (``inputs=True``) or outputs at one position per sequence.
-
-    Args:
-        model, tokenizer: the model and its tokenizer (for the padding id).
-        seqs: token sequences.
-        positions: per sequence, the position to read.
-        modules: module paths.
-        inputs: read the first positional input (keys) instead of the output (values).
-
-    Returns:
-        ``{module: (N, d)}`` in sequence order.
-    """
-    device = next(model.parameters()).device
-    out: dict[str, list[Tensor]] = {m: [] for m in modules}
-    for start in range(0, len(seqs), CAPTURE_ROWS):
-        chunk = list(seqs[start:start + CAPTURE_ROWS])
-        ids, mask = right_pad(chunk, pad_id=pad_id(tokenizer), device=device)  # (B, T)
-        rows = torch.arange(len(chunk), device=device)
-        cols = torch.tensor(list(positions[start:start + CAPTURE_ROWS]), device=device)  # (B,)
-        with trace(model, list(modules), retain_input=inputs, retain_output=not inputs, stop=True) as tr:
-            model(input_ids=ids, attention_mask=mask)
-        for m in modules:
-            x = tr[m].input if inputs else _first(tr[m].output)  # (B, T, d)
-            out[m].append(x[rows, cols].float())  # (B, d)
-    return {m: torch.cat(v) for m, v in out.items()}
-
-
-# --------------------------------------------------------------------------- v* / z optimisation
 
 
 @dataclass
@@ -108,7 +44,7 @@ class TargetResult:
     p_new: list[float] = field(default_factory=list)
 
 
-class _Runner:
+class TargetRunner:
     """Forward passes over the rows with δ added at each row's subject token.
 
     When every row's subject token has a prefix before it, the prefix KV cache is computed
@@ -161,7 +97,7 @@ class _Runner:
         def add(output, name):
             if name not in sites:
                 return output
-            h = _first(output)
+            h = output_tensor(output)
             h = h + self.onehot.to(h.dtype) * sites[name].to(h.dtype)  # (B, T, d)
             return (h, *output[1:]) if isinstance(output, tuple) else h
 
@@ -172,7 +108,7 @@ class _Runner:
             kwargs["position_ids"] = self.position_ids
         with trace(self.model, [*sites, spec.final_norm], edit=add, stop=True) as tr:
             self.model(**kwargs)
-        return _first(tr[spec.final_norm].output), {s: _first(tr[s].output) for s in sites}
+        return output_tensor(tr[spec.final_norm].output), {s: output_tensor(tr[s].output) for s in sites}
 
 
 # The low-precision copy of an LM head, kept while its module lives and only for the latest head used
@@ -249,7 +185,7 @@ def optimise_targets(
     Returns:
         The `TargetResult`.
     """
-    runner = _Runner(model, tokenizer, rows)
+    runner = TargetRunner(model, tokenizer, rows)
     rw = [i for i, r in enumerate(rows) if not r.kl]
     kl = [i for i, r in enumerate(rows) if r.kl]
     pick_r = [(i, runner.column(i, p)) for i in rw for p, _ in rows[i].targets]
@@ -302,90 +238,3 @@ def optimise_targets(
                     delta[s].mul_(max_norm / delta[s].norm())
     result.delta = {s: d.detach() for s, d in delta.items()}
     return result
-
-
-# --------------------------------------------------------------------------- post-FFN norm
-
-
-def residual_to_down(model: nn.Module, layer: int, v: Tensor, r: Tensor) -> Tensor:
-    """Map residual-stream changes to down-projection output changes of ``layer`` (Gemma 2/3).
-
-    With a post-FFN norm the block adds ``n(v)`` (not ``v``) to the residual stream, so the
-    change ``r`` wanted there is reached, to first order, by ``Δv = J⁺ r`` with ``J = ∂n/∂v``
-    at the current output ``v``.  Without a post-FFN norm ``Δv = r``.
-
-    Args:
-        model: the model.
-        layer: the edited layer.
-        v: current down-projection outputs, ``(d_model, N)``.
-        r: wanted residual changes, ``(d_model, N)``.
-
-    Returns:
-        ``Δv``, ``(d_model, N)`` in float64.
-    """
-    spec = arch_spec(model)
-    if spec.post_ffn_norm is None:
-        return r.double()
-    norm = get_module(model, spec.path(spec.post_ffn_norm, layer))
-    cols = []
-    for j in range(v.shape[1]):
-        vj = v[:, j].to(next(norm.parameters()).dtype)
-        jac = torch.autograd.functional.jacobian(
-            lambda x: norm(x[None])[0].float(), vj, vectorize=True).double()  # (d, d)
-        # The radial singular value is 0 up to float32 noise (the norm is scale-invariant): cut it.
-        cols.append(torch.linalg.pinv(jac, rtol=1e-4) @ r[:, j].double())  # (d,)
-    return torch.stack(cols, dim=1)
-
-
-def down_to_residual(model: nn.Module, layer: int, v: Tensor, v_new: Tensor) -> Tensor:
-    """The residual-stream change when the down-projection output moves from ``v`` to ``v_new`` ``(d, N)``."""
-    spec = arch_spec(model)
-    if spec.post_ffn_norm is None:
-        return (v_new - v).double()
-    norm = get_module(model, spec.path(spec.post_ffn_norm, layer))
-    with torch.no_grad():
-        return (norm(v_new.T.float()) - norm(v.T.float())).T.double()
-
-
-# --------------------------------------------------------------------------- closed forms
-
-
-def rank_one_update(v_star: Tensor, w_k: Tensor, k_num: Tensor, k_den: Tensor, C: Tensor | None) -> Tensor:
-    """ROME's rank-one update (ROME Eq. 2): ``Δ = (v* − W k) (C⁻¹ k_num)ᵀ / ((C⁻¹ k_num)ᵀ k_den)``.
-
-    Args:
-        v_star: the target value v* ``(d_model,)``.
-        w_k: the current value ``W k_den`` ``(d_model,)``.
-        k_num: key of the direction ``C⁻¹ k`` ``(d_ff,)``.
-        k_den: key the update must map to v* ``(d_ff,)`` (r-ROME: ``k_num = k_den``).
-        C: the key covariance ``E[k kᵀ]`` ``(d_ff, d_ff)``, or None for the identity.
-
-    Returns:
-        ``Δ`` ``(d_model, d_ff)`` in float64 (``(W + Δ) k_den = v*``).
-    """
-    k_num, k_den = k_num.double(), k_den.double()
-    u = k_num if C is None else torch.linalg.solve(C.double(), k_num)  # (d_ff,)
-    return torch.outer(v_star.double() - w_k.double(), u) / (u @ k_den)
-
-
-def memit_update(R: Tensor, K: Tensor, C: Tensor, lam: float) -> Tensor:
-    """MEMIT's batch update (MEMIT Eq. 14): ``Δ = R Kᵀ (λ C + K Kᵀ)⁻¹`` in float64.
-
-    Args:
-        R: residuals ``(d_model, n)``.
-        K: keys ``(d_ff, n)``.
-        C: key covariance ``E[k kᵀ]`` ``(d_ff, d_ff)``.
-        lam: λ, the weight of the preserved keys (``mom2_update_weight``).
-
-    Returns:
-        ``Δ`` ``(d_model, d_ff)``.
-    """
-    K, R = K.double(), R.double()
-    A = lam * C.double() + K @ K.T  # (d_ff, d_ff), symmetric positive definite
-    return torch.linalg.solve(A, K @ R.T).T  # (d_model, d_ff)
-
-
-def to_layout(delta: Tensor, layout: str, like: Tensor) -> Tensor:
-    """A ``(d_model, d_ff)`` update in the parameter's own layout and dtype."""
-    delta = delta.T if layout == "conv1d" else delta
-    return delta.to(dtype=like.dtype, device=like.device).contiguous()
