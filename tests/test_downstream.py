@@ -12,8 +12,8 @@ from tiny import save_tiny, tiny_model
 from memla.cli import main
 from memla.errors import DataError, MemlaError
 from memla.evaluate.downstream import TaskResult, compare, evaluate_local, evaluate_tasks, mean_se, score_choices
-from memla.evaluate.scoring import encode_pair
 from memla.evaluate.tasks import ANLI_CHOICES, XNLI_WORDS, builtin_tasks, load_task
+from memla.tokens import encode_pair
 
 HAND_MADE = [
     {"id": "a", "goal": "To dry wet hands", "sol1": "rub them with a towel", "sol2": "dip them in water", "label": 0},

@@ -8,7 +8,8 @@ from tiny import tiny_tokenizer
 from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 
-from memla.evaluate.scoring import encode_pair, greedy_generate, score_targets
+from memla.evaluate.scoring import greedy_generate, score_targets
+from memla.tokens import encode_pair
 
 ITEMS = [
     ("The capital of France is", "Paris", "en"),

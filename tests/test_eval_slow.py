@@ -6,8 +6,9 @@ import pytest
 
 from memla.data import load_dataset
 from memla.evaluate.cells import evaluate_record
-from memla.evaluate.scoring import encode_pair, greedy_generate, score_targets
+from memla.evaluate.scoring import greedy_generate, score_targets
 from memla.langs import LANGS
+from memla.tokens import encode_pair
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from memla.editors import EditRequest, apply, apply_, get_editor
 from memla.editors.adapter import load_edit, save_edit
 from memla.editors.memla import MemlaConfig, MemlaEditor, norm_ratio_scale, train_lora
 from memla.errors import EditError
-from memla.evaluate.scoring import encode_pair
 from memla.models import arch_spec
+from memla.tokens import encode_pair
 
 FAST = dict(ig_steps=4, max_steps=25, lr=0.05, threshold=0.5)
 

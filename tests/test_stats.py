@@ -14,9 +14,9 @@ from memla.cli._common import console
 from memla.editors import EditRequest, apply, get_editor
 from memla.editors.kv import stats as S
 from memla.errors import MemlaError
-from memla.evaluate.batching import encode_text
 from memla.hooks import trace
 from memla.models import arch_spec, down_param_names, model_fingerprint
+from memla.tokens import encode_text
 
 TEXTS = ["The capital of France is Paris.", "La capitale de la France est Paris.", "法国的首都是巴黎。",
          "Die Hauptstadt von Frankreich ist Paris.", "The capital of Italy is Rome. The capital of Japan is Tokyo."]

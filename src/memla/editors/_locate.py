@@ -24,13 +24,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
-from transformers import DynamicCache
 
 from memla.editors.base import EditRequest
-from memla.evaluate.batching import accepts_position_ids, encode_text, left_pad, pad_id
-from memla.evaluate.scoring import encode_pair
+from memla.tokens import encode_pair, encode_text, sample_texts
 
 log = logging.getLogger(__name__)
 
@@ -149,61 +146,6 @@ def kl_rows(tokenizer, request: EditRequest, kl_prompts: Sequence[str]) -> list[
         loc = locate_request(tokenizer, request, prompt=template)
         rows.append(Row(loc.prompt_ids[:loc.pos + 1], loc.pos, kl=True))
     return rows
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-@torch.no_grad()
-def sample_texts(
-    model: nn.Module,
-    tokenizer,
-    seeds: Sequence[str],
-    *,
-    new_tokens: int,
-    top_k: int = 5,
-    seed: int = 0,
-) -> list[str]:
-    """Continue each seed text by top-k sampling (ROME's ``generate_fast``), with a KV cache.
-
-    Args:
-        model, tokenizer: the model and its tokenizer.
-        seeds: texts to continue (one sample each; repeat a seed for more).
-        new_tokens: tokens to generate per sample (fewer when EOS comes first).
-        top_k: sample among the ``top_k`` most likely tokens.
-        seed: seed of a private generator (the global RNG is not touched).
-
-    Returns:
-        The seed texts with their continuations, decoded without special tokens.
-    """
-    device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    seqs = [encode_text(tokenizer, s) for s in seeds]
-    ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (B, T)
-    eos = {tokenizer.eos_token_id} - {None}
-    cache = DynamicCache(config=model.config)
-    out = [list(s) for s in seqs]
-    done = [False] * len(seqs)
-    use_pos = accepts_position_ids(model)
-    for _ in range(new_tokens):
-        kwargs = dict(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
-        if use_pos:
-            kwargs["position_ids"] = pos
-        logits = model(**kwargs).logits[:, -1].float()  # (B, V)
-        top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-        pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=gen).to(device)  # (B, 1)
-        nxt = top.indices.gather(-1, pick)  # (B, 1)
-        for row, tok in enumerate(nxt[:, 0].tolist()):
-            if not done[row]:
-                done[row] = tok in eos
-                if not done[row]:
-                    out[row].append(tok)
-        if all(done):
-            break
-        ids = nxt
-        mask = torch.cat([mask, mask.new_ones((len(seqs), 1))], dim=-1)  # (B, T + 1)
-        pos = pos[:, -1:] + 1  # (B, 1)
-    return [tokenizer.decode(o, skip_special_tokens=True) for o in out]
 
 
 def context_prefixes(

@@ -1,8 +1,8 @@
 """Helpers shared by the gradient-based baselines (FT-L, MEND): teacher-forced batches and delta hooks.
 
 `teacher_batch` encodes ``(prompt, target, lang)`` triples by the DESIGN.md join
-rule (`memla.evaluate.scoring.encode_pair`) into one left-padded batch with the
-evaluator's attention mask and position ids (`memla.evaluate.batching.left_pad`),
+rule (`memla.tokens.encode_pair`) into one left-padded batch with the
+evaluator's attention mask and position ids (`memla.tokens.left_pad`),
 so training scores what evaluation scores.  Only the positions that predict
 target tokens go through the LM head (a boolean ``logits_to_keep``), which
 matters for 262k-vocabulary models.
@@ -21,10 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from memla.errors import EditError
-from memla.evaluate.batching import forward, left_pad, pad_id
-from memla.evaluate.scoring import encode_pair
 from memla.hooks import trace
 from memla.models import ArchSpec, arch_spec, num_layers
+from memla.tokens import encode_pair, forward, left_pad, pad_id
 
 
 @dataclass(frozen=True)

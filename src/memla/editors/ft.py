@@ -36,8 +36,8 @@ from torch import nn
 from memla.editors._train import added_outputs, down_name, linear_delta_term, teacher_batch
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.editors.layers import scaled_layer
-from memla.evaluate.scoring import encode_pair
 from memla.models import arch_spec, get_module, num_layers
+from memla.tokens import encode_pair
 
 log = logging.getLogger(__name__)
 

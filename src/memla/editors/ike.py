@@ -213,7 +213,7 @@ class IKEEditor:
     @torch.no_grad()
     def _hidden(self, model: nn.Module, tokenizer, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised mean-pooled hidden states, ``(N, d_model)`` (left-padded batches of 32)."""
-        from memla.evaluate.batching import accepts_position_ids, encode_text, left_pad, pad_id
+        from memla.tokens import accepts_position_ids, encode_text, left_pad, pad_id
 
         device = next(model.parameters()).device
         rows = []

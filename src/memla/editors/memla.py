@@ -227,7 +227,7 @@ def train_lora(
     Returns:
         ``(losses, p_new)`` per step.
     """
-    from memla.evaluate.scoring import encode_pair
+    from memla.tokens import encode_pair
 
     new = encode_pair(tokenizer, request.text, request.target_new, request.lang)
     true = encode_pair(tokenizer, request.text, request.target_true, request.lang) if request.target_true else None

@@ -22,8 +22,6 @@ last prompt token.
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -32,65 +30,14 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from memla.tokens import forward, left_pad, pad_id
+
 MAX_BATCH_TOKENS = 4096  # padded tokens per forward pass
 MAX_BATCH_ROWS = 64
 MIN_SPLIT_ROWS = 8  # batches this full may be closed early to avoid padding ...
 MIN_FILL = 0.75  # ... when the next sequence is shorter than this fraction of the batch width
 MAX_HEAD_ROWS = 256  # positions through the LM head per pass (bounds the (rows, V) logits in memory)
 SHARE_MIN_TOKENS = 16  # a common leading run at least this long is computed once
-
-
-@functools.lru_cache(maxsize=64)
-def _forward_takes_position_ids(cls: type) -> bool:
-    return "position_ids" in inspect.signature(cls.forward).parameters
-
-
-def accepts_position_ids(model: nn.Module) -> bool:
-    """Whether ``model.forward`` takes ``position_ids`` (BLOOM derives positions from the mask)."""
-    return _forward_takes_position_ids(type(model))
-
-
-def encode_text(tokenizer, text: str) -> list[int]:
-    """Token ids with the tokenizer's leading specials (BOS) but without trailing ones (EOS)."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    specials = set(tokenizer.all_special_ids)
-    lead = 0
-    while lead < len(ids) and ids[lead] in specials and ids[lead:lead + len(plain)] != plain:
-        lead += 1
-    if ids[lead:lead + len(plain)] == plain:
-        return ids[:lead + len(plain)]
-    return ids
-
-
-def pad_id(tokenizer) -> int:
-    """The id written into padding (masked out, so its value does not matter)."""
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def left_pad(seqs: Sequence[Sequence[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad token sequences.
-
-    Args:
-        seqs: token id sequences (each non-empty).
-        pad_id: id written into padding.
-        device: target device.
-
-    Returns:
-        ``(input_ids, attention_mask, position_ids)``, each ``(B, T)``; the position ids
-        of real tokens are ``0 .. len - 1``, padding gets 1.
-    """
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, T)
-    return ids.to(device), mask.to(device), pos.to(device)
 
 
 def plan_batches(
@@ -124,16 +71,6 @@ def plan_batches(
         width, head_rows = w, h
     if batch:
         yield batch
-
-
-def forward(model: nn.Module, ids, mask, pos, *, logits_to_keep: int | torch.Tensor, cache=None):
-    """One forward pass with explicit position ids (when the model takes them) and an optional KV cache."""
-    kwargs = dict(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep, use_cache=cache is not None)
-    if accepts_position_ids(model):
-        kwargs["position_ids"] = pos
-    if cache is not None:
-        kwargs["cache"] = cache
-    return model(**kwargs)
 
 
 def last_column(ids: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ from typing import Any
 from torch import nn
 
 from memla.evaluate.metrics import token_f1
-from memla.evaluate.scoring import answer_length, encode_pair, greedy_generate, score_encoded
+from memla.evaluate.scoring import answer_length, greedy_generate, score_encoded
+from memla.tokens import encode_pair
 
 log = logging.getLogger(__name__)
 

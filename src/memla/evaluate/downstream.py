@@ -34,8 +34,9 @@ import numpy as np
 from torch import nn
 
 from memla.errors import MemlaError
-from memla.evaluate.scoring import Encoded, encode_pair, score_encoded
+from memla.evaluate.scoring import score_encoded
 from memla.evaluate.tasks import ChoiceItem, LocalTask, builtin_tasks, is_local_task, load_task
+from memla.tokens import Encoded, encode_pair
 
 log = logging.getLogger(__name__)
 

@@ -8,50 +8,22 @@ and continues from its KV cache with the (right-padded) targets, so
 ``target_new`` and ``target_true`` share the prompt's compute; the LM head only
 sees the positions that predict a target token.
 
-Targets follow the join rule of DESIGN.md: the model reads
-``prefix + join(prompt, target, lang)`` and the target's tokens are the suffix
-after the tokens of ``prefix + prompt``.  When that split is not clean (a token
-spans the boundary) the target tokens are taken from ``sep + target`` encoded
-without special tokens and appended to the prompt's tokens; the score is then
+Targets follow the join rule of DESIGN.md (`memla.tokens.encode_pair`): the model
+reads ``prefix + join(prompt, target, lang)`` and the target's tokens are the suffix
+after the tokens of ``prefix + prompt``; a score whose split was not clean is
 flagged ``clean=False``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from memla.evaluate.batching import (
-    MAX_BATCH_ROWS,
-    MAX_BATCH_TOKENS,
-    encode_text,
-    forward,
-    last_column,
-    pad_id,
-    prompt_passes,
-)
-from memla.langs import sep
-
-log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class Encoded:
-    """A (prompt, target) pair split into token ids by the join rule.
-
-    Attributes:
-        prompt_ids: tokens of ``prefix + prompt`` (with the tokenizer's BOS, if it adds one).
-        target_ids: the target's tokens (the suffix after ``prompt_ids``).
-        clean: whether ``prompt_ids + target_ids`` is exactly how the tokenizer
-            encodes the joined text.
-    """
-
-    prompt_ids: tuple[int, ...]
-    target_ids: tuple[int, ...]
-    clean: bool
+from memla.evaluate.batching import MAX_BATCH_ROWS, MAX_BATCH_TOKENS, last_column, prompt_passes
+from memla.tokens import Encoded, encode_pair, encode_text, forward, pad_id, right_pad
 
 
 @dataclass(frozen=True)
@@ -69,31 +41,6 @@ class TargetScore:
     mean: float
     n: int
     clean: bool
-
-
-def encode_pair(tokenizer, prompt: str, target: str, lang: str, *, prefix: str = "", delimiter: str | None = None) -> Encoded:
-    """Split ``prefix + join(prompt, target, lang)`` into prompt and target tokens.
-
-    Args:
-        tokenizer: the model's tokenizer.
-        prompt: the prompt with the subject written in.
-        target: the answer appended by the join rule (DESIGN.md).
-        lang: language of the prompt (chooses the separator).
-        prefix: text prepended to the prompt (IKE demonstrations).
-        delimiter: text between prompt and target instead of the join rule's separator.
-
-    Returns:
-        The `Encoded` pair; ``target_ids`` is never empty.
-    """
-    between = sep(lang) if delimiter is None else delimiter
-    prompt_ids = encode_text(tokenizer, prefix + prompt)
-    full_ids = encode_text(tokenizer, prefix + prompt + between + target)
-    n = len(prompt_ids)
-    if full_ids[:n] == prompt_ids and len(full_ids) > n:
-        return Encoded(tuple(prompt_ids), tuple(full_ids[n:]), True)
-    target_ids = tokenizer(between + target, add_special_tokens=False)["input_ids"]
-    log.debug("unclean prompt/target split for %r + %r (%s)", prompt, target, lang)
-    return Encoded(tuple(prompt_ids), tuple(target_ids), False)
 
 
 def answer_length(tokenizer, prompt: str, answer: str, lang: str, *, prefix: str = "") -> int:
@@ -145,12 +92,7 @@ def score_encoded(
             sel = torch.tensor([row for row, _ in members], device=device)  # (P,)
             step.cache.batch_select_indices(sel)
             # right-padded: a target token never attends to the padding after it
-            tail_ids = torch.full((len(members), width), pad, dtype=torch.long, device=device)  # (P, Tt)
-            tail_mask = torch.zeros((len(members), width), dtype=torch.long, device=device)  # (P, Tt)
-            for k, t in enumerate(tails):
-                if t:
-                    tail_ids[k, : len(t)] = torch.tensor(t, device=device)
-                    tail_mask[k, : len(t)] = 1
+            tail_ids, tail_mask = right_pad(tails, pad_id=pad, device=device)  # (P, Tt) each
             tail_pos = step.pos[sel][:, -1:] + 1 + torch.arange(width, device=device)  # (P, Tt)
             full_mask = torch.cat([step.mask[sel], tail_mask], dim=-1)  # (P, Tp + Tt)
             logits = forward(model, tail_ids, full_mask, tail_pos, logits_to_keep=tail_mask.bool(),

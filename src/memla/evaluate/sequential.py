@@ -37,8 +37,9 @@ from torch import nn
 from memla.editors.base import BatchEditor, EditRequest, apply_, editor_entry, pristine
 from memla.errors import EditError, MemlaError
 from memla.evaluate.metrics import token_f1
-from memla.evaluate.scoring import answer_length, encode_pair, greedy_generate, score_encoded
+from memla.evaluate.scoring import answer_length, greedy_generate, score_encoded
 from memla.evaluate.store import compute_settings
+from memla.tokens import encode_pair
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from memla.errors import DataError
 from memla.hooks import trace
 from memla.models import ArchSpec, arch_spec, get_module, mlp_dims, num_layers
+from memla.tokens import encode_pair
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ def encode(tokenizer, prompt: str, target: str, *, lang: str | None, max_len: in
         raise DataError("empty prompt: knowledge-neuron attribution needs a non-empty prompt")
     if not isinstance(target, str) or not target.strip():
         raise DataError(f"empty target for prompt {prompt!r}")
-    from memla.evaluate.scoring import encode_pair
-
     # The evaluator's join-rule split; with no language, join with a space (as `separator` does).
     pair = encode_pair(tokenizer, prompt, target, lang if lang is not None else "en")
     if not pair.clean:

@@ -11,21 +11,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from memla.evaluate.batching import pad_id
 from memla.hooks import output_tensor, trace
+from memla.tokens import pad_id, right_pad
 
 CAPTURE_ROWS = 64  # rows per forward pass when reading keys
-
-
-def right_pad(seqs: Sequence[Sequence[int]], *, pad_id: int, device) -> tuple[Tensor, Tensor]:
-    """Right-pad token sequences: ``(input_ids, attention_mask)``, each ``(B, T)``."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()

@@ -43,13 +43,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from memla.data import load_dataset
-from memla.editors._locate import sample_texts
-from memla.editors.kv.keys import right_pad
 from memla.errors import MemlaError
-from memla.evaluate.batching import encode_text, pad_id
 from memla.hooks import trace
 from memla.langs import join
 from memla.models import arch_spec, cache_dir, down_param_names, mlp_dims, model_fingerprint, num_layers
+from memla.tokens import encode_text, pad_id, right_pad, sample_texts
 
 log = logging.getLogger(__name__)
 

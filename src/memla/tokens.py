@@ -1,0 +1,238 @@
+"""Token and batch helpers every layer uses: the join rule on tokens, padding, one forward pass.
+
+* `encode_text` / `encode_pair`: token ids of a text, and of a (prompt, target) pair split
+  by the join rule of DESIGN.md: the model reads ``prefix + join(prompt, target, lang)``
+  and the target's tokens are the suffix after the tokens of ``prefix + prompt``.  When
+  that split is not clean (a token spans the boundary) the target tokens are taken from
+  ``sep + target`` encoded without special tokens and appended to the prompt's tokens;
+  the pair is then flagged ``clean=False``.
+* `left_pad` / `right_pad`: token sequences to ``(B, T)`` batches.  Left padding keeps
+  every row's last token in the last column (true position ids, masked pads); right
+  padding keeps every real position independent of the pads after it (causal attention).
+* `forward`: one pass with explicit position ids (for models that take them) and an
+  optional KV cache.
+* `sample_texts`: top-k continuations of seed texts (ROME's context prefixes, the
+  covariance statistics' built-in corpus).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from memla.langs import sep
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids with the tokenizer's leading specials (BOS) but without trailing ones (EOS).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        text: the text to encode.
+
+    Returns:
+        The token ids.
+    """
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    specials = set(tokenizer.all_special_ids)
+    lead = 0
+    while lead < len(ids) and ids[lead] in specials and ids[lead:lead + len(plain)] != plain:
+        lead += 1
+    if ids[lead:lead + len(plain)] == plain:
+        return ids[:lead + len(plain)]
+    return ids
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A (prompt, target) pair split into token ids by the join rule.
+
+    Attributes:
+        prompt_ids: tokens of ``prefix + prompt`` (with the tokenizer's BOS, if it adds one).
+        target_ids: the target's tokens (the suffix after ``prompt_ids``).
+        clean: whether ``prompt_ids + target_ids`` is exactly how the tokenizer
+            encodes the joined text.
+    """
+
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+    clean: bool
+
+
+def encode_pair(tokenizer, prompt: str, target: str, lang: str, *, prefix: str = "", delimiter: str | None = None) -> Encoded:
+    """Split ``prefix + join(prompt, target, lang)`` into prompt and target tokens.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        prompt: the prompt with the subject written in.
+        target: the answer appended by the join rule (DESIGN.md).
+        lang: language of the prompt (chooses the separator).
+        prefix: text prepended to the prompt (IKE demonstrations).
+        delimiter: text between prompt and target instead of the join rule's separator.
+
+    Returns:
+        The `Encoded` pair; ``target_ids`` is never empty.
+    """
+    between = sep(lang) if delimiter is None else delimiter
+    prompt_ids = encode_text(tokenizer, prefix + prompt)
+    full_ids = encode_text(tokenizer, prefix + prompt + between + target)
+    n = len(prompt_ids)
+    if full_ids[:n] == prompt_ids and len(full_ids) > n:
+        return Encoded(tuple(prompt_ids), tuple(full_ids[n:]), True)
+    target_ids = tokenizer(between + target, add_special_tokens=False)["input_ids"]
+    log.debug("unclean prompt/target split for %r + %r (%s)", prompt, target, lang)
+    return Encoded(tuple(prompt_ids), tuple(target_ids), False)
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def pad_id(tokenizer) -> int:
+    """The id written into padding (masked out, so its value does not matter).
+
+    Returns:
+        The tokenizer's pad id, else its EOS id, else 0.
+    """
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def left_pad(seqs: Sequence[Sequence[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token sequences.
+
+    Args:
+        seqs: token id sequences (each non-empty).
+        pad_id: id written into padding.
+        device: target device.
+
+    Returns:
+        ``(input_ids, attention_mask, position_ids)``, each ``(B, T)``; the position ids
+        of real tokens are ``0 .. len - 1``, padding gets 1.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, T)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def right_pad(seqs: Sequence[Sequence[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token sequences.
+
+    Args:
+        seqs: token id sequences (empty ones give an all-padding row).
+        pad_id: id written into padding.
+        device: target device.
+
+    Returns:
+        ``(input_ids, attention_mask)``, each ``(B, T)``.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+# --------------------------------------------------------------------------- forward passes
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_takes_position_ids(cls: type) -> bool:
+    return "position_ids" in inspect.signature(cls.forward).parameters
+
+
+def accepts_position_ids(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``position_ids`` (BLOOM derives positions from the mask)."""
+    return _forward_takes_position_ids(type(model))
+
+
+def forward(model: nn.Module, ids, mask, pos, *, logits_to_keep: int | torch.Tensor, cache=None):
+    """One forward pass with explicit position ids (when the model takes them) and an optional KV cache.
+
+    Args:
+        model: a causal LM.
+        ids: input ids ``(B, T)``.
+        mask: attention mask ``(B, T')`` over the cached and new positions.
+        pos: position ids ``(B, T)`` of the new positions.
+        logits_to_keep: how many last positions (int) or which positions (bool ``(B, T)``)
+            go through the LM head.
+        cache: a KV cache to read and extend (None: no cache).
+
+    Returns:
+        The model's output.
+    """
+    kwargs = dict(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep, use_cache=cache is not None)
+    if accepts_position_ids(model):
+        kwargs["position_ids"] = pos
+    if cache is not None:
+        kwargs["cache"] = cache
+    return model(**kwargs)
+
+
+@torch.no_grad()
+def sample_texts(
+    model: nn.Module,
+    tokenizer,
+    seeds: Sequence[str],
+    *,
+    new_tokens: int,
+    top_k: int = 5,
+    seed: int = 0,
+) -> list[str]:
+    """Continue each seed text by top-k sampling (ROME's ``generate_fast``), with a KV cache.
+
+    Args:
+        model, tokenizer: the model and its tokenizer.
+        seeds: texts to continue (one sample each; repeat a seed for more).
+        new_tokens: tokens to generate per sample (fewer when EOS comes first).
+        top_k: sample among the ``top_k`` most likely tokens.
+        seed: seed of a private generator (the global RNG is not touched).
+
+    Returns:
+        The seed texts with their continuations, decoded without special tokens.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seqs = [encode_text(tokenizer, s) for s in seeds]
+    ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (B, T)
+    eos = {tokenizer.eos_token_id} - {None}
+    cache = DynamicCache(config=model.config)
+    out = [list(s) for s in seqs]
+    done = [False] * len(seqs)
+    for _ in range(new_tokens):
+        logits = forward(model, ids, mask, pos, logits_to_keep=1, cache=cache).logits[:, -1].float()  # (B, V)
+        top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+        pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=gen).to(device)  # (B, 1)
+        nxt = top.indices.gather(-1, pick)  # (B, 1)
+        for row, tok in enumerate(nxt[:, 0].tolist()):
+            if not done[row]:
+                done[row] = tok in eos
+                if not done[row]:
+                    out[row].append(tok)
+        if all(done):
+            break
+        ids = nxt
+        mask = torch.cat([mask, mask.new_ones((len(seqs), 1))], dim=-1)  # (B, T + 1)
+        pos = pos[:, -1:] + 1  # (B, 1)
+    return [tokenizer.decode(o, skip_special_tokens=True) for o in out]
