@@ -13,8 +13,8 @@ BMIKE-53, MzsRE, MLaKE, CounterFact and MQuAKE files into it.
 
 from memla.data.io import builtin_datasets, load_dataset, read_raw, save_dataset
 from memla.data.sample import stratified_sample
-from memla.data.schema import EditFact, Record
-from memla.data.validation import Problem, ValidationReport, validate
+from memla.data.schema import EditFact, Problem, Record
+from memla.data.validation import ValidationReport, validate
 from memla.errors import DataError
 
 __all__ = [

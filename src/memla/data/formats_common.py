@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memla.data.io import decode_utf8
+from memla.data.files import read_utf8
 from memla.data.schema import SLOT, EditFact, Record
 from memla.errors import DataError
 from memla.langs import is_known, normalize, order_langs
@@ -87,11 +87,7 @@ def read_json(path: PathLike) -> Any:
         DataError: naming the file when it is missing, not UTF-8 or not valid JSON.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
-    text = decode_utf8(data, source=str(path))
+    text = read_utf8(path, source=str(path))
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

@@ -2,7 +2,7 @@
 
 `load_dataset` accepts a file path or the name of a dataset shipped in
 ``memla/data/builtin/<name>.json`` (found with `importlib.resources`), checks
-it with `memla.data.schema.validate` and returns `Record` objects.  Files are
+it once with `memla.data.validation.validate` and returns `Record` objects.  Files are
 opened read-only and never rewritten.  `save_dataset` writes atomically (a
 temporary file in the target folder, then a rename).
 """
@@ -19,6 +19,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from memla.data.files import read_utf8
+from memla.data.formats import CONVERTERS, convert
 from memla.data.schema import Record
 from memla.data.validation import validate
 from memla.errors import DataError
@@ -62,26 +64,6 @@ def resolve_path(path_or_name: str | os.PathLike[str]) -> tuple[Path | Traversab
         return resources.files(BUILTIN_PACKAGE) / f"{stem}.json", stem
     known = ", ".join(builtin_datasets()) or "none installed"
     raise DataError(f"no dataset file or built-in dataset named {name!r} (built-in: {known})")
-
-
-def decode_utf8(data: bytes, *, source: str) -> str:
-    """Decode file bytes as UTF-8 (a leading byte-order mark is allowed).
-
-    Args:
-        data: the file content.
-        source: file name for the error message.
-
-    Returns:
-        The text.
-
-    Raises:
-        DataError: naming the byte offset and line of the first invalid byte.
-    """
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(f"{source}: not valid UTF-8 (byte {err.start}, line {line}): {err.reason}") from None
 
 
 def parse_records(text: str, *, source: str, format: str = "auto") -> list[Any]:
@@ -145,12 +127,7 @@ def read_raw(path_or_name: str | os.PathLike[str], *, format: str = "auto") -> t
         DataError: when the file is missing, not UTF-8 or not valid JSON / JSONL.
     """
     file, label = resolve_path(path_or_name)
-    try:
-        data = file.read_bytes()
-    except OSError as err:
-        raise DataError(f"{label}: cannot read: {err.strerror or err}") from None
-    text = decode_utf8(data, source=label)
-    return parse_records(text, source=label, format=format), label
+    return parse_records(read_utf8(file, source=label), source=label, format=format), label
 
 
 def load_dataset(
@@ -178,8 +155,6 @@ def load_dataset(
             or when no record has the requested split.
     """
     if format not in FORMATS:
-        from memla.data.formats import CONVERTERS, convert
-
         if format not in CONVERTERS:
             known = ", ".join(FORMATS + tuple(CONVERTERS))
             raise DataError(f"unknown dataset format {format!r}; expected one of {known}")
@@ -188,7 +163,7 @@ def load_dataset(
     else:
         raw, label = read_raw(path_or_name, format=format)
         _check(raw, label)
-        records = [Record.from_dict(item, source=label) for item in raw]
+        records = [Record.from_dict(item, source=label, checked=True) for item in raw]
     return _select_split(records, split, label)
 
 

@@ -9,7 +9,9 @@ prompt has no ``{}`` because the subject could not be located in it).  A
 answer is (zsRE-style data); a ``null`` ``subject`` is allowed only in
 question-form records.
 
-Validation lives in `memla.data.validation`.
+The structural checks live here (`RecordCheck`: missing keys and wrong types, after
+which a record cannot be built into a `Record`); `memla.data.validation` adds the
+semantic ones.
 """
 
 from __future__ import annotations
@@ -141,12 +143,14 @@ class Record:
         return order_langs(self.edit)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None) -> Record:
+    def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None, checked: bool = False) -> Record:
         """Build a record from its MKEB JSON object.
 
         Args:
             d: the record object; unknown top-level keys go to ``extra``.
             source: file name used in error messages.
+            checked: ``d`` passed `memla.data.validation.validate` already (as in
+                `memla.data.load_dataset`), so the structural checks are skipped.
 
         Returns:
             The record (values copied, ``d`` is not kept).
@@ -155,11 +159,11 @@ class Record:
             DataError: when a required key is missing or a value has the wrong type
                 (semantic problems are left to `validate`).
         """
-        from memla.data.validation import STRUCTURAL, validate
-
-        structural = [p for p in validate([d], source=source).errors if p.code in STRUCTURAL]
-        if structural:
-            raise DataError(str(structural[0]))
+        if not checked:
+            check = RecordCheck(source)
+            check.record(d, record_label(d, 0))
+            if check.errors:
+                raise DataError(str(check.errors[0]))
         return cls(
             example_id=d["example_id"],
             relation=d.get("relation", ""),
@@ -207,3 +211,220 @@ class Record:
 
 def _copy_lists(value: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
     return {lang: list(items) for lang, items in (value or {}).items()}
+
+
+# --------------------------------------------------------------------------- structural checks
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation finding.
+
+    Attributes:
+        severity: "error" or "warning".
+        source: file (or dataset name) the record came from; None when unknown.
+        record_id: the record's ``example_id``, ``"#N"`` (1-based position) when it
+            has none, None for dataset-wide findings.
+        lang: language code concerned, or None.
+        field: field path ("edit.prompt", "paraphrase_prompts[1]"), or None.
+        message: what is wrong, in words.
+        code: short machine-readable kind ("no-slot", "missing-key", ...).
+    """
+
+    severity: str
+    source: str | None
+    record_id: int | str | None
+    lang: str | None
+    field: str | None
+    message: str
+    code: str = ""
+
+    def __str__(self) -> str:
+        where = [self.source] if self.source else []
+        if self.record_id is not None:
+            where.append(f"record {self.record_id}")
+        if self.lang:
+            where.append(f"[{self.lang}]")
+        if self.field:
+            where.append(self.field)
+        head = " ".join(where)
+        return f"{self.severity}: {head}: {self.message}" if head else f"{self.severity}: {self.message}"
+
+
+class RecordCheck:
+    """The structural checks of raw records: missing keys and wrong types (codes
+    ``missing-key`` and ``bad-type``), after which a record cannot be built into a `Record`.
+
+    `record` walks one record in a fixed order.  The semantic hooks (`lang_code`, `empty`,
+    `fact_semantics`, `neighbourhood`, `record_warnings`) do nothing here;
+    `memla.data.validation` overrides them, so that its report lists a record's
+    structural and semantic problems in one walk, in field order.
+
+    Attributes:
+        source: file or dataset name put into each problem.
+        errors: problems that make the data unusable, in the order found.
+        warnings: likely mistakes, in the order found.
+    """
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def add(self, severity: str, rid, lang, fld, message: str, code: str) -> None:
+        problem = Problem(severity, self.source, rid, lang, fld, message, code)
+        (self.errors if severity == "error" else self.warnings).append(problem)
+
+    def error(self, rid, lang, fld, message: str, code: str) -> None:
+        self.add("error", rid, lang, fld, message, code)
+
+    def warn(self, rid, lang, fld, message: str, code: str) -> None:
+        self.add("warning", rid, lang, fld, message, code)
+
+    # -- the walk -----------------------------------------------------------------
+
+    def record(self, raw: Any, rid: int | str) -> None:
+        """Check one raw record.
+
+        Args:
+            raw: the record object as parsed from JSON.
+            rid: how problems name the record (`record_label`).
+        """
+        if not isinstance(raw, Mapping):
+            self.error(rid, None, None, f"a record must be a JSON object, got {_kind(raw)}", "bad-type")
+            return
+        for key in REQUIRED_KEYS:
+            if key not in raw:
+                self.error(rid, None, key, "missing key", "missing-key")
+        self.scalars(raw, rid)
+        templated = raw.get("templated", True) if isinstance(raw.get("templated", True), bool) else True
+        edit = raw.get("edit")
+        if "edit" in raw:
+            self.edit(edit, rid, templated)
+        for key in LIST_FIELDS:
+            if raw.get(key) is not None or (key in REQUIRED_KEYS and key in raw):
+                self.prompt_lists(raw.get(key), rid, key)
+        self.neighbourhood(raw, rid)
+        self.multi_hop(raw, rid)
+        if isinstance(edit, Mapping):
+            self.record_warnings(raw, edit, rid)
+
+    def scalars(self, raw: Mapping, rid) -> None:
+        eid = raw.get("example_id")
+        if "example_id" in raw and not valid_id(eid):
+            self.error(rid, None, "example_id", f"must be an integer or a non-empty string, got {eid!r}", "bad-type")
+        for key in ("relation", "relation_description"):
+            if key in raw and not isinstance(raw[key], str):
+                self.error(rid, None, key, f"must be a string, got {_kind(raw[key])}", "bad-type")
+        split = raw.get("split")
+        if split is not None and not (isinstance(split, str) and split.strip()):
+            self.error(rid, None, "split", f"must be a non-empty string or null, got {split!r}", "bad-type")
+        if not isinstance(raw.get("templated", True), bool):
+            self.error(rid, None, "templated", f"must be true or false, got {raw['templated']!r}", "bad-type")
+
+    def edit(self, edit: Any, rid, templated: bool) -> None:
+        if not isinstance(edit, Mapping):
+            self.error(rid, None, "edit", f"must be an object language -> fact, got {_kind(edit)}", "bad-type")
+            return
+        if not edit:
+            self.empty(rid, None, "edit", "no language: the edit is empty")
+        for lang, fact in edit.items():
+            self.lang_code(lang, rid, "edit")
+            if not isinstance(fact, Mapping):
+                self.error(rid, lang, "edit", f"must be an object with {', '.join(FACT_KEYS)}, got {_kind(fact)}", "bad-type")
+                continue
+            self.fact(fact, rid, lang, templated)
+
+    def fact(self, fact: Mapping, rid, lang: str, templated: bool) -> None:
+        for key in FACT_KEYS:
+            if key not in fact:
+                self.error(rid, lang, f"edit.{key}", "missing key", "missing-key")
+        nullable = {"target_true"} if templated else {"target_true", "subject"}
+        for key in FACT_KEYS:
+            value = fact.get(key)
+            if key not in fact or (value is None and key in nullable):
+                continue
+            if value is None and key == "subject":
+                self.empty(rid, lang, "edit.subject", 'is null; only question-form records ("templated": false) may omit the subject')
+            elif not isinstance(value, str):
+                self.error(rid, lang, f"edit.{key}", f"must be a string, got {_kind(value)}", "bad-type")
+            elif not value.strip():
+                self.empty(rid, lang, f"edit.{key}", "is empty")
+        self.fact_semantics(fact, rid, lang, templated)
+
+    def prompt_lists(self, value: Any, rid, key: str) -> None:
+        if not isinstance(value, Mapping):
+            self.error(rid, None, key, f"must be an object language -> list of strings, got {_kind(value)}", "bad-type")
+            return
+        for lang, items in value.items():
+            self.lang_code(lang, rid, key)
+            if not isinstance(items, list):
+                self.error(rid, lang, key, f"must be a list of strings, got {_kind(items)}", "bad-type")
+                continue
+            for i, item in enumerate(items):
+                if not isinstance(item, str):
+                    self.error(rid, lang, f"{key}[{i}]", f"must be a string, got {_kind(item)}", "bad-type")
+                elif not item.strip():
+                    self.empty(rid, lang, f"{key}[{i}]", "is empty")
+
+    def multi_hop(self, raw: Mapping, rid) -> None:
+        answers = raw.get("multi_hop_new_answer")
+        if answers is None:
+            answers = {}
+        if not isinstance(answers, Mapping):
+            self.error(rid, None, "multi_hop_new_answer", f"must be an object language -> string, got {_kind(answers)}", "bad-type")
+            return
+        for lang, answer in answers.items():
+            self.lang_code(lang, rid, "multi_hop_new_answer")
+            if not isinstance(answer, str):
+                self.error(rid, lang, "multi_hop_new_answer", f"must be a string, got {_kind(answer)}", "bad-type")
+            elif not answer.strip():
+                self.empty(rid, lang, "multi_hop_new_answer", "is empty")
+        questions = raw.get("multi_hop_questions")
+        if isinstance(questions, Mapping):
+            for lang, items in questions.items():
+                if items and lang not in answers:
+                    self.error(rid, lang, "multi_hop_new_answer", "missing key: multi-hop questions have no answer", "missing-key")
+
+    # -- semantic hooks (no-ops here) ---------------------------------------------
+
+    def lang_code(self, lang: Any, rid, fld: str) -> None:
+        """A language code used as a key of field ``fld``."""
+
+    def empty(self, rid, lang, fld: str, message: str) -> None:
+        """A value present but empty (a null subject, a blank string, an edit without languages)."""
+
+    def fact_semantics(self, fact: Mapping, rid, lang: str, templated: bool) -> None:
+        """One language's edit fact, after its keys and types were checked."""
+
+    def neighbourhood(self, raw: Mapping, rid) -> None:
+        """The record, after its prompt lists were checked (before the multi-hop fields)."""
+
+    def record_warnings(self, raw: Mapping, edit: Mapping, rid) -> None:
+        """The record, last, when its edit is an object."""
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def valid_id(value: Any) -> bool:
+    """Whether ``value`` is a usable ``example_id``: an integer (not a bool) or a non-blank string."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and bool(value.strip()))
+
+
+def record_label(raw: Any, index: int) -> int | str:
+    """How problems name a record: its ``example_id``, else ``"#N"`` (1-based position).
+
+    Args:
+        raw: the record object.
+        index: its 0-based position in the dataset.
+
+    Returns:
+        The label.
+    """
+    eid = raw.get("example_id") if isinstance(raw, Mapping) else None
+    return eid if valid_id(eid) else f"#{index + 1}"

@@ -5,8 +5,10 @@ Errors make a dataset unusable: missing key, no ``{}`` or several ``{}`` in an
 edit prompt (records with ``"templated": false`` are exempt), empty subject /
 target / prompt, target_new equal to target_true, unknown language code,
 neighbourhood prompts and answers of different lengths, multi-hop questions
-without an answer, duplicate record id, wrong value type.  (A non-UTF-8 file is
-reported by the reader, `memla.data.io`.)  Warnings point at likely mistakes:
+without an answer, duplicate record id, wrong value type.  The missing keys and
+wrong types are `memla.data.schema.RecordCheck`'s structural checks, which this
+module's checker extends with the semantic ones.  (A non-UTF-8 file is reported
+by the reader, `memla.data.files`.)  Warnings point at likely mistakes:
 subject not found in a paraphrase, a language missing in some records or
 fields, null target_true values.
 """
@@ -17,48 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memla.data.schema import FACT_KEYS, LIST_FIELDS, REQUIRED_KEYS, SLOT, Record
+from memla.data.schema import SLOT, Problem, Record, RecordCheck, record_label, valid_id
 from memla.errors import DataError
 from memla.langs import is_known, order_langs
 
-# Problems after which a record cannot be built into a `Record` at all.
-STRUCTURAL: frozenset[str] = frozenset({"missing-key", "bad-type"})
 _ERRORS_SHOWN = 5
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One validation finding.
-
-    Attributes:
-        severity: "error" or "warning".
-        source: file (or dataset name) the record came from; None when unknown.
-        record_id: the record's ``example_id``, ``"#N"`` (1-based position) when it
-            has none, None for dataset-wide findings.
-        lang: language code concerned, or None.
-        field: field path ("edit.prompt", "paraphrase_prompts[1]"), or None.
-        message: what is wrong, in words.
-        code: short machine-readable kind ("no-slot", "missing-key", ...).
-    """
-
-    severity: str
-    source: str | None
-    record_id: int | str | None
-    lang: str | None
-    field: str | None
-    message: str
-    code: str = ""
-
-    def __str__(self) -> str:
-        where = [self.source] if self.source else []
-        if self.record_id is not None:
-            where.append(f"record {self.record_id}")
-        if self.lang:
-            where.append(f"[{self.lang}]")
-        if self.field:
-            where.append(self.field)
-        head = " ".join(where)
-        return f"{self.severity}: {head}: {self.message}" if head else f"{self.severity}: {self.message}"
 
 
 @dataclass
@@ -109,88 +74,23 @@ class ValidationReport:
         return "\n".join(str(p) for p in self.problems)
 
 
-class _Checker:
-    """Collects problems for one dataset; one method per check."""
+class _Checker(RecordCheck):
+    """`RecordCheck` plus the semantic checks, per record and dataset-wide."""
 
     def __init__(self, source: str | None) -> None:
-        self.source = source
-        self.report = ValidationReport()
+        super().__init__(source)
         self.unknown_true: list[int | str] = []  # one id per edit with a null target_true
-
-    def add(self, severity: str, rid, lang, fld, message: str, code: str) -> None:
-        problem = Problem(severity, self.source, rid, lang, fld, message, code)
-        (self.report.errors if severity == "error" else self.report.warnings).append(problem)
-
-    def error(self, rid, lang, fld, message: str, code: str) -> None:
-        self.add("error", rid, lang, fld, message, code)
-
-    def warn(self, rid, lang, fld, message: str, code: str) -> None:
-        self.add("warning", rid, lang, fld, message, code)
 
     # -- record level -------------------------------------------------------------
 
-    def record(self, raw: Any, rid: int | str) -> None:
-        if not isinstance(raw, Mapping):
-            self.error(rid, None, None, f"a record must be a JSON object, got {_kind(raw)}", "bad-type")
-            return
-        for key in REQUIRED_KEYS:
-            if key not in raw:
-                self.error(rid, None, key, "missing key", "missing-key")
-        self.scalars(raw, rid)
-        templated = raw.get("templated", True) if isinstance(raw.get("templated", True), bool) else True
-        edit = raw.get("edit")
-        if "edit" in raw:
-            self.edit(edit, rid, templated)
-        for key in LIST_FIELDS:
-            if raw.get(key) is not None or (key in REQUIRED_KEYS and key in raw):
-                self.prompt_lists(raw.get(key), rid, key)
-        self.neighbourhood(raw, rid)
-        self.multi_hop(raw, rid)
-        if isinstance(edit, Mapping):
-            self.paraphrase_subjects(raw, edit, rid)
-            self.field_languages(raw, edit, rid)
+    def lang_code(self, lang: Any, rid, fld: str) -> None:
+        if not is_known(lang):
+            self.error(rid, str(lang), fld, f"unknown language code {lang!r} (expected an ISO 639-1 code such as en, zh)", "unknown-lang")
 
-    def scalars(self, raw: Mapping, rid) -> None:
-        eid = raw.get("example_id")
-        if "example_id" in raw and not _valid_id(eid):
-            self.error(rid, None, "example_id", f"must be an integer or a non-empty string, got {eid!r}", "bad-type")
-        for key in ("relation", "relation_description"):
-            if key in raw and not isinstance(raw[key], str):
-                self.error(rid, None, key, f"must be a string, got {_kind(raw[key])}", "bad-type")
-        split = raw.get("split")
-        if split is not None and not (isinstance(split, str) and split.strip()):
-            self.error(rid, None, "split", f"must be a non-empty string or null, got {split!r}", "bad-type")
-        if not isinstance(raw.get("templated", True), bool):
-            self.error(rid, None, "templated", f"must be true or false, got {raw['templated']!r}", "bad-type")
+    def empty(self, rid, lang, fld: str, message: str) -> None:
+        self.error(rid, lang, fld, message, "empty")
 
-    def edit(self, edit: Any, rid, templated: bool) -> None:
-        if not isinstance(edit, Mapping):
-            self.error(rid, None, "edit", f"must be an object language -> fact, got {_kind(edit)}", "bad-type")
-            return
-        if not edit:
-            self.error(rid, None, "edit", "no language: the edit is empty", "empty")
-        for lang, fact in edit.items():
-            self.lang_code(lang, rid, "edit")
-            if not isinstance(fact, Mapping):
-                self.error(rid, lang, "edit", f"must be an object with {', '.join(FACT_KEYS)}, got {_kind(fact)}", "bad-type")
-                continue
-            self.fact(fact, rid, lang, templated)
-
-    def fact(self, fact: Mapping, rid, lang: str, templated: bool) -> None:
-        for key in FACT_KEYS:
-            if key not in fact:
-                self.error(rid, lang, f"edit.{key}", "missing key", "missing-key")
-        nullable = {"target_true"} if templated else {"target_true", "subject"}
-        for key in FACT_KEYS:
-            value = fact.get(key)
-            if key not in fact or (value is None and key in nullable):
-                continue
-            if value is None and key == "subject":
-                self.error(rid, lang, "edit.subject", 'is null; only question-form records ("templated": false) may omit the subject', "empty")
-            elif not isinstance(value, str):
-                self.error(rid, lang, f"edit.{key}", f"must be a string, got {_kind(value)}", "bad-type")
-            elif not value.strip():
-                self.error(rid, lang, f"edit.{key}", "is empty", "empty")
+    def fact_semantics(self, fact: Mapping, rid, lang: str, templated: bool) -> None:
         prompt = fact.get("prompt")
         if isinstance(prompt, str) and prompt.strip() and templated:
             self.slots(prompt, rid, lang)
@@ -214,25 +114,6 @@ class _Checker:
         if isinstance(new, str) and isinstance(true, str) and new.strip() and new.strip().casefold() == true.strip().casefold():
             self.error(rid, lang, "edit.target_new", f"equals target_true ({true!r}): the edit changes nothing", "same-targets")
 
-    def lang_code(self, lang: Any, rid, fld: str) -> None:
-        if not is_known(lang):
-            self.error(rid, str(lang), fld, f"unknown language code {lang!r} (expected an ISO 639-1 code such as en, zh)", "unknown-lang")
-
-    def prompt_lists(self, value: Any, rid, key: str) -> None:
-        if not isinstance(value, Mapping):
-            self.error(rid, None, key, f"must be an object language -> list of strings, got {_kind(value)}", "bad-type")
-            return
-        for lang, items in value.items():
-            self.lang_code(lang, rid, key)
-            if not isinstance(items, list):
-                self.error(rid, lang, key, f"must be a list of strings, got {_kind(items)}", "bad-type")
-                continue
-            for i, item in enumerate(items):
-                if not isinstance(item, str):
-                    self.error(rid, lang, f"{key}[{i}]", f"must be a string, got {_kind(item)}", "bad-type")
-                elif not item.strip():
-                    self.error(rid, lang, f"{key}[{i}]", "is empty", "empty")
-
     def neighbourhood(self, raw: Mapping, rid) -> None:
         prompts, answers = raw.get("neighborhood_prompts"), raw.get("neighborhood_answers")
         if not (isinstance(prompts, Mapping) and isinstance(answers, Mapping)):
@@ -246,24 +127,9 @@ class _Checker:
                     "length-mismatch",
                 )
 
-    def multi_hop(self, raw: Mapping, rid) -> None:
-        answers = raw.get("multi_hop_new_answer")
-        if answers is None:
-            answers = {}
-        if not isinstance(answers, Mapping):
-            self.error(rid, None, "multi_hop_new_answer", f"must be an object language -> string, got {_kind(answers)}", "bad-type")
-            return
-        for lang, answer in answers.items():
-            self.lang_code(lang, rid, "multi_hop_new_answer")
-            if not isinstance(answer, str):
-                self.error(rid, lang, "multi_hop_new_answer", f"must be a string, got {_kind(answer)}", "bad-type")
-            elif not answer.strip():
-                self.error(rid, lang, "multi_hop_new_answer", "is empty", "empty")
-        questions = raw.get("multi_hop_questions")
-        if isinstance(questions, Mapping):
-            for lang, items in questions.items():
-                if items and lang not in answers:
-                    self.error(rid, lang, "multi_hop_new_answer", "missing key: multi-hop questions have no answer", "missing-key")
+    def record_warnings(self, raw: Mapping, edit: Mapping, rid) -> None:
+        self.paraphrase_subjects(raw, edit, rid)
+        self.field_languages(raw, edit, rid)
 
     # -- warnings ---------------------------------------------------------------
 
@@ -297,7 +163,7 @@ class _Checker:
     def duplicates(self, ids: Sequence[tuple[int | str, Any]]) -> None:
         seen: set[str] = set()
         for rid, eid in ids:
-            if not _valid_id(eid):
+            if not valid_id(eid):
                 continue
             if str(eid) in seen:
                 self.error(rid, None, "example_id", f"duplicate id {eid!r}", "duplicate-id")
@@ -329,33 +195,8 @@ class _Checker:
                 self.warn(None, lang, "edit", f"language missing in {len(lacking)} of {len(langs_of)} records ({shown})", "missing-lang")
 
 
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _valid_id(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) or (isinstance(value, str) and bool(value.strip()))
-
-
 def _length(value: Any) -> int:
     return len(value) if isinstance(value, list) else 0
-
-
-def record_label(raw: Any, index: int) -> int | str:
-    """How problems name a record: its ``example_id``, else ``"#N"`` (1-based position).
-
-    Args:
-        raw: the record object.
-        index: its 0-based position in the dataset.
-
-    Returns:
-        The label.
-    """
-    eid = raw.get("example_id") if isinstance(raw, Mapping) else None
-    return eid if _valid_id(eid) else f"#{index + 1}"
 
 
 def validate(data: Iterable[Mapping[str, Any] | Record], *, source: str | None = None) -> ValidationReport:
@@ -378,4 +219,4 @@ def validate(data: Iterable[Mapping[str, Any] | Record], *, source: str | None =
     checker.duplicates([(rid, raw.get("example_id")) for rid, raw in labelled if isinstance(raw, Mapping)])
     checker.unknown_targets()
     checker.coverage(labelled)
-    return checker.report
+    return ValidationReport(checker.errors, checker.warnings)
