@@ -11,7 +11,8 @@ from tiny import save_tiny, tiny_model
 
 from memla.cli import main
 from memla.errors import DataError, MemlaError
-from memla.evaluate.downstream import TaskResult, compare, evaluate_local, evaluate_tasks, mean_se, score_choices
+from memla.evaluate.downstream import compare, evaluate_local, evaluate_tasks, score_choices
+from memla.evaluate.metrics import TaskResult, mean_se
 from memla.evaluate.tasks import ANLI_CHOICES, XNLI_WORDS, builtin_tasks, load_task
 from memla.tokens import encode_pair
 

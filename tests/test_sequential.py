@@ -13,8 +13,7 @@ from tiny import save_tiny, tiny_model
 from memla.editors import base
 from memla.editors.base import EditRequest, EditResult, pristine
 from memla.errors import EditError, MemlaError
-from memla.evaluate.downstream import downstream_after_edits
-from memla.evaluate.sequential import edit_sequentially, load_sequential, run_sequential
+from memla.evaluate.sequential import downstream_after_edits, edit_sequentially, load_sequential, run_sequential
 from memla.models import arch_spec, model_fingerprint
 from memla.report.curves import curve_points, curve_tables, write_curves
 

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from memla.data import load_dataset
     from memla.editors.base import editor_entry
     from memla.errors import MemlaError
-    from memla.evaluate.downstream import check_tasks, downstream_after_edits, evaluate_tasks, split_task_names
+    from memla.evaluate.downstream import check_tasks, evaluate_tasks, split_task_names
+    from memla.evaluate.sequential import downstream_after_edits
     from memla.langs import resolve_langs
 
     tasks = split_task_names(args.tasks)

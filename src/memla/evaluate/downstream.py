@@ -18,22 +18,24 @@ Two engines:
 
 Built-in tasks (`builtin_tasks`): ``piqa-mini``, ``nli-mini``, ``xnli-mini``, written for memla.
 
-`evaluate_tasks` measures the model as it is; `downstream_after_edits` measures it before and
-after N sequential edits (behind ``memla downstream``) and `compare` gives the paired
-differences with their standard errors.
+`evaluate_tasks` measures the model as it is (into `memla.evaluate.metrics.TaskResult`);
+`compare` gives the paired differences of two measurements with their standard errors
+(`memla.evaluate.sequential.downstream_after_edits` measures before and after N sequential
+edits, behind ``memla downstream``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from memla.errors import MemlaError
+from memla.errors import DataError, MemlaError
+from memla.evaluate.lmeval import INSTALL_HINT, lm_eval_available, run_lm_eval
+from memla.evaluate.metrics import TaskResult, mean_se
 from memla.evaluate.scoring import score_encoded
 from memla.evaluate.tasks import ChoiceItem, LocalTask, builtin_tasks, is_local_task, load_task
 from memla.tokens import Encoded, encode_pair
@@ -44,72 +46,6 @@ ENGINES: tuple[str, ...] = ("auto", "memla", "lm-eval")
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and its standard error ``s / sqrt(n)`` (sample std, as lm-eval's ``acc_stderr``)."""
-    arr = np.asarray(values, dtype=float)
-    if len(arr) == 0:
-        return float("nan"), None
-    return float(arr.mean()), (float(arr.std(ddof=1) / np.sqrt(len(arr))) if len(arr) > 1 else None)
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """Accuracy of one model state on one task.
-
-    Attributes:
-        task: task name.
-        engine: "memla" or "lm-eval".
-        correct: per item, 1 if the highest-likelihood choice is the label (``acc``).
-        correct_norm: per item, the same with length-normalised likelihoods (``acc_norm``), if known.
-        langs: per item, its language.
-        invalid: items with a NaN / +inf log-likelihood (counted as wrong).
-    """
-
-    task: str
-    engine: str
-    correct: tuple[int, ...]
-    correct_norm: tuple[int, ...] | None = None
-    langs: tuple[str, ...] = ()
-    invalid: int = 0
-
-    @property
-    def n(self) -> int:
-        """Number of items."""
-        return len(self.correct)
-
-    @property
-    def acc(self) -> tuple[float, float | None]:
-        """Accuracy and its standard error."""
-        return mean_se(self.correct)
-
-    @property
-    def acc_norm(self) -> tuple[float, float | None] | None:
-        """Length-normalised accuracy and its standard error (None if unknown)."""
-        return None if self.correct_norm is None else mean_se(self.correct_norm)
-
-    def by_lang(self) -> dict[str, tuple[float, float | None, int]]:
-        """``{lang: (acc, se, n)}`` when the task has more than one language, else ``{}``."""
-        if len(set(self.langs)) < 2:
-            return {}
-        out = {}
-        for lang in dict.fromkeys(self.langs):
-            vals = [c for c, k in zip(self.correct, self.langs) if k == lang]
-            out[lang] = (*mean_se(vals), len(vals))
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (with the summary values added)."""
-        acc, se = self.acc
-        return {**asdict(self), "n": self.n, "acc": acc, "acc_se": se}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
-        """Inverse of `to_dict`."""
-        norm = data.get("correct_norm")
-        return cls(data["task"], data["engine"], tuple(data["correct"]), None if norm is None else tuple(norm),
-                   tuple(data.get("langs", ())), int(data.get("invalid", 0)))
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -197,9 +133,6 @@ def check_tasks(names: Sequence[str], *, engine: str = "auto") -> None:
         DataError: a name that looks like a file but is none, or a malformed local file.
         MemlaError: an unknown engine, a non-local task for the memla engine, or lm-eval missing.
     """
-    from memla.errors import DataError
-    from memla.evaluate.lmeval import INSTALL_HINT, lm_eval_available
-
     if engine not in ENGINES:
         raise MemlaError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     other = []
@@ -249,8 +182,6 @@ def evaluate_tasks(
     local = {n: load_task(n) for n in names if is_local_task(n)}
     results: dict[str, TaskResult] = {}
     if engine == "lm-eval" or len(local) < len(names):
-        from memla.evaluate.lmeval import run_lm_eval
-
         hub = [n for n in names if engine == "lm-eval" or n not in local]
         results.update(run_lm_eval(model, tokenizer, hub, local={n: local[n] for n in hub if n in local},
                                    limit=limit, batch_size=batch_size))
@@ -291,69 +222,3 @@ def compare(before: Mapping[str, TaskResult], after: Mapping[str, TaskResult]) -
             rows.append({"task": label, "n": len(idx), "before": mb, "before_se": sb, "after": ma, "after_se": sa,
                          "diff": md, "diff_se": sd})
     return rows
-
-
-def downstream_after_edits(
-    model: nn.Module,
-    tokenizer,
-    records: Sequence,
-    *,
-    method: str,
-    tasks: str | Sequence[str],
-    n_edits: int,
-    ls: str = "en",
-    config: Any = None,
-    batch_size: int = 1,
-    engine: str = "auto",
-    limit: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Downstream accuracy before and after N sequential edits (paper, Section 5.5).
-
-    Args:
-        model: the model (restored bitwise on return).
-        tokenizer: its tokenizer.
-        records: records; the first ``n_edits`` with an ``ls`` edit prompt are edited in order.
-        method: editor name.
-        tasks: task names (see `memla.evaluate.downstream.evaluate_tasks`).
-        n_edits: number of edits applied one after another before measuring again.
-        ls: source language of the edits.
-        config: the method's config (dict, path or instance).
-        batch_size: requests per edit for editors with ``edit_batch``.
-        engine: "auto", "memla" or "lm-eval".
-        limit: at most this many items per task.
-        seed: edit seed.
-        progress: show a progress bar.
-
-    Returns:
-        ``{"method", "ls", "n_edits", "applied", "skipped", "edit_s", "before": {task: TaskResult},
-        "after": {task: TaskResult}, "rows": compare(before, after)}``.
-    """
-    from memla.config import load_config
-    from memla.editors.base import BatchEditor, EditRequest, editor_entry, pristine
-    from memla.evaluate.sequential import EditEvent, edit_sequentially
-
-    entry = editor_entry(method)
-    editor = entry.editor_cls(load_config(entry.config_cls, config))
-    chosen = [r for r in records if ls in r.edit][:n_edits]
-    if not chosen:
-        raise MemlaError(f"no record has a {ls!r} edit prompt; nothing to edit")
-    if len(chosen) < n_edits:
-        log.warning("only %d records have a %r edit prompt; measuring after %d edits", len(chosen), ls, len(chosen))
-    size = batch_size if isinstance(editor, BatchEditor) else 1
-    results: dict[int, dict] = {}
-    events: list[EditEvent] = []
-    with pristine(model):
-        requests = [EditRequest.from_record(r, ls) for r in chosen]
-        for step, new in edit_sequentially(model, tokenizer, editor, requests, batch_size=size, seed=seed, progress=progress):
-            events += new
-            results[step] = evaluate_tasks(model, tokenizer, tasks, engine=engine, limit=limit)
-    before, after = results[0], results[max(results)]
-    applied = sum(len(e.records) for e in events if e.status == "ok")
-    if not applied:
-        log.warning("%s applied none of the %d edits; 'after' is the unedited model", method, len(chosen))
-    return {"method": method, "ls": ls, "n_edits": len(chosen), "applied": applied,
-            "skipped": sum(len(e.records) for e in events if e.status != "ok"),
-            "edit_s": round(sum(e.edit_s for e in events), 3), "before": before, "after": after,
-            "rows": compare(before, after)}

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from memla.errors import MemlaError
-from memla.evaluate.downstream import TaskResult
+from memla.evaluate.metrics import TaskResult
 from memla.evaluate.tasks import LocalTask
 
 log = logging.getLogger(__name__)

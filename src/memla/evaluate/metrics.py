@@ -8,9 +8,13 @@
   ("en-avg").
 
 Each record contributes one value per cell (the mean over its prompts); a cell is
-the mean over records.  Standard errors: closed form (``s / sqrt(n)``) for ES and
-PS, a seeded bootstrap over records for the F1 metrics.  Values are fractions in
-[0, 1]; reports print them as percentages.
+the mean over records.  Standard errors: closed form (``s / sqrt(n)``, `mean_se`) for
+ES and PS, a seeded bootstrap over records for the F1 metrics.  Values are fractions
+in [0, 1]; reports print them as percentages.
+
+Downstream accuracy (paper, Section 5.5) is kept per item in a `TaskResult`
+(`memla.evaluate.downstream` and `memla.evaluate.lmeval` fill it), with the same
+closed-form standard error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from memla.langs import order_langs
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +158,23 @@ class Stat:
         return asdict(self)
 
 
-def _closed_se(values: np.ndarray) -> float | None:
-    values = values[~np.isnan(values)]
-    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+def mean_se(values: Sequence[float] | np.ndarray) -> tuple[float, float | None]:
+    """Mean and closed-form standard error ``s / sqrt(n)`` of the non-NaN values.
+
+    ``s`` is the sample standard deviation (``ddof=1``), as lm-eval's ``acc_stderr``.
+
+    Args:
+        values: the values (NaN marks a missing one).
+
+    Returns:
+        ``(mean, se)``: the mean is NaN when no value is left, the standard error None
+        with fewer than two values.
+    """
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if len(arr) == 0:
+        return float("nan"), None
+    return float(arr.mean()), (float(arr.std(ddof=1) / np.sqrt(len(arr))) if len(arr) > 1 else None)
 
 
 def _group_matrix(rows: Mapping[tuple[Any, str], float], lts: Sequence[str]) -> np.ndarray:
@@ -199,8 +219,8 @@ def summarize_group(
         means = np.nanmean(matrix, axis=0)  # (L,)
         cross = [j for j, lt in enumerate(lts) if lt != ls]
         if metric in RATE_METRICS:
-            ses = [_closed_se(matrix[:, j]) for j in range(len(lts))]
-            avg_se = _closed_se(np.nanmean(matrix[:, cross], axis=1)) if cross else None
+            ses = [mean_se(matrix[:, j])[1] for j in range(len(lts))]
+            avg_se = mean_se(np.nanmean(matrix[:, cross], axis=1))[1] if cross else None
         else:
             rng = np.random.default_rng(seed)
             n_rec = matrix.shape[0]
@@ -234,8 +254,6 @@ def summarize(
     Returns:
         `Stat` rows ordered by method (first appearance), ls, metric and lt.
     """
-    from memla.langs import order_langs
-
     groups: dict[tuple[str, str, str], dict[tuple[Any, str], float]] = defaultdict(dict)
     methods: list[str] = []
     sources: list[str] = []
@@ -284,3 +302,64 @@ def skipped_summary(lines: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, A
     for entry in out.values():
         entry["reasons"] = dict(entry["reasons"])
     return out
+
+
+# --------------------------------------------------------------------------- downstream accuracy
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Accuracy of one model state on one task.
+
+    Attributes:
+        task: task name.
+        engine: "memla" or "lm-eval".
+        correct: per item, 1 if the highest-likelihood choice is the label (``acc``).
+        correct_norm: per item, the same with length-normalised likelihoods (``acc_norm``), if known.
+        langs: per item, its language.
+        invalid: items with a NaN / +inf log-likelihood (counted as wrong).
+    """
+
+    task: str
+    engine: str
+    correct: tuple[int, ...]
+    correct_norm: tuple[int, ...] | None = None
+    langs: tuple[str, ...] = ()
+    invalid: int = 0
+
+    @property
+    def n(self) -> int:
+        """Number of items."""
+        return len(self.correct)
+
+    @property
+    def acc(self) -> tuple[float, float | None]:
+        """Accuracy and its standard error."""
+        return mean_se(self.correct)
+
+    @property
+    def acc_norm(self) -> tuple[float, float | None] | None:
+        """Length-normalised accuracy and its standard error (None if unknown)."""
+        return None if self.correct_norm is None else mean_se(self.correct_norm)
+
+    def by_lang(self) -> dict[str, tuple[float, float | None, int]]:
+        """``{lang: (acc, se, n)}`` when the task has more than one language, else ``{}``."""
+        if len(set(self.langs)) < 2:
+            return {}
+        out = {}
+        for lang in dict.fromkeys(self.langs):
+            vals = [c for c, k in zip(self.correct, self.langs) if k == lang]
+            out[lang] = (*mean_se(vals), len(vals))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (with the summary values added)."""
+        acc, se = self.acc
+        return {**asdict(self), "n": self.n, "acc": acc, "acc_se": se}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
+        """Inverse of `to_dict`."""
+        norm = data.get("correct_norm")
+        return cls(data["task"], data["engine"], tuple(data["correct"]), None if norm is None else tuple(norm),
+                   tuple(data.get("langs", ())), int(data.get("invalid", 0)))

@@ -13,14 +13,15 @@ checkpoints (before the first edit, then every ``every`` requests).  `run_sequen
 At step 0 the unedited model is measured on all N facts (the reference).  The model is
 restored bitwise at the end (`memla.editors.base.pristine`), also after an error.
 Lines go to ``OUT/sequential.jsonl`` (kinds "run", "edit", "cell", "downstream", "end");
-`memla.report.curves` turns them into curves and tables.
+`memla.report.curves` turns them into curves and tables.  `downstream_after_edits`
+(behind ``memla downstream``) measures only downstream accuracy, before and after N edits.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import random
 import time
 import zlib
@@ -33,12 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from memla.config import config_to_dict, load_config
 from memla.editors.base import BatchEditor, EditRequest, apply_, editor_entry, pristine
 from memla.errors import EditError, MemlaError
+from memla.evaluate.downstream import compare, evaluate_tasks
 from memla.evaluate.metrics import token_f1
 from memla.evaluate.scoring import answer_length, greedy_generate, score_encoded
-from memla.evaluate.store import compute_settings
+from memla.evaluate.store import compute_settings, jsonable
+from memla.models import model_fingerprint
 from memla.tokens import encode_pair
 
 log = logging.getLogger(__name__)
@@ -108,8 +113,6 @@ def edit_sequentially(
         MemlaError: ``batch_size > 1`` for an editor without ``edit_batch``, or a prompt-prefix
             (in-context) editor, which has no weights to accumulate.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1 or (every is not None and every < 1):
         raise MemlaError("batch_size and every must be at least 1")
     if batch_size > 1 and not isinstance(editor, BatchEditor):
@@ -280,11 +283,6 @@ def run_sequential(
     Returns:
         A `SequentialSummary`.
     """
-    from memla.config import config_to_dict, load_config
-    from memla.evaluate.downstream import evaluate_tasks
-    from memla.evaluate.store import jsonable
-    from memla.models import model_fingerprint
-
     if n_edits < 1 or every < 1:
         raise MemlaError("--sequential N and --every k must be at least 1")
     started = time.perf_counter()
@@ -359,3 +357,67 @@ def load_sequential(run_dir: str | Path) -> list[dict[str, Any]]:
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
+
+# --------------------------------------------------------------------------- downstream before / after
+
+
+def downstream_after_edits(
+    model: nn.Module,
+    tokenizer,
+    records: Sequence,
+    *,
+    method: str,
+    tasks: str | Sequence[str],
+    n_edits: int,
+    ls: str = "en",
+    config: Any = None,
+    batch_size: int = 1,
+    engine: str = "auto",
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Downstream accuracy before and after N sequential edits (paper, Section 5.5).
+
+    Args:
+        model: the model (restored bitwise on return).
+        tokenizer: its tokenizer.
+        records: records; the first ``n_edits`` with an ``ls`` edit prompt are edited in order.
+        method: editor name.
+        tasks: task names (see `memla.evaluate.downstream.evaluate_tasks`).
+        n_edits: number of edits applied one after another before measuring again.
+        ls: source language of the edits.
+        config: the method's config (dict, path or instance).
+        batch_size: requests per edit for editors with ``edit_batch``.
+        engine: "auto", "memla" or "lm-eval".
+        limit: at most this many items per task.
+        seed: edit seed.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"method", "ls", "n_edits", "applied", "skipped", "edit_s", "before": {task: TaskResult},
+        "after": {task: TaskResult}, "rows": compare(before, after)}``.
+    """
+    entry = editor_entry(method)
+    editor = entry.editor_cls(load_config(entry.config_cls, config))
+    chosen = [r for r in records if ls in r.edit][:n_edits]
+    if not chosen:
+        raise MemlaError(f"no record has a {ls!r} edit prompt; nothing to edit")
+    if len(chosen) < n_edits:
+        log.warning("only %d records have a %r edit prompt; measuring after %d edits", len(chosen), ls, len(chosen))
+    size = batch_size if isinstance(editor, BatchEditor) else 1
+    results: dict[int, dict] = {}
+    events: list[EditEvent] = []
+    with pristine(model):
+        requests = [EditRequest.from_record(r, ls) for r in chosen]
+        for step, new in edit_sequentially(model, tokenizer, editor, requests, batch_size=size, seed=seed, progress=progress):
+            events += new
+            results[step] = evaluate_tasks(model, tokenizer, tasks, engine=engine, limit=limit)
+    before, after = results[0], results[max(results)]
+    applied = sum(len(e.records) for e in events if e.status == "ok")
+    if not applied:
+        log.warning("%s applied none of the %d edits; 'after' is the unedited model", method, len(chosen))
+    return {"method": method, "ls": ls, "n_edits": len(chosen), "applied": applied,
+            "skipped": sum(len(e.records) for e in events if e.status != "ok"),
+            "edit_s": round(sum(e.edit_s for e in events), 3), "before": before, "after": after,
+            "rows": compare(before, after)}

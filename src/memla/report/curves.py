@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memla.evaluate.metrics import AVG, Stat, summarize_group
+from memla.evaluate.metrics import AVG, Stat, mean_se, summarize_group
 from memla.report.tables import METRIC_NAMES, Table
 
 log = logging.getLogger(__name__)
@@ -198,8 +198,6 @@ def sequential_downstream_table(lines: Sequence[Mapping[str, Any]]) -> Table | N
 
 def _paired_change(method: str, task: str, index: Mapping[tuple, Mapping[str, Any]], key: tuple, steps: Sequence[int]) -> Stat | None:
     """Accuracy at the last step minus step 0 on the same items, with the paired standard error."""
-    from memla.evaluate.downstream import mean_se
-
     first, last = index.get((*key, steps[0])), index.get((*key, steps[-1]))
     if first is None or last is None or len(first["correct"]) != len(last["correct"]):
         return None
@@ -247,7 +245,7 @@ def save_downstream(run_dir: str | Path, entry: Mapping[str, Any]) -> Path:
 
     Args:
         run_dir: folder (created).
-        entry: JSON-ready result (`memla.evaluate.downstream.downstream_after_edits`, TaskResults as dicts).
+        entry: JSON-ready result (`memla.evaluate.sequential.downstream_after_edits`, TaskResults as dicts).
 
     Returns:
         The file's path.
