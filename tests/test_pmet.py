@@ -14,8 +14,7 @@ from tiny import tiny_model
 
 from memla.config import dump_config, load_config
 from memla.editors import EditRequest, apply, get_editor
-from memla.editors._locate import context_prefixes, kl_rows, rewriting_rows
-from memla.editors.kv import capture, optimise_targets
+from memla.editors.kv import capture, context_prefixes, kl_rows, locate_request, optimise_targets, rewriting_rows
 from memla.editors.pmet import PmetConfig, PmetEditor
 from memla.errors import MemlaError
 from memla.evaluate.scoring import score_targets
@@ -62,8 +61,6 @@ def test_targets_are_optimised_jointly_at_attention_and_mlp():
 def test_square_root_spreading():
     model, tok = tiny_model("llama")
     editor = PmetEditor(PmetConfig(**TINY))
-    from memla.editors._locate import locate_request
-
     bare = [locate_request(tok, request())]
     z = torch.randn(32, 1)
     site = editor.target_sites(model, 1)[-1]

@@ -18,10 +18,10 @@ from tiny import ARCHS, tiny_model
 
 from memla.config import dump_config, load_config
 from memla.editors import EditRequest, apply, get_editor
-from memla.editors import _locate as L
-from memla.editors.kv import values as T
-from memla.editors._locate import context_prefixes, kl_rows, locate, locate_request, rewriting_rows
-from memla.editors.kv import TargetRunner, head_logits, rank_one_update
+from memla.editors.kv import (TargetRunner, context_prefixes, head_logits, kl_rows, locate, locate_request,
+                              rank_one_update, rewriting_rows)
+from memla.editors.kv import keys as K
+from memla.editors.kv import values as V
 from memla.editors.rome import RomeConfig, RomeEditor
 from memla.errors import EditError, MemlaError
 from memla.evaluate.scoring import score_targets
@@ -156,20 +156,20 @@ def test_cached_prefix_forward_matches_full_forward(arch):
 def test_low_precision_head_copy_is_released_with_the_model():
     model, _ = tiny_model("llama")
     head_logits(model, torch.randn(2, model.config.hidden_size), dtype=torch.bfloat16)
-    ((_, copy),) = T._HEAD_COPY.values()  # one copy at a time
+    ((_, copy),) = V._HEAD_COPY.values()  # one copy at a time
     assert copy.dtype == torch.bfloat16
     released = weakref.ref(copy)
     del model, copy
     gc.collect()
-    assert released() is None and not T._HEAD_COPY
+    assert released() is None and not V._HEAD_COPY
 
 
 def test_prefix_memo_is_bounded(monkeypatch):
-    monkeypatch.setattr(L, "_MEMO_SIZE", 2)
+    monkeypatch.setattr(K, "_MEMO_SIZE", 2)
     model, tok = tiny_model("llama")
     for seed in range(4):
         context_prefixes(model, tok, ((2, 1),), seed=seed)
-    assert len(L._PREFIX_MEMO) == 2
+    assert len(K._PREFIX_MEMO) == 2
 
 
 def test_config_round_trips_through_yaml(tmp_path):

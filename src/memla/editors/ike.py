@@ -38,6 +38,7 @@ from memla.data import load_dataset
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.errors import EditError
 from memla.langs import join
+from memla.tokens import accepts_position_ids, encode_text, left_pad, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,6 @@ class IKEEditor:
     @torch.no_grad()
     def _hidden(self, model: nn.Module, tokenizer, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised mean-pooled hidden states, ``(N, d_model)`` (left-padded batches of 32)."""
-        from memla.tokens import accepts_position_ids, encode_text, left_pad, pad_id
-
         device = next(model.parameters()).device
         rows = []
         for start in range(0, len(texts), 32):

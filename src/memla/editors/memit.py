@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
 from memla.editors.base import EditRequest, EditResult, apply, register_editor
-from memla.editors.kv import (GPTJ_D_FF, KeyValueConfig, capture, down_to_residual, down_weight_and_bias, group_mean,
-                              layer_covariances, memit_update, optimise_options, optimise_targets, prefix_groups,
-                              residual_to_down)
+from memla.editors.kv import (GPTJ_D_FF, KeyValueConfig, capture, context_prefixes, down_to_residual,
+                              down_weight_and_bias, group_mean, kl_rows, layer_covariances, locate_request,
+                              memit_update, optimise_options, optimise_targets, prefix_groups, residual_to_down,
+                              rewriting_rows)
 from memla.editors.layers import check_layers, scaled_layers
 from memla.errors import EditError
 from memla.models import arch_spec, mlp_dims

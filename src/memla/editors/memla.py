@@ -29,6 +29,7 @@ from memla.editors.lora import MaskedLoRA, lora_hooks
 from memla.errors import EditError
 from memla.models import arch_spec, get_module, mlp_dims
 from memla.neurons import NeuronSet, knowledge_neurons, split_language_neurons
+from memla.tokens import encode_pair, pad_id, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -227,19 +228,14 @@ def train_lora(
     Returns:
         ``(losses, p_new)`` per step.
     """
-    from memla.tokens import encode_pair
-
     new = encode_pair(tokenizer, request.text, request.target_new, request.lang)
     true = encode_pair(tokenizer, request.text, request.target_true, request.lang) if request.target_true else None
     seqs = [new] + ([true] if true is not None else [])
-    width = max(len(s.prompt_ids) + len(s.target_ids) for s in seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # Right padding: causal attention keeps every real position independent of the pads after it.
-    ids = torch.tensor([list(s.prompt_ids + s.target_ids) + [pad] * (width - len(s.prompt_ids) - len(s.target_ids))
-                        for s in seqs])  # (S, T)
-    keep = width - min(len(s.prompt_ids) for s in seqs) + 1  # positions predicting any target token
     device = next(model.parameters()).device
-    ids = ids.to(device)
+    # Right padding, no mask: causal attention keeps every real position independent of the pads after it.
+    ids, _ = right_pad([s.prompt_ids + s.target_ids for s in seqs], pad_id=pad_id(tokenizer), device=device)  # (S, T)
+    width = ids.shape[1]
+    keep = width - min(len(s.prompt_ids) for s in seqs) + 1  # positions predicting any target token
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]
     for eds in loras.values():
         for e in eds:

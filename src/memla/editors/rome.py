@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from memla.editors._locate import context_prefixes, kl_rows, locate_request, rewriting_rows
 from memla.editors.base import EditRequest, EditResult, register_editor
-from memla.editors.kv import (KeyValueConfig, capture, down_weight_and_bias, layer_covariances, optimise_options,
-                              optimise_targets, rank_one_update)
+from memla.editors.kv import (KeyValueConfig, capture, context_prefixes, down_weight_and_bias, kl_rows,
+                              layer_covariances, locate_request, optimise_options, optimise_targets, rank_one_update,
+                              rewriting_rows)
 from memla.editors.layers import check_layers, scaled_layers
 from memla.models import arch_spec
 

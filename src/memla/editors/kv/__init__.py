@@ -18,7 +18,20 @@ output.  One edit is four steps, one module each:
 """
 
 from memla.editors.kv.config import GPTJ_D_FF, KeyValueConfig, layer_covariances, optimise_options
-from memla.editors.kv.keys import capture, group_mean, prefix_groups
+from memla.editors.kv.keys import (
+    ROME_SEEDS,
+    Located,
+    Row,
+    capture,
+    context_prefixes,
+    group_mean,
+    kl_rows,
+    locate,
+    locate_request,
+    prefix_groups,
+    rewriting_rows,
+    subject_span,
+)
 from memla.editors.kv.stats import Corpus, LayerStats, covariances, layer_stats, resolve_corpus
 from memla.editors.kv.updates import (
     down_to_residual,
@@ -31,19 +44,26 @@ from memla.editors.kv.values import TargetResult, TargetRunner, head_logits, opt
 
 __all__ = [
     "GPTJ_D_FF",
+    "ROME_SEEDS",
     "Corpus",
     "KeyValueConfig",
     "LayerStats",
+    "Located",
+    "Row",
     "TargetResult",
     "TargetRunner",
     "capture",
+    "context_prefixes",
     "covariances",
     "down_to_residual",
     "down_weight_and_bias",
     "group_mean",
     "head_logits",
+    "kl_rows",
     "layer_covariances",
     "layer_stats",
+    "locate",
+    "locate_request",
     "memit_update",
     "optimise_options",
     "optimise_targets",
@@ -51,4 +71,6 @@ __all__ = [
     "rank_one_update",
     "residual_to_down",
     "resolve_corpus",
+    "rewriting_rows",
+    "subject_span",
 ]

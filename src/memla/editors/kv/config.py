@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from memla.editors._locate import ROME_SEEDS
+from memla.editors.kv.keys import ROME_SEEDS
 from memla.editors.kv.stats import DTYPES, covariances
 
 GPTJ_D_FF = 16384  # MLP width of GPT-J 6B (the reference configs' model), the scale of MEMIT's λ = 15000

@@ -292,7 +292,7 @@ def layer_stats(
     if any(not 0 <= layer < n for layer in layers):
         raise MemlaError(f"layers must be in 0..{n - 1}, got {layers}")
     resolved = resolve_corpus(corpus)
-    fp = model_fingerprint(model, skip=down_param_names(model), exact=False)  # valid for the edited model too
+    fp = model_fingerprint(model, skip=down_param_names(model), exact=False)  # unchanged by edits
     out, missing = _cached(fp, layers, resolved.key, samples, dtype)
     if missing:
         try:

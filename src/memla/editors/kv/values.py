@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from memla.editors._locate import Row
+from memla.editors.kv.keys import Row
 from memla.hooks import output_tensor, trace
 from memla.models import arch_spec, get_module
 from memla.tokens import accepts_position_ids, left_pad, pad_id, right_pad
