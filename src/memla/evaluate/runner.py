@@ -28,18 +28,14 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import random
 import sys
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from memla.config import config_to_dict, load_config
@@ -50,6 +46,7 @@ from memla.evaluate.metrics import F1_UNITS
 from memla.evaluate.store import RESULTS, ResultStore, cell_key, compute_settings, jsonable, read_manifest, write_manifest
 from memla.langs import resolve_langs
 from memla.models import model_fingerprint
+from memla.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +84,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def _seed_everything(seed: int, *parts: Any) -> None:
-    """Seed torch / numpy / random from the run seed and a cell group, so reruns repeat."""
-    derived = zlib.crc32("|".join(map(str, (seed, *parts))).encode())
-    torch.manual_seed(derived)
-    np.random.seed(derived)
-    random.seed(derived)
 
 
 def _resolve_methods(methods: Sequence[str], configs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -327,7 +316,7 @@ def _run_group(
     if editor is None:
         result = EditResult()
     else:
-        _seed_everything(seed, method, rid, ls)
+        seed_everything(seed, method, rid, ls)
         t0 = time.perf_counter()
         try:
             request = EditRequest.from_record(record, ls)
@@ -340,7 +329,7 @@ def _run_group(
     if editor is None and cache.get("record") == rid:
         raw = cache["raw"]
     else:
-        _seed_everything(seed, "eval", method, rid, ls)
+        seed_everything(seed, "eval", method, rid, ls)
         with apply(model, result):
             raw = evaluate_record(model, tokenizer, record, present, prefix=result.prefix, f1_unit=f1_unit)
         if editor is None:

@@ -22,29 +22,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from memla.config import config_to_dict, load_config
 from memla.editors.base import BatchEditor, EditRequest, apply_, editor_entry, pristine
 from memla.errors import EditError, MemlaError
+from memla.evaluate.cells import score_cells
 from memla.evaluate.downstream import compare, evaluate_tasks
-from memla.evaluate.metrics import token_f1
-from memla.evaluate.scoring import answer_length, greedy_generate, score_encoded
+from memla.evaluate.metrics import record_value
 from memla.evaluate.store import compute_settings, jsonable
 from memla.models import model_fingerprint
-from memla.tokens import encode_pair
+from memla.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +66,6 @@ class EditEvent:
     reason: str = ""
     edit_s: float = 0.0
     info: Mapping[str, Any] | None = None
-
-
-def _seed(seed: int, *parts: Any) -> None:
-    derived = zlib.crc32("|".join(map(str, (seed, *parts))).encode())
-    torch.manual_seed(derived)
-    np.random.seed(derived)
-    random.seed(derived)
 
 
 def edit_sequentially(
@@ -127,7 +116,7 @@ def edit_sequentially(
             size = min(batch_size, every - step % every, len(requests) - step)
             chunk = list(requests[step: step + size])
             ids = tuple(r.record_id for r in chunk)
-            _seed(seed, getattr(editor, "name", ""), *ids)
+            seed_everything(seed, getattr(editor, "name", ""), *ids)
             t0 = time.perf_counter()
             try:
                 result = editor.edit_batch(model, tokenizer, chunk) if size > 1 else editor.edit(model, tokenizer, chunk[0])
@@ -164,9 +153,10 @@ def measure_records(
 ) -> dict[tuple[Any, str], dict[str, float | None]]:
     """ES / PS of some records and NS of all, per (record, lt), batched across records.
 
-    Values follow `memla.evaluate.metrics.record_value`: a record's ES / PS is its share
-    of prompts where P(target_new) > P(target_true) (mean per-token log-probability), its
-    NS the mean token F1 of the greedy continuations of its neighbourhood prompts.
+    The raw scores are `memla.evaluate.cells.score_cells`'s, the values
+    `memla.evaluate.metrics.record_value`'s: a record's ES / PS is its share of prompts
+    where P(target_new) > P(target_true) (mean per-token log-probability), its NS the
+    mean token F1 of the greedy continuations of its neighbourhood prompts.
 
     Args:
         model: the model as it should be evaluated.
@@ -179,30 +169,11 @@ def measure_records(
     Returns:
         ``{(record_id, lt): {"es": v, "ps": v, "ns": v}}`` (None where not measured / no prompt).
     """
-    pairs, pair_slots, gen_prompts, gen_lens, gen_slots = [], [], [], [], []
-    out: dict[tuple[Any, str], dict[str, Any]] = {}
-    for record in records:
-        for lt in (lt for lt in lts if lt in record.edit):
-            key = (record.example_id, lt)
-            out[key] = {"es": [], "ps": [], "ns": []}
-            fact = record.edit[lt]
-            if record.example_id in rate_ids and fact.target_true is not None:
-                prompts = [("es", fact.filled())] + [("ps", p) for p in record.paraphrase_prompts.get(lt, ())]
-                for field, prompt in prompts:
-                    pairs += [encode_pair(tokenizer, prompt, fact.target_new, lt), encode_pair(tokenizer, prompt, fact.target_true, lt)]
-                    pair_slots.append((key, field))
-            for prompt, answer in zip(record.neighborhood_prompts.get(lt, ()), record.neighborhood_answers.get(lt, ())):
-                gen_prompts.append(prompt)
-                gen_lens.append(answer_length(tokenizer, prompt, answer, lt))
-                gen_slots.append((key, answer))
-    scores = score_encoded(model, tokenizer, pairs) if pairs else []
-    for j, (key, field) in enumerate(pair_slots):
-        out[key][field].append(float(scores[2 * j].mean > scores[2 * j + 1].mean))
-    generated = greedy_generate(model, tokenizer, gen_prompts, gen_lens) if gen_prompts else []
-    for ids, (key, answer) in zip(generated, gen_slots):
-        prediction = tokenizer.decode(ids, skip_special_tokens=True)
-        out[key]["ns"].append(token_f1(prediction, answer, unit=f1_unit, tokenizer=tokenizer))
-    return {key: {m: (float(np.mean(v)) if v else None) for m, v in vals.items()} for key, vals in out.items()}
+    cells = [(record, lt, ("es", "ps", "ns") if record.example_id in rate_ids else ("ns",))
+             for record in records for lt in lts if lt in record.edit]
+    raw = score_cells(model, tokenizer, cells, f1_unit=f1_unit)
+    return {(record.example_id, lt): {m: record_value(items, m) for m in ("es", "ps", "ns")}
+            for (record, lt, _), items in zip(cells, raw)}
 
 
 # --------------------------------------------------------------------------- the run
