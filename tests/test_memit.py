@@ -12,8 +12,8 @@ from tiny import tiny_model
 
 from memla.config import dump_config, load_config
 from memla.editors import EditRequest, apply, get_editor
-from memla.editors.layers import scaled_layers
 from memla.editors.kv import group_mean, memit_update, prefix_groups, residual_to_down
+from memla.editors.layers import scaled_layers
 from memla.editors.memit import MemitConfig, MemitEditor
 from memla.errors import EditError, MemlaError
 from memla.evaluate.scoring import score_targets

@@ -266,8 +266,6 @@ def gradient_factors(model: nn.Module, batch: TeacherBatch, names: Sequence[str]
     return factors, float(loss.detach()), logits.detach()
 
 
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 

@@ -117,7 +117,6 @@ class RomeEditor:
         W, b = down_weight_and_bias(model, layer)  # (d_model, d_ff), (d_model,) or None
         w_k = W @ k_den + (0 if b is None else b)  # (d_model,)
         delta = rank_one_update(v_star, w_k, k_num, k_den, None if C is None else C[layer])  # (d_model, d_ff)
-        weight = spec.down_module(model, layer).weight
         info = {
             "method": "rome",
             "layer": layer,
@@ -139,5 +138,6 @@ class RomeEditor:
         }
         if fallback:
             log.info("ROME: subject %r not found in %r; used the last prompt token", request.subject, request.prompt)
+        weight = spec.down_module(model, layer).weight
         in_layout = spec.from_linear(delta).to(dtype=weight.dtype, device=weight.device).contiguous()
         return EditResult(deltas={spec.down_weight_name(layer): in_layout}, info=info)
