@@ -16,9 +16,11 @@ summed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from memla.models import model_fingerprint
 
@@ -32,7 +34,22 @@ METHODS = ("fast", "reference")
 
 @dataclass(frozen=True)
 class Options:
-    """Attribution settings (see `attribute`)."""
+    """Attribution settings; `make_options` validates them for a model.
+
+    Attributes:
+        layers: layer indices to attribute, sorted (`make_options` takes None for all);
+            the rows of the scores follow them.
+        steps: ``m`` of Eq. 2; the right Riemann sum over ``alpha = k/m, k = 1..m``
+            (the actual activation is an end point, the baseline is not).
+        baseline: ``"zero"`` (Dai et al.) or ``"sig_mean"`` (Chen et al., AMIG: one
+            path per prompt token replaced by EOS/PAD, scores averaged over paths).
+        point: ``"down_in"`` (the down-projection's input, act(gate)·up or act(c_fc):
+            the neurons MEMLA masks) or ``"mlp_in"`` (the gate_proj / c_fc output,
+            as the MEMLA reference code).
+        method: ``"fast"`` (prefix KV cache, per-layer entry, batched one-token rows)
+            or ``"reference"`` (per layer, full sequence, full logits).
+        max_rows: most IG rows per batch in the fast method (bounds memory).
+    """
 
     layers: tuple[int, ...]
     steps: int = 20
@@ -48,15 +65,29 @@ class Options:
                 "dtype": str(next(model.parameters()).dtype)}
 
 
-def make_options(model: nn.Module, *, layers=None, steps: int = 20, baseline: str = "zero",
-                 point: str = "down_in", method: str = "fast", max_rows: int = 512) -> Options:
-    """Validate the options and return them as `Options`."""
-    chosen = check_options(model, layers=layers, steps=steps, baseline=baseline, point=point)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(max_rows, int) or max_rows < 1:
-        raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
-    return Options(tuple(chosen), steps, baseline, point, method, max_rows)
+def make_options(model: nn.Module, *, layers=None, **settings) -> Options:
+    """Validate attribution settings for ``model``.
+
+    Args:
+        model: the model to attribute.
+        layers: layer indices (any order, repeats allowed); None for all layers.
+        settings: the other fields of `Options` (``steps``, ``baseline``, ``point``,
+            ``method``, ``max_rows``); the rest keep `Options`' defaults.
+
+    Returns:
+        The `Options`, layers sorted and de-duplicated.
+
+    Raises:
+        ValueError: a setting out of range or unknown.
+        TypeError: a name that is no field of `Options`.
+    """
+    opts = Options((), **settings)
+    chosen = check_options(model, layers=layers, steps=opts.steps, baseline=opts.baseline, point=opts.point)
+    if opts.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {opts.method!r}")
+    if not isinstance(opts.max_rows, int) or opts.max_rows < 1:
+        raise ValueError(f"max_rows must be a positive integer, got {opts.max_rows!r}")
+    return dataclasses.replace(opts, layers=tuple(chosen))
 
 
 def attribute(
@@ -65,15 +96,10 @@ def attribute(
     prompt: str,
     target: str,
     *,
-    layers=None,
-    steps: int = 20,
-    baseline: str = "zero",
-    point: str = "down_in",
     lang: str | None = None,
-    method: str = "fast",
-    max_rows: int = 512,
     cache: bool = False,
     progress: bool = False,
+    **options,
 ) -> Tensor:
     """Integrated-gradients scores of every intermediate neuron of the chosen layers (Eq. 1–2).
 
@@ -82,21 +108,11 @@ def attribute(
         tokenizer: its tokenizer; special tokens (e.g. BOS) are added as the tokenizer does.
         prompt: the prompt, subject filled in.
         target: the answer; scored as ``prompt + sep + target`` (join rule of ``lang``).
-        layers: layer indices to attribute (default: all); the rows of the result
-            follow them in ascending order.
-        steps: ``m`` of Eq. 2; the right Riemann sum over ``alpha = k/m, k = 1..m``
-            (the actual activation is an end point, the baseline is not).
-        baseline: ``"zero"`` (Dai et al.) or ``"sig_mean"`` (Chen et al., AMIG: one
-            path per prompt token replaced by EOS/PAD, scores averaged over paths).
-        point: ``"down_in"`` (the down-projection's input, act(gate)·up or act(c_fc):
-            the neurons MEMLA masks) or ``"mlp_in"`` (the gate_proj / c_fc output,
-            as the MEMLA reference code).
         lang: language code selecting the join rule (``memla.langs.join``); None joins with a space.
-        method: ``"fast"`` (prefix KV cache, per-layer entry, batched one-token rows)
-            or ``"reference"`` (per layer, full sequence, full logits).
-        max_rows: most IG rows per batch in the fast method (bounds memory).
         cache: read and write the disk cache (`memla.neurons.cache`).
         progress: show a progress bar.
+        options: the attribution settings, fields of `Options` (``layers`` (default: all),
+            ``steps``, ``baseline``, ``point``, ``method``, ``max_rows``).
 
     Returns:
         ``(L, d_ff)`` float32 scores on the CPU, ``L = len(layers)``; multi-token
@@ -105,9 +121,8 @@ def attribute(
     Raises:
         DataError: empty prompt or target, or prompt + target longer than the model's context.
     """
-    opts = make_options(model, layers=layers, steps=steps, baseline=baseline, point=point, method=method,
-                        max_rows=max_rows)
-    head = Head(model) if method == "fast" else None
+    opts = make_options(model, **options)
+    head = Head(model) if opts.method == "fast" else None
     fingerprint = model_fingerprint(model) if cache else None
     return attribute_with(model, tokenizer, prompt, target, opts, lang=lang, head=head, fingerprint=fingerprint,
                           progress=progress)
@@ -158,8 +173,6 @@ def _bar(show: bool, opts: Options, example):
     if not show:
         yield None
         return
-    from tqdm.auto import tqdm
-
     m = len(example.targets)
     if opts.method == "fast":
         paths = 1 if opts.baseline == "zero" else example.n_prompt - len(example.special)

@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from memla.errors import DataError
 from memla.models import model_fingerprint
 
 from ._common import Head
-from .attribution import attribute_with, make_options
+from .attribution import Options, attribute_with, make_options
 from .sets import NeuronSet, split_language_neurons
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,9 @@ def knowledge_neurons(
     thresholds: Mapping[str, float] | None = None,
     share: float | None = None,
     lang: str | None = None,
-    layers=None,
-    steps: int = 20,
-    baseline: str = "zero",
-    point: str = "down_in",
-    method: str = "fast",
-    max_rows: int = 512,
     cache: bool = True,
     progress: bool = True,
+    **options,
 ) -> NeuronSet:
     """Knowledge neurons of one fact in one language (Eq. 1–2 and the thresholding of §4.1).
 
@@ -59,9 +55,10 @@ def knowledge_neurons(
         share: None: union over prompts (MEMLA reference code); ``p`` in (0, 1]:
             keep a neuron found for at least a share ``p`` of the prompts (Dai et al.).
         lang: the prompts' language (join rule and ``thresholds`` lookup).
-        layers, steps, baseline, point, method, max_rows: as in `attribute`.
         cache: use the disk cache of attributions.
         progress: show a progress bar over prompts.
+        options: the attribution settings, fields of `memla.neurons.attribution.Options`
+            (``layers``, ``steps``, ``baseline``, ``point``, ``method``, ``max_rows``).
 
     Returns:
         The `NeuronSet`.
@@ -72,9 +69,7 @@ def knowledge_neurons(
     if share is not None and not 0.0 < share <= 1.0:
         raise ValueError(f"share must be in (0, 1], got {share}")
     thr = (thresholds or {}).get(lang, threshold) if lang is not None else threshold
-    opts = make_options(model, layers=layers, steps=steps, baseline=baseline, point=point, method=method,
-                        max_rows=max_rows)
-    ctx = _Context(model, opts, cache)
+    ctx = _Context(model, make_options(model, **options), cache)
     sets = [_neurons(model, tokenizer, p, target, lang, thr, ctx) for p in _bar(prompts, progress, lang)]
     return _combine(sets, share)
 
@@ -115,14 +110,9 @@ def locate(
     threshold: float = 0.3,
     thresholds: Mapping[str, float] | None = None,
     share: float | None = None,
-    layers=None,
-    steps: int = 20,
-    baseline: str = "zero",
-    point: str = "down_in",
-    method: str = "fast",
-    max_rows: int = 512,
     cache: bool = True,
     progress: bool = True,
+    **options,
 ) -> Located:
     """Knowledge neurons of a dataset record in each language, and their split (Eq. 1–4).
 
@@ -138,8 +128,7 @@ def locate(
             Languages the record lacks (or without a ``target_true``) are skipped
             and listed in ``Located.missing``.
         paraphrases: also use the paraphrase prompts.
-        threshold, thresholds, share: as in `knowledge_neurons`.
-        layers, steps, baseline, point, method, max_rows, cache, progress: as in `knowledge_neurons`.
+        threshold, thresholds, share, cache, progress, options: as in `knowledge_neurons`.
 
     Returns:
         A `Located`.
@@ -157,9 +146,7 @@ def locate(
     missing = tuple(k for k in wanted if k not in have)
     if missing:
         log.warning("record %s lacks an edit with target_true in %s; skipped", rid, ", ".join(missing))
-    opts = make_options(model, layers=layers, steps=steps, baseline=baseline, point=point, method=method,
-                        max_rows=max_rows)
-    ctx = _Context(model, opts, cache)
+    ctx = _Context(model, make_options(model, **options), cache)
     jobs = []  # (lang, prompt, target)
     for k in (k for k in wanted if k not in missing):
         edit = record.edit[k]
@@ -179,7 +166,7 @@ def locate(
 class _Context:
     """What one call builds once for all its prompts: the options, the LM head, the cache fingerprint."""
 
-    def __init__(self, model: nn.Module, opts, cache: bool):
+    def __init__(self, model: nn.Module, opts: Options, cache: bool):
         self.opts = opts
         self.head = Head(model) if opts.method == "fast" else None
         self.fingerprint = model_fingerprint(model) if cache else None
@@ -206,6 +193,4 @@ def _combine(sets: list[NeuronSet], share: float | None) -> NeuronSet:
 def _bar(items: list, show: bool, desc: str | None):
     if not show or len(items) < 2:
         return items
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=desc or "neurons", unit="prompt", leave=False)
