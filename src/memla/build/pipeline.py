@@ -37,6 +37,7 @@ from memla.build.report import BuildReport, report_path
 from memla.build.sparql import SparqlEndpoint
 from memla.build.translate import CachedTranslator, Translator
 from memla.build.validate import generate_valid_sample
+from memla.data import save_dataset, validate
 from memla.errors import MemlaError
 from memla.langs import LANGS, order_langs, resolve_langs
 
@@ -144,8 +145,6 @@ def build_dataset(
     Raises:
         BuildError: a stage failed (the next run resumes from the cached stages).
     """
-    from memla.data import save_dataset, validate
-
     report = BuildReport(config=asdict(config))
     run = _Run(config, endpoint, StageCache(work_dir), report, progress)
     try:

@@ -13,6 +13,7 @@ the memla engine, which is how the tests check that both engines agree.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,8 +31,6 @@ INSTALL_HINT = "lm-evaluation-harness is not installed; install the extra: pip i
 
 def lm_eval_available() -> bool:
     """Whether the ``lm_eval`` package can be imported."""
-    import importlib.util
-
     return importlib.util.find_spec("lm_eval") is not None
 
 
@@ -57,7 +56,7 @@ def wrap_model(model: nn.Module, tokenizer, *, batch_size: int = 8):
     """
     if not lm_eval_available():
         raise MemlaError(INSTALL_HINT)
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # optional extra: imported only when used
 
     own = tokenizer if tokenizer.pad_token is not None else copy.deepcopy(tokenizer)
     return HFLM(pretrained=model, tokenizer=own, batch_size=batch_size, add_bos_token=_adds_bos(tokenizer),
@@ -67,7 +66,7 @@ def wrap_model(model: nn.Module, tokenizer, *, batch_size: int = 8):
 def _in_memory(rows: list[dict[str, Any]]):
     """A ``custom_dataset`` callable: the rows as an in-memory test split (no files, no ``datasets`` cache)."""
     def load(**_):
-        from datasets import Dataset, DatasetDict
+        from datasets import Dataset, DatasetDict  # installed with the optional lm-eval extra
 
         return DatasetDict({"test": Dataset.from_list(rows)})
 
@@ -135,6 +134,7 @@ def _evaluate(model, tokenizer, tasks, hub, local, *, limit, batch_size):
         ``(samples, parts, positions)``: lm-eval's per-sample logs, each task's leaf task
         names, and for local tasks each leaf's item positions in the task.
     """
+    # optional extra: imported only when used
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -122,11 +124,6 @@ def jsonable(obj: Any, *, max_items: int = 64) -> Any:
     Returns:
         Plain JSON values.
     """
-    import math
-
-    import numpy as np
-    import torch
-
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v, max_items=max_items) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

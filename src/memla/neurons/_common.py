@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from memla.errors import DataError
 from memla.hooks import trace
+from memla.langs import sep
 from memla.models import ArchSpec, arch_spec, get_module, mlp_dims, num_layers
 from memla.tokens import encode_pair
 
@@ -53,8 +54,6 @@ def separator(lang: str | None) -> str:
     """The prompt/target separator of the join rule (``memla.langs.sep``); ``" "`` when ``lang`` is None."""
     if lang is None:
         return " "
-    from memla.langs import sep
-
     return sep(lang)
 
 

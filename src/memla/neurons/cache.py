@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from memla.models import cache_dir
@@ -41,8 +42,6 @@ def load(key: str) -> Tensor | None:
     path = neuron_cache_dir() / f"{key}.safetensors"
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
-
     try:
         return load_file(path)["scores"]
     except Exception as err:  # a truncated or foreign file: recompute
@@ -52,8 +51,6 @@ def load(key: str) -> Tensor | None:
 
 def save(key: str, scores: Tensor, meta: dict) -> None:
     """Store ``scores`` under ``key`` (atomic: a temporary file renamed into place)."""
-    from safetensors.torch import save_file
-
     folder = neuron_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")

@@ -229,6 +229,7 @@ class _Stack:
             out = block(hidden, cache=cache, attention_mask=ctx["full"], use_cache=True,
                         position_ids=ctx["pos_ids"])
         else:
+            # lazy: importing BLOOM's modeling module costs seconds, and only BLOOM needs it
             from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 
             ones = torch.ones(hidden.shape[0], ctx["kv_length"], device=hidden.device)

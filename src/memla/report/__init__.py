@@ -25,6 +25,9 @@ from memla.evaluate.metrics import Stat, skipped_summary, summarize
 from memla.evaluate.runner import UNEDITED
 from memla.evaluate.store import load_run
 from memla.langs import order_langs
+from memla.report.curves import has_curves, sequential_manifest, write_curves
+from memla.report.html import render_html
+from memla.report.plots import write_heatmaps
 from memla.report.tables import (
     Table,
     ablation_tables,
@@ -76,8 +79,6 @@ def build_report(run_dir: str | Path, *, n_boot: int = 1000, seed: int = 0) -> R
     Returns:
         The `Report`.
     """
-    from memla.report.curves import has_curves, sequential_manifest, write_curves
-
     run_dir = Path(run_dir)
     curves = has_curves(run_dir)  # `memla bench --sequential` / `memla downstream --out` results
     try:
@@ -139,10 +140,6 @@ def write_report(
     Returns:
         ``{format: [paths written]}``.
     """
-    from memla.report.curves import write_curves
-    from memla.report.html import render_html
-    from memla.report.plots import write_heatmaps
-
     formats = parse_formats(formats)
     report = report or build_report(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"

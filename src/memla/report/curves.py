@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from memla.evaluate.metrics import AVG, Stat, mean_se, summarize_group
+from memla.evaluate.sequential import SEQUENTIAL, load_sequential
+from memla.langs import order_langs
 from memla.report.tables import METRIC_NAMES, Table
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,6 @@ def curve_points(lines: Sequence[Mapping[str, Any]], *, n_boot: int = 1000, seed
     Returns:
         Points ordered by method, ls, step, metric, lt.
     """
-    from memla.langs import order_langs
-
     targets: dict[tuple[str, str], list[str]] = {}
     rows: dict[tuple[str, str, int, str], dict[tuple[Any, str], float]] = defaultdict(dict)
     for line in lines:
@@ -125,6 +125,7 @@ def curves_png(points: Sequence[CurvePoint], *, ls: str, downstream: Sequence[Ma
     Returns:
         PNG bytes.
     """
+    # lazy: matplotlib takes most of a second to import, and only PNG output needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -263,15 +264,11 @@ def save_downstream(run_dir: str | Path, entry: Mapping[str, Any]) -> Path:
 
 def has_curves(run_dir: str | Path) -> bool:
     """Whether the run folder holds sequential or downstream results."""
-    from memla.evaluate.sequential import SEQUENTIAL
-
     return (Path(run_dir) / SEQUENTIAL).is_file() or (Path(run_dir) / DOWNSTREAM).is_file()
 
 
 def sequential_manifest(run_dir: str | Path) -> dict[str, Any]:
     """Run facts for a folder without a bench manifest, from the "run" lines of its sequential results."""
-    from memla.evaluate.sequential import load_sequential
-
     runs = [line for line in load_sequential(run_dir) if line.get("kind") == "run"]
     if not runs:
         return {}
@@ -296,8 +293,6 @@ def write_curves(run_dir: str | Path, out_dir: str | Path | None, *, n_boot: int
     Returns:
         ``(tables, png paths)``; both empty when the run has neither file.
     """
-    from memla.evaluate.sequential import load_sequential
-
     lines = load_sequential(run_dir)
     points = curve_points(lines, n_boot=n_boot, seed=seed)
     tables = curve_tables(points)

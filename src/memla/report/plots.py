@@ -54,6 +54,7 @@ def heatmap_png(values: np.ndarray, *, sources: Sequence[str], targets: Sequence
     Returns:
         PNG bytes.
     """
+    # lazy: matplotlib takes most of a second to import, and only PNG output needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
