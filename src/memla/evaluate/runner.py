@@ -241,7 +241,9 @@ def run_bench(
     key = lambda m, r, ls, lt: (m, _json_id(r.example_id), ls, lt)  # noqa: E731
     pending = [g for g in groups if any(key(g[2], g[0], g[1], lt) not in done for lt in targets)]
     written = skipped = 0
-    unedited_cache: dict[str, Any] = {}  # record id -> raw scores of the unedited model (same for every ls)
+    # the unedited model's raw scores of the latest record ({"record": id, "raw": ...}): one entry, reused by the
+    # record's next source languages (its groups follow one another, and without an edit ls changes nothing)
+    unedited_cache: dict[str, Any] = {}
     bar = tqdm(total=len(groups), initial=len(groups) - len(pending), unit="edit", disable=not progress,
                desc="bench", dynamic_ncols=True)
     status = "interrupted"
