@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_eval_support import small_dataset, small_records, test_editors  # noqa: F401  (fixtures)
+from test_eval_support import fake_editors, small_dataset, small_records  # noqa: F401  (fixtures)
 from tiny import save_tiny
 
 from memla.cli import main
@@ -16,7 +16,7 @@ def model_dir(tmp_path_factory):
     return save_tiny("gpt2", tmp_path_factory.mktemp("tiny-gpt2"))
 
 
-def test_bench_then_report(tmp_path, model_dir, test_editors, capsys):
+def test_bench_then_report(tmp_path, model_dir, fake_editors, capsys):
     data = small_dataset(tmp_path)
     out = tmp_path / "runs" / "small"
     args = ["bench", "--dataset", str(data), "--methods", "test-shift", "--source", "en,zh", "--targets", "en,zh,ja",
@@ -44,7 +44,7 @@ def test_bench_then_report(tmp_path, model_dir, test_editors, capsys):
     assert (report / "heatmaps" / "heatmap_test-shift_es.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bench_bad_input_exits_2(tmp_path, model_dir, test_editors, capsys):
+def test_bench_bad_input_exits_2(tmp_path, model_dir, fake_editors, capsys):
     data = small_dataset(tmp_path)
     base = ["bench", "--dataset", str(data), "--model", str(model_dir), "--out", str(tmp_path / "r"), "--no-progress"]
     assert main([*base, "--methods", "test-shfit"]) == 2
@@ -61,7 +61,7 @@ def test_bench_bad_input_exits_2(tmp_path, model_dir, test_editors, capsys):
     assert "scael" in capsys.readouterr().err
 
 
-def test_bench_sample_spreads_over_relations(tmp_path, model_dir, test_editors):
+def test_bench_sample_spreads_over_relations(tmp_path, model_dir, fake_editors):
     raw = small_records()
     raw[2]["relation"] = "P17"  # records 0 and 1 share P36: a sample of 2 must take record 2
     data = tmp_path / "two-relations.json"

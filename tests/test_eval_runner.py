@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_eval_support import as_records, small_records, test_editors  # noqa: F401  (fixtures)
+from test_eval_support import as_records, fake_editors, small_records  # noqa: F401  (fixtures)
 from tiny import tiny_model
 
 from memla.errors import EditError, MemlaError
@@ -46,7 +46,7 @@ def records():
     return as_records(small_records())
 
 
-def test_end_to_end_cells_skips_manifest_and_restore(tmp_path, tiny_llama, records, test_editors):
+def test_end_to_end_cells_skips_manifest_and_restore(tmp_path, tiny_llama, records, fake_editors):
     model, tok = tiny_llama
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     summary = _run(tmp_path / "run", model, tok, records)
@@ -85,7 +85,7 @@ def test_end_to_end_cells_skips_manifest_and_restore(tmp_path, tiny_llama, recor
     assert manifest["sessions"][0]["written"] == 90
 
 
-def test_prefix_results_are_scored_with_the_prefix(tmp_path, tiny_llama, records, test_editors):
+def test_prefix_results_are_scored_with_the_prefix(tmp_path, tiny_llama, records, fake_editors):
     model, tok = tiny_llama
     _run(tmp_path / "run", model, tok, records[:1], methods=["test-prefix"], sources="en")
     _, lines = load_run(tmp_path / "run")
@@ -97,7 +97,7 @@ def test_prefix_results_are_scored_with_the_prefix(tmp_path, tiny_llama, records
     assert line["prefix_chars"] == len(prefix)
 
 
-def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_llama, records, test_editors, monkeypatch):
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_llama, records, fake_editors, monkeypatch):
     model, tok = tiny_llama
     small = {"targets": "en,zh,fr"}  # 3 methods x 3 records x 2 ls x 3 lt = 54 cells
     _run(tmp_path / "full", model, tok, records, **small)
@@ -150,7 +150,7 @@ run_bench(model, tok, as_records(small_records()), methods=["test-shift", "test-
 
 
 @pytest.mark.slow  # a real SIGKILL needs a fresh interpreter (~10-20 s); the torn-write test above is the fast twin
-def test_sigkill_loses_at_most_the_edit_in_progress(tmp_path, tiny_llama, records, test_editors):
+def test_sigkill_loses_at_most_the_edit_in_progress(tmp_path, tiny_llama, records, fake_editors):
     model, tok = tiny_llama
     out = tmp_path / "killed"
     script = tmp_path / "child.py"
@@ -180,7 +180,7 @@ def test_sigkill_loses_at_most_the_edit_in_progress(tmp_path, tiny_llama, record
     assert _stable(load_run(out)[1]) == _stable(load_run(tmp_path / "full")[1])
 
 
-def test_resume_refuses_a_different_config(tmp_path, tiny_llama, records, test_editors):
+def test_resume_refuses_a_different_config(tmp_path, tiny_llama, records, fake_editors):
     model, tok = tiny_llama
     _run(tmp_path / "run", model, tok, records[:1], methods=["test-shift"])
     with pytest.raises(MemlaError, match="config of test-shift differs"):
@@ -189,7 +189,7 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_llama, records, test_e
         _run(tmp_path / "run", model, tok, records[:1], methods=["test-shift"], seed=1)
 
 
-def test_manifest_records_threads_device_and_dtype_per_session(tmp_path, tiny_llama, records, test_editors, caplog):
+def test_manifest_records_threads_device_and_dtype_per_session(tmp_path, tiny_llama, records, fake_editors, caplog):
     model, tok = tiny_llama
     run = tmp_path / "run"
     _run(run, model, tok, records[:1], methods=["test-shift"], sources="en")
@@ -228,7 +228,7 @@ def test_manifest_records_threads_device_and_dtype_per_session(tmp_path, tiny_ll
         _run(run, model, tok, records[:2], methods=["test-shift"], sources="en", allow_compute_change=True)
 
 
-def test_resume_of_a_manifest_without_session_settings(tmp_path, tiny_llama, records, test_editors, caplog):
+def test_resume_of_a_manifest_without_session_settings(tmp_path, tiny_llama, records, fake_editors, caplog):
     """Runs written before sessions recorded their settings kept one thread count under "host"."""
     model, tok = tiny_llama
     run = tmp_path / "run"
@@ -244,7 +244,7 @@ def test_resume_of_a_manifest_without_session_settings(tmp_path, tiny_llama, rec
     assert f"torch_threads {torch.get_num_threads() + 3} and this session uses" in caplog.text
 
 
-def test_unknown_method_and_config_keys(tmp_path, tiny_llama, records, test_editors):
+def test_unknown_method_and_config_keys(tmp_path, tiny_llama, records, fake_editors):
     model, tok = tiny_llama
     with pytest.raises(EditError, match="test-shift"):  # the message lists the known methods
         _run(tmp_path / "run", model, tok, records, methods=["test-shfit"])
@@ -254,7 +254,7 @@ def test_unknown_method_and_config_keys(tmp_path, tiny_llama, records, test_edit
         _run(tmp_path / "run", model, tok, records, methods=["test-shift"], configs={"memla": {}})
 
 
-def test_an_editor_that_mutates_the_model_is_caught(tmp_path, records, test_editors):
+def test_an_editor_that_mutates_the_model_is_caught(tmp_path, records, fake_editors):
     model, tok = tiny_model("gpt2")
     with pytest.raises(RuntimeError, match="test-mutate.*changed"):
         _run(tmp_path / "run", model, tok, records[:1], methods=["test-mutate"], sources="en")

@@ -1,6 +1,6 @@
 """Shared helpers of the evaluation tests (no tests here): small datasets and test-only editors.
 
-The editors are registered per test through the `test_editors` fixture (and
+The editors are registered per test through the `fake_editors` fixture (and
 removed afterwards), so the real registry is left as it was.
 """
 
@@ -151,7 +151,7 @@ def register_test_editors(registry: dict) -> None:
 
 
 @pytest.fixture
-def test_editors(monkeypatch):
+def fake_editors(monkeypatch):
     """Register the test-only editors for one test."""
     base.registry()  # discover the real editors first, so discovery cannot run later and miss ours
     for name, (cls, cfg) in TEST_EDITORS.items():

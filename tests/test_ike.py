@@ -15,7 +15,7 @@ from memla.langs import join
 
 
 @pytest.fixture(scope="module")
-def test_records():
+def mkeb_test_records():
     return load_dataset("mkeb-mini", split="test")
 
 
@@ -24,9 +24,9 @@ def dev_records():
     return {r.example_id: r for r in load_dataset("mkeb-mini", split="dev")}
 
 
-def test_no_weight_changes_and_prefix_layout(test_records):
+def test_no_weight_changes_and_prefix_layout(mkeb_test_records):
     model, tok = tiny_model("llama")
-    req = EditRequest.from_record(test_records[0], "en")
+    req = EditRequest.from_record(mkeb_test_records[0], "en")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     result = get_editor("ike", {"k": 8}).edit(model, tok, req)
     assert dict(result.deltas) == {}
@@ -37,9 +37,9 @@ def test_no_weight_changes_and_prefix_layout(test_records):
     assert result.prefix.count("New Fact: ") == 9 and result.info["k"] == 8
 
 
-def test_prefix_built_from_the_right_kinds(test_records, dev_records):
+def test_prefix_built_from_the_right_kinds(mkeb_test_records, dev_records):
     model, tok = tiny_model("gpt2")
-    req = EditRequest.from_record(test_records[3], "en")
+    req = EditRequest.from_record(mkeb_test_records[3], "en")
     editor = IKEEditor(IKEConfig(k=16))
     demos = editor.demonstrations(model, tok, req)
     result = editor.edit(model, tok, req)
@@ -64,9 +64,9 @@ def test_prefix_built_from_the_right_kinds(test_records, dev_records):
     assert sims == sorted(sims)
 
 
-def test_source_language_pool_and_join_rule(test_records):
+def test_source_language_pool_and_join_rule(mkeb_test_records):
     model, tok = tiny_model("gpt2")
-    req = EditRequest.from_record(test_records[0], "zh")
+    req = EditRequest.from_record(mkeb_test_records[0], "zh")
     result = get_editor("ike", {"k": 4}).edit(model, tok, req)
     assert result.prefix.endswith(f"New Fact: {req.text}{req.target_new}\nPrompt: ")  # zh: no separator
     assert "The capital" not in result.prefix
@@ -91,9 +91,9 @@ def test_char_tfidf_similarity():
     assert tfidf.similarity("qqqq").max() == 0.0
 
 
-def test_hidden_state_retriever_leaves_weights_alone(test_records):
+def test_hidden_state_retriever_leaves_weights_alone(mkeb_test_records):
     model, tok = tiny_model("gemma3_text")
-    req = EditRequest.from_record(test_records[0], "en")
+    req = EditRequest.from_record(mkeb_test_records[0], "en")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     editor = get_editor("ike", {"k": 6, "retriever": "hidden"})
     result = editor.edit(model, tok, req)
@@ -102,11 +102,11 @@ def test_hidden_state_retriever_leaves_weights_alone(test_records):
     assert editor.edit(model, tok, req).prefix == result.prefix  # cached pool embeddings, deterministic
 
 
-def test_pool_exclusion_and_small_pools(tmp_path, test_records):
+def test_pool_exclusion_and_small_pools(tmp_path, mkeb_test_records):
     from memla.data import save_dataset
 
-    record = test_records[0]
-    path = save_dataset([record, test_records[1]], tmp_path / "pool.json")
+    record = mkeb_test_records[0]
+    path = save_dataset([record, mkeb_test_records[1]], tmp_path / "pool.json")
     model, tok = tiny_model("gpt2")
     req = EditRequest.from_record(record, "en")
     result = get_editor("ike", {"k": 8, "pool": str(path), "pool_split": None}).edit(model, tok, req)
@@ -144,12 +144,12 @@ def test_template():
 
 
 @pytest.mark.slow
-def test_ike_on_default_model(default_model, test_records):
+def test_ike_on_default_model(default_model, mkeb_test_records):
     """The new fact in context flips the edit prompt; the demonstrations keep most of the gain."""
     from memla.evaluate.scoring import score_targets
 
     model, tok = default_model
-    req = EditRequest.from_record(test_records[0], "en")
+    req = EditRequest.from_record(mkeb_test_records[0], "en")
 
     def margin(prefix: str) -> float:
         new, true = score_targets(model, tok, [(req.text, req.target_new, "en"), (req.text, req.target_true, "en")], prefix=prefix)

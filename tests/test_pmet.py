@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from edit_support import KV_TINY
+from edit_support import KV_TINY, margin
 from tiny import tiny_model
 
 from memla.config import dump_config, load_config
@@ -17,7 +17,6 @@ from memla.editors import EditRequest, apply, get_editor
 from memla.editors.kv import capture, context_prefixes, kl_rows, locate_request, optimise_targets, rewriting_rows
 from memla.editors.pmet import PmetConfig, PmetEditor
 from memla.errors import MemlaError
-from memla.evaluate.scoring import score_targets
 from memla.models import arch_spec
 
 TINY = KV_TINY
@@ -25,11 +24,6 @@ TINY = KV_TINY
 
 def request() -> EditRequest:
     return EditRequest(prompt="The capital of {}", subject="France", target_new="Tokyo", target_true="Paris", lang="en")
-
-
-def margin(model, tok, req) -> float:
-    new, true = score_targets(model, tok, [(req.text, req.target_new, req.lang), (req.text, req.target_true, req.lang)])
-    return new.mean - true.mean
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3_text"])
