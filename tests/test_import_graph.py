@@ -1,5 +1,8 @@
 """The import graph of src/memla: no cycles between modules, and the package layering of DESIGN.md.
 
+A helper that two packages need lives in the lower one under a public name: no package
+imports another's ``_private`` module or name.
+
 Every ``import memla...`` / ``from memla... import ...`` counts, at module level or inside a
 function, guarded for an optional dependency or not: a lazy import still ties the two
 modules together.  Parsed with `ast`; nothing is imported.
@@ -37,10 +40,11 @@ def module_files() -> dict[str, Path]:
     return out
 
 
-def import_graph() -> dict[str, dict[str, int]]:
-    """``{module: {imported memla module: line of the first such import}}``.
+def imports() -> list[tuple[str, str, str | None, int]]:
+    """Every import of a memla module: ``(importer, imported module, imported name or None, line)``.
 
-    ``from memla.a import b`` points at ``memla.a.b`` when that is a module, else at ``memla.a``.
+    ``from memla.a import b`` imports the module ``memla.a.b`` when there is one (name None),
+    else the name ``b`` of ``memla.a``.
     """
     modules = module_files()
 
@@ -49,26 +53,32 @@ def import_graph() -> dict[str, dict[str, int]]:
             name = name.rpartition(".")[0]
         return name
 
-    graph: dict[str, dict[str, int]] = {}
+    out = []
     for mod, path in modules.items():
-        edges = graph.setdefault(mod, {})
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
+                targets = [(a.name, None) for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
                     anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
                     base = ".".join(anchor + ([base] if base else []))
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+                targets = [(f"{base}.{a.name}", None) if f"{base}.{a.name}" in modules else (base, a.name)
+                           for a in node.names]
             else:
                 continue
-            for target in targets:
-                if target == "memla" or target.startswith("memla."):
-                    target = known(target)
-                    if target != mod:
-                        edges.setdefault(target, node.lineno)
+            out += [(mod, known(target), name, node.lineno) for target, name in targets
+                    if target == "memla" or target.startswith("memla.")]
+    return out
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """``{module: {imported memla module: line of the first such import}}``."""
+    graph: dict[str, dict[str, int]] = {mod: {} for mod in module_files()}
+    for mod, target, _, line in imports():
+        if target != mod:
+            graph[mod].setdefault(target, line)
     return graph
 
 
@@ -134,3 +144,15 @@ def test_imports_point_down_the_layers():
         if unit(mod) != unit(target) and RANK[unit(target)] >= RANK[unit(mod)]
     ]
     assert not wrong, "imports against DESIGN.md's layering:\n" + "\n".join(wrong)
+
+
+def test_no_private_imports_across_units():
+    def private(name: str | None) -> bool:
+        return name is not None and name.startswith("_") and not name.startswith("__")
+
+    wrong = [
+        f"{mod} (line {line}) imports {target}{'' if name is None else '.' + name}"
+        for mod, target, name, line in imports()
+        if unit(mod) != unit(target) and (private(name) or any(map(private, target.split("."))))
+    ]
+    assert not wrong, "private names imported from another package (DESIGN.md, Layout):\n" + "\n".join(wrong)
