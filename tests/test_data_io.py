@@ -10,6 +10,7 @@ import pytest
 
 from memla.data import DataError, EditFact, Record, builtin_datasets, load_dataset, save_dataset
 from memla.data import io as data_io
+from memla.data.schema import RecordCheck
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 GOOD = FIXTURES / "good.json"
@@ -18,6 +19,14 @@ GOOD_JSONL = FIXTURES / "good.jsonl"
 
 def fingerprint(path: Path) -> tuple[str, int]:
     return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+def test_load_checks_each_record_once(monkeypatch):
+    seen = []
+    real = RecordCheck.record
+    monkeypatch.setattr(RecordCheck, "record", lambda self, raw, rid: seen.append(rid) or real(self, raw, rid))
+    records = load_dataset(GOOD)
+    assert seen == [r.example_id for r in records]
 
 
 def test_load_builds_records():
