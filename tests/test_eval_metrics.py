@@ -1,4 +1,5 @@
-"""Metric functions on hand-computed examples: token F1 (incl. zh/ja/th), per-record values, the summary."""
+"""Metric functions on hand-computed examples: token F1 (incl. zh/ja/th), NS-margin, NS-keep, fluency,
+per-record values, the summary."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from tiny import tiny_tokenizer
 
-from memla.evaluate.metrics import bag_f1, record_value, skipped_summary, summarize, text_units, token_f1
+from memla.evaluate.metrics import (bag_f1, count_mentions, keep_share, ngram_entropy, record_value, skipped_summary,
+                                     summarize, text_units, token_f1)
 
 
 def test_bag_f1_hand_computed():
@@ -114,3 +116,87 @@ def test_skipped_summary_counts_reasons():
     ]
     out = skipped_summary(lines)
     assert out == {"a": {"skipped": 2, "missing": 1, "reasons": {"needs subject": 2, "no fr": 1}}}
+
+
+# --------------------------------------------------------------------------- locality metrics
+
+
+def test_keep_share_is_the_common_prefix_over_the_longer_continuation():
+    assert keep_share([1, 2, 3], [1, 2, 3]) == 1.0
+    assert keep_share([1, 2, 3], [1, 2, 4]) == pytest.approx(2 / 3)
+    assert keep_share([1, 9, 3], [1, 2, 3]) == pytest.approx(1 / 3)  # the token after a change does not count
+    assert keep_share([1, 2], [1, 2, 3, 4]) == 0.5  # stopping early is a change too
+    assert keep_share([5], [6]) == 0.0
+    assert keep_share([], []) == 1.0
+
+
+def test_ngram_entropy_hand_computed():
+    assert ngram_entropy([7, 7, 7, 7, 7, 7]) == 0.0  # "Rome Rome Rome ..."
+    assert ngram_entropy([1, 2]) == 0.0  # one bigram, no trigram
+    assert ngram_entropy([]) == 0.0
+    # 3 distinct bigrams (log2 3 bits), 2 distinct trigrams (1 bit); weights 1/3, 2/3
+    assert ngram_entropy([1, 2, 3, 4]) == pytest.approx(math.log2(3) / 3 + 2 / 3)
+    # bigrams (1,2)x2 (2,1)x2 -> 1 bit; trigrams (1,2,1)x2 (2,1,2)x1 -> H(2/3, 1/3)
+    h3 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert ngram_entropy([1, 2, 1, 2, 1]) == pytest.approx(1 / 3 + 2 / 3 * h3)
+    assert ngram_entropy([1, 2, 3, 4], orders=(1,), weights=(1.0,)) == pytest.approx(2.0)
+
+
+def test_count_mentions_is_case_and_width_insensitive():
+    assert count_mentions("Rome Rome. ROME is the", "Rome") == 3
+    assert count_mentions("Ｒｏｍｅ and rome", "rome") == 2
+    assert count_mentions("Tokyo, and the capital of", "Rome") == 0
+    assert count_mentions("anything", "") == 0
+
+
+def _ns(prompt, *, kept=None, continuation=None, f1=0.0):
+    item = {"prompt": prompt, "f1": f1, "margin": None if kept is None else {"answer": -1.0, "new": -2.0, "kept": kept}}
+    if continuation is not None:
+        item["continuation"] = continuation
+    return item
+
+
+def test_ns_margin_counts_only_prompts_with_a_comparison():
+    line = {"ns": [_ns("a", kept=True), _ns("b", kept=False), _ns("c", kept=True), _ns("d")]}
+    assert record_value(line, "ns_margin") == pytest.approx(2 / 3)  # "d": its answer is target_new itself
+    assert record_value({"ns": [_ns("d")]}, "ns_margin") is None
+    assert record_value({"ns": [{"prompt": "a", "f1": 1.0}]}, "ns_margin") is None  # a line from before the metric
+    assert record_value({"ns": []}, "ns_margin") is None
+
+
+def test_ns_keep_compares_with_the_unedited_continuations():
+    edited = {"ns": [_ns("a", continuation=[1, 2, 3, 4]), _ns("b", continuation=[5, 6])]}
+    unedited = {"ns": [_ns("a", continuation=[1, 2, 9, 9]), _ns("b", continuation=[5, 6])]}
+    assert record_value(edited, "ns_keep", unedited) == pytest.approx((2 / 4 + 1.0) / 2)
+    assert record_value(unedited, "ns_keep", unedited) == 1.0
+    assert record_value(edited, "ns_keep") is None  # no reference
+    other = {"ns": [_ns("x", continuation=[1, 2, 3, 4]), _ns("b", continuation=[5, 6])]}
+    assert record_value(edited, "ns_keep", other) is None  # not the same prompts
+    assert record_value({"ns": [{"prompt": "a", "f1": 1.0}]}, "ns_keep", unedited) is None  # predates the metric
+
+
+def test_fluency_and_repeats_are_means_over_continuations():
+    line = {"fluency": [{"entropy": 0.0, "repeats": 6}, {"entropy": 2.0, "repeats": 1}]}
+    assert record_value(line, "fluency") == 1.0
+    assert record_value(line, "repeats") == 3.5
+    assert record_value({"fluency": []}, "fluency") is None
+    assert record_value({"es": []}, "repeats") is None
+
+
+def test_summary_of_locality_metrics_uses_the_unedited_line_of_the_same_cell():
+    def line(method, rid, lt, cont, kept, entropy):
+        return {"method": method, "record": rid, "ls": "en", "lt": lt, "status": "ok", "es": [], "ps": [], "qs": [],
+                "ns": [_ns("p", kept=kept, continuation=cont)], "fluency": [{"entropy": entropy, "repeats": 0}]}
+
+    lines = [line("unedited", 0, "en", [1, 2, 3, 4], True, 3.0), line("unedited", 1, "en", [5, 6, 7, 8], True, 2.0),
+             line("m", 0, "en", [1, 2, 0, 0], False, 1.0), line("m", 1, "en", [5, 6, 7, 8], True, 0.0),
+             # record 1 in zh has no unedited line: no NS-keep there, the other metrics still count
+             line("m", 1, "zh", [1], True, 4.0)]
+    stats = {(s.method, s.lt, s.metric): s for s in summarize(lines, n_boot=20)}
+    assert stats[("unedited", "en", "ns_keep")].value == 1.0
+    keep = stats[("m", "en", "ns_keep")]
+    assert keep.value == pytest.approx(0.75) and keep.n == 2
+    assert keep.se == pytest.approx(np.std([0.5, 1.0], ddof=1) / math.sqrt(2))  # closed form
+    assert stats[("m", "en", "ns_margin")].value == 0.5
+    assert stats[("m", "en", "fluency")].value == 0.5
+    assert ("m", "zh", "ns_keep") not in stats and stats[("m", "zh", "fluency")].value == 4.0

@@ -8,7 +8,7 @@ from tiny import tiny_tokenizer
 from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 
-from memla.evaluate.scoring import greedy_generate, score_targets
+from memla.evaluate.scoring import answer_length, greedy_generate, score_targets
 from memla.tokens import encode_pair
 
 ITEMS = [
@@ -153,3 +153,39 @@ def test_generation_with_zero_budget_is_empty(tiny):
     prompts = ["The capital of France is", "法国的首都是", "La capitale de la France est"]
     got = greedy_generate(model, tok, prompts, [0, 2, 0])
     assert got[0] == [] and got[2] == [] and got[1] == greedy_generate(model, tok, prompts[1:2], [2])[0]
+
+
+def test_score_cells_locality_fields_agree_with_the_primitives(tiny):
+    """NS-margin, NS-keep continuations and fluency in `score_cells` are what the scoring primitives give alone."""
+    from test_eval_support import as_records, small_records
+
+    from memla.evaluate.cells import score_cells
+    from memla.evaluate.metrics import FLUENCY_TOKENS, NS_KEEP_TOKENS, count_mentions, ngram_entropy, record_value
+
+    model, tok = tiny
+    record = as_records(small_records())[0]
+    cells = [(record, lt, ("es", "ps", "ns", "fluency")) for lt in ("en", "zh")]
+    raw = score_cells(model, tok, cells)
+    for (_, lt, _), cell in zip(cells, raw):
+        fact = record.edit[lt]
+        (ns,) = cell["ns"]
+        prompt, answer = record.neighborhood_prompts[lt][0], record.neighborhood_answers[lt][0]
+        a, new = score_targets(model, tok, [(prompt, answer, lt), (prompt, fact.target_new, lt)])
+        assert ns["margin"]["answer"] == pytest.approx(a.mean, abs=1e-5)
+        assert ns["margin"]["new"] == pytest.approx(new.mean, abs=1e-5)
+        assert ns["margin"]["kept"] == (a.mean > new.mean)
+        # the continuation is generated once, NS_KEEP_TOKENS long; the NS prediction is its answer-length prefix
+        (full,) = greedy_generate(model, tok, [prompt], [NS_KEEP_TOKENS])
+        assert ns["continuation"] == full[:NS_KEEP_TOKENS]
+        n = answer_length(tok, prompt, answer, lt)
+        assert ns["prediction"] == tok.decode(full[:n], skip_special_tokens=True)
+        (flu,) = cell["fluency"]
+        (ids,) = greedy_generate(model, tok, [fact.filled()], [FLUENCY_TOKENS])
+        assert flu["entropy"] == pytest.approx(ngram_entropy(ids))
+        text = tok.decode(ids, skip_special_tokens=True)
+        assert flu["continuation"] == text and flu["repeats"] == count_mentions(text, fact.target_new)
+        assert record_value(cell, "ns_keep", cell) == 1.0  # the model against itself
+    # a neighbour whose answer is target_new has no margin comparison
+    record.neighborhood_answers["en"][0] = record.edit["en"].target_new
+    ((cell,),) = [score_cells(model, tok, [(record, "en", ("ns",))])]
+    assert cell["ns"][0]["margin"] is None and cell["fluency"] == [] and cell["es"] == []

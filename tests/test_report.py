@@ -70,6 +70,33 @@ def test_table5_and_table6_layouts(run_dir):
     assert fmt(memla[1], se=False) == "100.00" and memla[2] is None and memla[3] is None
 
 
+def test_locality_metrics_get_rows_when_the_run_has_them(tmp_path):
+    from memla.report.tables import overview_tables
+
+    store = ResultStore(tmp_path / "results.jsonl")
+    for method, cont, kept, entropy in (("unedited", [1, 2, 3, 4], True, 3.25), ("memla", [1, 2, 0, 0], False, 0.5)):
+        for rid in (0, 1):
+            line = _line(method, rid, "en", "en", True, [True], 0.5)
+            line["ns"] = [{"prompt": "p", "f1": 0.5, "margin": {"answer": -1.0, "new": -2.0, "kept": kept},
+                           "continuation": cont}]
+            line["fluency"] = [{"prompt": "q", "continuation": "x", "entropy": entropy, "repeats": 2 * rid}]
+            store.append(line)
+    write_manifest(tmp_path, {"methods": ["unedited", "memla"], "sources": ["en"], "targets": ["en"], "sessions": []})
+    report = build_report(tmp_path)
+    main = next(t for t in report.tables if t.key == "main_en")
+    rows = {(r[0], r[1]): r[2] for r in main.rows}
+    assert [r[1] for r in main.rows if r[0] == "memla"] == ["ES", "PS", "NS", "NS-margin", "NS-keep", "Fluency", "Repeats"]
+    assert fmt(rows[("memla", "NS-margin")], se=False) == "0.00" and fmt(rows[("unedited", "NS-margin")], se=False) == "100.00"
+    assert fmt(rows[("memla", "NS-keep")], se=False) == "50.00"  # 2 of 4 tokens kept
+    assert fmt(rows[("memla", "Fluency")]) == "0.50 ± 0.00"  # bits, not percent
+    assert fmt(rows[("memla", "Repeats")]) == "1.00 ± 1.00"
+    (overview,) = overview_tables(report.stats, methods=report.methods, sources=report.sources)
+    assert overview.columns == ("Method", "ES", "PS", "NS", "NS-margin", "NS-keep", "Fluency", "Repeats")
+    assert overview.rows[1][:2] == ("memla", "100.00 / –") and overview.rows[1][6] == "0.50 / –"
+    written = write_report(tmp_path, formats="png")
+    assert {p.name for p in written["png"] if "fluency" in p.name} == {"heatmap_memla_fluency.png", "heatmap_unedited_fluency.png"}
+
+
 def test_every_format_is_written(run_dir):
     written = write_report(run_dir)
     out = run_dir / "report"

@@ -138,13 +138,18 @@ def test_run_sequential_lines_curves_and_report_parts(add_editor, tmp_path):
     rated = {(c["step"], c["record"]) for c in cells if c["es"] is not None}
     assert rated == {(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)}
     assert all(c["ns"] is not None for c in cells)
+    # locality: NS-keep is measured against step 0, so the unedited model keeps everything; fluency goes with ES
+    assert all(c["ns_keep"] == 1.0 for c in cells if c["step"] == 0)
+    assert all(0.0 <= c["ns_keep"] <= 1.0 and c["ns_margin"] is not None for c in cells)
+    assert {(c["step"], c["record"]) for c in cells if c["fluency"] is not None} == rated
     assert {(line["step"], line["task"]) for line in lines if line["kind"] == "downstream"} == {(0, "mini"), (2, "mini"), (3, "mini")}
 
     points = curve_points(lines, n_boot=50)
     assert {(p.step, p.stat.metric, p.stat.lt) for p in points} >= {(2, "es", "en"), (2, "es", "avg"), (3, "ns", "zh")}
     (table,) = curve_tables(points)
     assert table.columns == ("Method", "Metric", "0", "2", "3")
-    assert [r[1] for r in table.rows] == ["ES en-en", "ES en-avg", "PS en-en", "PS en-avg", "NS en-en", "NS en-avg"]
+    assert [r[1] for r in table.rows] == [f"{m} en-{lt}" for m in ("ES", "PS", "NS", "NS-margin", "NS-keep", "Fluency")
+                                          for lt in ("en", "avg")]
     tables, pngs = write_curves(tmp_path, tmp_path / "report")
     assert [t.key for t in tables] == ["sequential_en", "sequential_downstream"]
     assert tables[1].columns == ("Method", "Task", "0", "2", "3", "Δ 3 vs 0")

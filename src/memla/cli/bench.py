@@ -97,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
     from memla.data import load_dataset, stratified_sample
     from memla.editors.base import editor_entry
     from memla.errors import MemlaError
-    from memla.evaluate.runner import UNEDITED, run_bench
+    from memla.evaluate.metrics import UNEDITED
+    from memla.evaluate.runner import run_bench
     from memla.langs import resolve_langs
     from memla.report import build_report
-    from memla.report.tables import fmt
+    from memla.report.tables import overview_tables
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in methods:  # fail on a typo before loading anything
@@ -132,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.skipped} skipped/missing cells, {summary.wall_s:.1f} s -> {summary.out}"
     )
     report = build_report(summary.out)
-    for table in report.tables:
-        if table.key.startswith("ablation_"):
-            print_table(table.title, table.columns, [[fmt(c, se=False) for c in row] for row in table.rows])
+    for table in overview_tables(report.stats, methods=report.methods, sources=report.sources):
+        print_table(table.title, table.columns, table.rows)
     console.print(f"full tables: memla report {summary.out}")
     return 0

@@ -16,8 +16,8 @@
 """
 
 from memla.evaluate.cells import evaluate_record
-from memla.evaluate.metrics import METRICS, Stat, summarize, token_f1
-from memla.evaluate.runner import UNEDITED, RunSummary, run_bench
+from memla.evaluate.metrics import METRICS, UNEDITED, Stat, summarize, token_f1
+from memla.evaluate.runner import RunSummary, run_bench
 from memla.evaluate.scoring import TargetScore, greedy_generate, score_targets
 from memla.evaluate.store import ResultStore, load_run
 from memla.tokens import encode_pair

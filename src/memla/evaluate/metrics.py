@@ -1,16 +1,30 @@
-"""Metrics of the paper (Appendix B): token F1, per-record values, and the ls × lt summary.
+"""Metrics of the paper (Appendix B) and of locality beyond it: per-record values and the ls × lt summary.
 
 - **ES** / **PS**: share of edit / paraphrase prompts where the mean per-token
   log-probability of ``target_new`` exceeds that of ``target_true``.
 - **NS** / **QS**: token F1 between the greedy prediction and the neighbourhood
   answer / the multi-hop new answer, over bags of tokens.
+- **NS-margin** (``ns_margin``; CounterFact's neighbourhood score): share of neighbourhood
+  prompts where the edited model still prefers the neighbour's own answer over
+  ``target_new`` (mean per-token log-probabilities, as ES); prompts whose answer is
+  ``target_new`` itself are not counted.
+- **NS-keep** (``ns_keep``): per neighbourhood prompt, the greedy continuation of
+  `NS_KEEP_TOKENS` tokens of the edited model against the unedited model's; the share
+  kept is the length of their common prefix over the longer of the two (`keep_share`:
+  a token after the first change continues another text, so it counts as changed).
+  It sees damage whether or not the model knew the neighbour's answer.
+- **Fluency** (``fluency``; ROME's generation entropy): the weighted n-gram entropy
+  (`ngram_entropy`, bits) of the greedy continuation of `FLUENCY_TOKENS` tokens after
+  the edit prompt, over model tokens; **repeats**: how often ``target_new`` occurs in
+  that continuation (`count_mentions`).  "Rome Rome Rome Rome" has entropy 0.
 - **Transferability** (``lt = "avg"``): the mean of the cells with ``lt ≠ ls``
   ("en-avg").
 
 Each record contributes one value per cell (the mean over its prompts); a cell is
-the mean over records.  Standard errors: closed form (``s / sqrt(n)``, `mean_se`) for
-ES and PS, a seeded bootstrap over records for the F1 metrics.  Values are fractions
-in [0, 1]; reports print them as percentages.
+the mean over records.  Standard errors: a seeded bootstrap over records for the F1
+metrics (NS, QS), closed form (``s / sqrt(n)``, `mean_se`) for the others.  Values
+are fractions in [0, 1] (reports print them as percentages), except fluency (bits)
+and repeats (a count).
 
 Downstream accuracy (paper, Section 5.5) is kept per item in a `TaskResult`
 (`memla.evaluate.downstream` and `memla.evaluate.lmeval` fill it), with the same
@@ -19,6 +33,7 @@ closed-form standard error.
 
 from __future__ import annotations
 
+import json
 import logging
 import unicodedata
 import warnings
@@ -33,8 +48,13 @@ from memla.langs import order_langs
 
 log = logging.getLogger(__name__)
 
-METRICS: tuple[str, ...] = ("es", "ps", "ns", "qs")
+METRICS: tuple[str, ...] = ("es", "ps", "ns", "ns_margin", "ns_keep", "qs", "fluency", "repeats")
 RATE_METRICS: frozenset[str] = frozenset({"es", "ps"})
+F1_METRICS: frozenset[str] = frozenset({"ns", "qs"})  # bootstrap standard errors
+RAW_METRICS: frozenset[str] = frozenset({"fluency", "repeats"})  # not fractions: printed as they are
+NS_KEEP_TOKENS = 8
+FLUENCY_TOKENS = 16
+UNEDITED = "unedited"
 F1_UNITS: tuple[str, ...] = ("tokens", "chars", "words")
 AVG = "avg"
 
@@ -42,7 +62,8 @@ AVG = "avg"
 # --------------------------------------------------------------------------- token F1
 
 
-def _normalize(text: str) -> str:
+def normalize_text(text: str) -> str:
+    """The form answers are compared in: NFKC-normalised, case-folded, stripped."""
     return unicodedata.normalize("NFKC", text).casefold().strip()
 
 
@@ -60,7 +81,7 @@ def text_units(text: str, *, unit: str = "tokens", tokenizer=None) -> list[str]:
     Returns:
         The units, in order (a bag once counted).
     """
-    norm = _normalize(text)
+    norm = normalize_text(text)
     if unit == "tokens":
         if tokenizer is None:
             raise ValueError("token F1 over model tokens needs the tokenizer")
@@ -110,17 +131,91 @@ def token_f1(prediction: str, answer: str, *, unit: str = "tokens", tokenizer=No
 # --------------------------------------------------------------------------- per record
 
 
-def record_value(line: Mapping[str, Any], metric: str) -> float | None:
+def keep_share(edited: Sequence[int], unedited: Sequence[int]) -> float:
+    """NS-keep of one neighbourhood prompt: the share of its greedy continuation the edit left unchanged.
+
+    Args:
+        edited: the edited model's greedy token ids.
+        unedited: the unedited model's, after the same prompt.
+
+    Returns:
+        ``|common prefix| / max(|edited|, |unedited|)``; 1.0 when both are empty.
+    """
+    longest = max(len(edited), len(unedited))
+    if longest == 0:
+        return 1.0
+    same = 0
+    for a, b in zip(edited, unedited):
+        if a != b:
+            break
+        same += 1
+    return same / longest
+
+
+def ngram_entropy(ids: Sequence[int], orders: Sequence[int] = (2, 3), weights: Sequence[float] = (1 / 3, 2 / 3)) -> float:
+    """Fluency of a continuation: weighted entropy of its n-gram frequencies (ROME's generation entropy).
+
+    ``H_n = -Σ_g p(g) log2 p(g)`` over the n-grams ``g`` of ``ids`` with their relative
+    frequencies ``p``; the result is ``Σ_n w_n H_n`` (weights 1/3 and 2/3 for bigrams and
+    trigrams: ROME's 2/3 and 4/3, normalised to sum to one).
+
+    Args:
+        ids: token ids of the continuation (prompt excluded).
+        orders: the n-gram orders.
+        weights: one weight per order.
+
+    Returns:
+        The entropy in bits (0 for a sequence too short for any n-gram, or one n-gram repeated).
+    """
+    total = 0.0
+    for n, w in zip(orders, weights):
+        grams = Counter(tuple(ids[i:i + n]) for i in range(len(ids) - n + 1))
+        count = sum(grams.values())
+        if count:
+            p = np.array(list(grams.values()), dtype=float) / count  # (G,)
+            total += w * float(-(p * np.log2(p)).sum())
+    return total
+
+
+def count_mentions(text: str, target: str) -> int:
+    """Non-overlapping occurrences of ``target`` in ``text`` (both NFKC-normalised and case-folded; 0 for an empty target)."""
+    needle = normalize_text(target)
+    return normalize_text(text).count(needle) if needle else 0
+
+
+def _ns_items(line: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list(line.get("ns") or [])
+
+
+def record_value(line: Mapping[str, Any], metric: str, reference: Mapping[str, Any] | None = None) -> float | None:
     """One record's value of ``metric`` in one cell: the mean over its prompts.
 
     Args:
-        line: a result line (``status == "ok"``) with ``es``/``ps``/``ns``/``qs`` lists.
+        line: a result line (``status == "ok"``) or raw cell with ``es``/``ps``/``ns``/``qs``/``fluency`` lists.
         metric: one of `METRICS`.
+        reference: the unedited model's line or raw cell of the same record and ``lt``
+            (NS-keep compares against its continuations; unused by the other metrics).
 
     Returns:
-        The mean success rate (ES, PS) or mean F1 (NS, QS); None when the record has
-        no prompt for the metric in this language.
+        The mean success rate (ES, PS, NS-margin), F1 (NS, QS), kept share (NS-keep),
+        entropy (fluency) or count (repeats); None when the record has no prompt for the
+        metric in this language, or the line predates the metric (no such field), or
+        NS-keep has no reference with the same neighbourhood prompts.
     """
+    if metric == "ns_margin":
+        kept = [item["margin"]["kept"] for item in _ns_items(line) if (item.get("margin") or {}).get("kept") is not None]
+        return float(np.mean(kept)) if kept else None
+    if metric == "ns_keep":
+        items, ref = _ns_items(line), _ns_items(reference or {})
+        if not items or any("continuation" not in i for i in (*items, *ref)):
+            return None
+        if [i.get("prompt") for i in items] != [i.get("prompt") for i in ref]:
+            return None
+        return float(np.mean([keep_share(a["continuation"], b["continuation"]) for a, b in zip(items, ref)]))
+    if metric in RAW_METRICS:
+        key = "entropy" if metric == "fluency" else "repeats"
+        values = [float(item[key]) for item in line.get("fluency") or []]
+        return float(np.mean(values)) if values else None
     items = line.get(metric) or []
     if not items:
         return None
@@ -139,8 +234,8 @@ class Stat:
         method: method name ("unedited" for the unedited model).
         ls: source language of the edit.
         lt: target language, or ``"avg"`` for the mean over ``lt ≠ ls``.
-        metric: "es", "ps", "ns" or "qs".
-        value: the mean, in [0, 1].
+        metric: one of `METRICS`.
+        value: the mean (a fraction in [0, 1]; bits for fluency, a count for repeats).
         se: its standard error (None with fewer than two records).
         n: number of records behind the value.
     """
@@ -203,7 +298,7 @@ def summarize_group(
         rows: ``{(record_id, lt): record value}``.
         method, ls, metric: the group's keys.
         lts: target languages in display order.
-        n_boot: bootstrap replicates for F1 metrics.
+        n_boot: bootstrap replicates for F1 metrics (NS, QS).
         seed: bootstrap seed.
 
     Returns:
@@ -218,7 +313,7 @@ def summarize_group(
         warnings.simplefilter("ignore", RuntimeWarning)
         means = np.nanmean(matrix, axis=0)  # (L,)
         cross = [j for j, lt in enumerate(lts) if lt != ls]
-        if metric in RATE_METRICS:
+        if metric not in F1_METRICS:
             ses = [mean_se(matrix[:, j])[1] for j in range(len(lts))]
             avg_se = mean_se(np.nanmean(matrix[:, cross], axis=1))[1] if cross else None
         else:
@@ -243,7 +338,9 @@ def summarize(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> list[Stat]:
-    """The ls × lt summary of a run's result lines (paper, Appendix B; Tables 3–6).
+    """The ls × lt summary of a run's result lines (paper, Appendix B; Tables 3–6; NS-margin, NS-keep, fluency).
+
+    NS-keep compares each line with the ``"unedited"`` line of the same record and ``lt``.
 
     Args:
         lines: result lines; only ``status == "ok"`` lines count.
@@ -258,9 +355,9 @@ def summarize(
     methods: list[str] = []
     sources: list[str] = []
     seen_lts: list[str] = []
-    for line in lines:
-        if line.get("status") != "ok":
-            continue
+    ok = [line for line in lines if line.get("status") == "ok"]
+    unedited = {(json.dumps(line["record"]), line["lt"]): line for line in ok if line["method"] == UNEDITED}
+    for line in ok:
         method, ls, lt = line["method"], line["ls"], line["lt"]
         if method not in methods:
             methods.append(method)
@@ -268,7 +365,7 @@ def summarize(
             sources.append(ls)
         seen_lts.append(lt)
         for metric in METRICS:
-            value = record_value(line, metric)
+            value = record_value(line, metric, unedited.get((json.dumps(line["record"]), lt)))
             if value is not None:
                 groups[(method, ls, metric)][(line["record"], lt)] = value
     lts = list(targets) if targets is not None else list(order_langs(seen_lts))

@@ -10,7 +10,9 @@ One JSONL line per (method, record, ls, lt) goes into ``OUT/results.jsonl``::
 
     {"method": "memla", "record": 17, "ls": "en", "lt": "zh", "status": "ok",
      "es": [{"prompt", "new": {"mean", "sum", "n"}, "true": {...}, "clean", "success"}],
-     "ps": [...], "ns": [{"prompt", "answer", "prediction", "f1"}], "qs": [...],
+     "ps": [...], "ns": [{"prompt", "answer", "prediction", "f1", "margin": {"answer", "new", "kept"},
+                          "continuation": [ids]}],
+     "qs": [...], "fluency": [{"prompt", "continuation", "entropy", "repeats"}],
      "edit_s": 1.9, "eval_s": 2.1, "group": 12, "edit_info": {...}}
 
 ``status`` is ``"skipped"`` (with ``reason``) when the method cannot serve the
@@ -42,7 +44,7 @@ from memla.config import config_to_dict, load_config
 from memla.editors.base import EditRequest, EditResult, apply, editor_entry
 from memla.errors import EditError, MemlaError
 from memla.evaluate.cells import evaluate_record, missing_reason
-from memla.evaluate.metrics import F1_UNITS
+from memla.evaluate.metrics import F1_UNITS, UNEDITED
 from memla.evaluate.store import RESULTS, ResultStore, cell_key, compute_settings, jsonable, read_manifest, write_manifest
 from memla.langs import resolve_langs
 from memla.models import model_fingerprint
@@ -50,7 +52,6 @@ from memla.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
-UNEDITED = "unedited"
 VERSION_PACKAGES = ("memla", "torch", "transformers", "numpy", "peft", "accelerate", "tokenizers")
 
 

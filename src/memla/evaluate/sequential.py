@@ -5,9 +5,11 @@ batches through an editor's ``edit_batch`` as MEMIT / PMET offer) and pauses at
 checkpoints (before the first edit, then every ``every`` requests).  `run_sequential`
 (behind ``memla bench --sequential N``) measures at each checkpoint:
 
-- **retention**: ES and PS (paper, Appendix B) of the facts edited so far, per target language;
-- **locality**: NS over the neighbourhood prompts of all N records (a fixed set, so the
-  curve is comparable across checkpoints);
+- **retention**: ES and PS (paper, Appendix B) of the facts edited so far, per target
+  language, and the fluency of their edit prompts' continuations;
+- **locality**: NS, NS-margin and NS-keep (`memla.evaluate.metrics`; NS-keep against the
+  step-0 continuations) over the neighbourhood prompts of all N records (a fixed set, so
+  the curve is comparable across checkpoints);
 - optionally downstream accuracy (`memla.evaluate.downstream`).
 
 At step 0 the unedited model is measured on all N facts (the reference).  The model is
@@ -37,7 +39,7 @@ from memla.editors.base import BatchEditor, EditRequest, apply_, editor_entry, p
 from memla.errors import EditError, MemlaError
 from memla.evaluate.cells import score_cells
 from memla.evaluate.downstream import compare, evaluate_tasks
-from memla.evaluate.metrics import record_value
+from memla.evaluate.metrics import UNEDITED, record_value
 from memla.evaluate.store import compute_settings, jsonable
 from memla.models import model_fingerprint
 from memla.seeding import seed_everything
@@ -45,6 +47,7 @@ from memla.seeding import seed_everything
 log = logging.getLogger(__name__)
 
 SEQUENTIAL = "sequential.jsonl"
+SEQUENTIAL_METRICS: tuple[str, ...] = ("es", "ps", "ns", "ns_margin", "ns_keep", "fluency", "repeats")
 
 
 @dataclass(frozen=True)
@@ -150,30 +153,38 @@ def measure_records(
     *,
     rate_ids: set[Any],
     f1_unit: str = "tokens",
-) -> dict[tuple[Any, str], dict[str, float | None]]:
-    """ES / PS of some records and NS of all, per (record, lt), batched across records.
+    reference: Mapping[tuple[Any, str], Mapping[str, Any]] | None = None,
+) -> tuple[dict[tuple[Any, str], dict[str, float | None]], dict[tuple[Any, str], dict[str, Any]]]:
+    """ES / PS / fluency of some records and the locality metrics of all, per (record, lt), batched across records.
 
     The raw scores are `memla.evaluate.cells.score_cells`'s, the values
     `memla.evaluate.metrics.record_value`'s: a record's ES / PS is its share of prompts
     where P(target_new) > P(target_true) (mean per-token log-probability), its NS the
-    mean token F1 of the greedy continuations of its neighbourhood prompts.
+    mean token F1 of the greedy continuations of its neighbourhood prompts, NS-margin
+    and NS-keep as defined there (NS-keep against ``reference``), fluency and repeats
+    those of the edit prompt's continuation.
 
     Args:
         model: the model as it should be evaluated.
         tokenizer: its tokenizer.
         records: `memla.data.Record` objects.
         lts: target languages (a record without ``lt`` is left out there).
-        rate_ids: ids of the records whose ES / PS to measure.
+        rate_ids: ids of the records whose ES / PS / fluency to measure.
         f1_unit: NS F1 unit ("tokens", "chars" or "words").
+        reference: the unedited model's raw cells (this function's second return value
+            at step 0); None measures the reference itself (NS-keep is then 1).
 
     Returns:
-        ``{(record_id, lt): {"es": v, "ps": v, "ns": v}}`` (None where not measured / no prompt).
+        ``({(record_id, lt): {metric: v}}, {(record_id, lt): raw cell})``, the values
+        for `SEQUENTIAL_METRICS` (None where not measured / no prompt).
     """
-    cells = [(record, lt, ("es", "ps", "ns") if record.example_id in rate_ids else ("ns",))
+    cells = [(record, lt, ("es", "ps", "ns", "fluency") if record.example_id in rate_ids else ("ns",))
              for record in records for lt in lts if lt in record.edit]
-    raw = score_cells(model, tokenizer, cells, f1_unit=f1_unit)
-    return {(record.example_id, lt): {m: record_value(items, m) for m in ("es", "ps", "ns")}
-            for (record, lt, _), items in zip(cells, raw)}
+    raw = {(record.example_id, lt): items
+           for (record, lt, _), items in zip(cells, score_cells(model, tokenizer, cells, f1_unit=f1_unit))}
+    ref = raw if reference is None else reference
+    values = {key: {m: record_value(items, m, ref.get(key)) for m in SEQUENTIAL_METRICS} for key, items in raw.items()}
+    return values, raw
 
 
 # --------------------------------------------------------------------------- the run
@@ -260,11 +271,11 @@ def run_sequential(
     path = Path(out) / SEQUENTIAL
     path.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = model_fingerprint(model)
-    names = [m for m in dict.fromkeys(methods) if m != "unedited"]
+    names = [m for m in dict.fromkeys(methods) if m != UNEDITED]
     entries = {m: editor_entry(m) for m in names}
     sequences = [(m, ls) for ls in sources for m in names]
     partial = path.parent / (path.name + ".partial")
-    reference: dict[str, tuple[dict, dict]] = {}  # ls -> step-0 cells and downstream (same for every method)
+    reference: dict[str, tuple[dict, dict, dict]] = {}  # ls -> step-0 values, raw cells, downstream (same for every method)
     applied = 0
     for method, ls in sequences:
         lines: list[str] = []
@@ -299,13 +310,14 @@ def run_sequential(
                             applied += len(ev.records)
                     t0 = time.perf_counter()
                     if step == 0 and ls in reference:
-                        cells, downstream = reference[ls]
+                        cells, _, downstream = reference[ls]
                     else:
                         rate_ids = {r.example_id for r in chosen} if step == 0 else edited
-                        cells = measure_records(model, tokenizer, chosen, targets, rate_ids=rate_ids, f1_unit=f1_unit)
+                        cells, raw = measure_records(model, tokenizer, chosen, targets, rate_ids=rate_ids, f1_unit=f1_unit,
+                                                     reference=reference[ls][1] if step else None)
                         downstream = evaluate_tasks(model, tokenizer, tasks, engine=engine) if tasks else {}
                         if step == 0:
-                            reference[ls] = (cells, downstream)
+                            reference[ls] = (cells, raw, downstream)
                     for (rid, lt), vals in cells.items():
                         write(kind="cell", method=method, ls=ls, step=step, record=rid, lt=lt,
                               edited=rid in edited, **vals)

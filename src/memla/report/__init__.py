@@ -22,7 +22,7 @@ from typing import Any
 
 from memla.errors import MemlaError
 from memla.evaluate.metrics import Stat, skipped_summary, summarize
-from memla.evaluate.runner import UNEDITED
+from memla.evaluate.metrics import UNEDITED
 from memla.evaluate.store import load_run
 from memla.langs import order_langs
 from memla.report.curves import has_curves, sequential_manifest, write_curves

@@ -3,7 +3,7 @@
 - `curve_points` — from ``OUT/sequential.jsonl`` (`memla.evaluate.sequential`): per method,
   ``ls``, checkpoint and metric, the monolingual cell (``lt = ls``) and the cross-lingual
   average (``lt = "avg"``), with the standard errors of `memla.evaluate.metrics.summarize_group`
-  (closed form for ES / PS, bootstrap over records for NS).
+  (bootstrap over records for NS, closed form for the others).
 - `curve_tables` / `curves_png` — metric vs number of edits, as a table and a figure.
 - `sequential_downstream_table` — downstream accuracy at every checkpoint of a sequence.
 - `downstream_table` — ``memla downstream`` results: accuracy before, after, and the paired
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memla.evaluate.metrics import AVG, Stat, mean_se, summarize_group
+from memla.evaluate.metrics import AVG, RAW_METRICS, Stat, mean_se, summarize_group
 from memla.evaluate.sequential import SEQUENTIAL, load_sequential
 from memla.langs import order_langs
 from memla.report.tables import METRIC_NAMES, Table
@@ -31,7 +31,7 @@ from memla.report.tables import METRIC_NAMES, Table
 log = logging.getLogger(__name__)
 
 DOWNSTREAM = "downstream.json"
-CURVE_METRICS: tuple[str, ...] = ("es", "ps", "ns")
+CURVE_METRICS: tuple[str, ...] = ("es", "ps", "ns", "ns_margin", "ns_keep", "fluency")
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,8 @@ def curve_tables(points: Sequence[CurvePoint]) -> list[Table]:
                         rows.append((method, f"{METRIC_NAMES[metric]} {ls}-{lt}", *cells))
         tables.append(Table(
             key=f"sequential_{ls}",
-            title=f"Sequential edits in {ls}: ES / PS of the facts edited so far, NS of all N records, "
-                  "vs number of edits (%, ± s.e.)",
+            title=f"Sequential edits in {ls}: ES / PS / fluency of the facts edited so far, NS / NS-margin / NS-keep "
+                  "of all N records, vs number of edits (%, fluency in bits, ± s.e.)",
             columns=("Method", "Metric", *(str(s) for s in steps)),
             rows=tuple(rows),
             notes=("Column 0 is the unedited model, with ES / PS over all N facts.",),
@@ -114,8 +114,9 @@ def curve_tables(points: Sequence[CurvePoint]) -> list[Table]:
 
 
 def curves_png(points: Sequence[CurvePoint], *, ls: str, downstream: Sequence[Mapping[str, Any]] = ()) -> bytes:
-    """ES, PS and NS against the number of edits, one line per method and view (ls-ls solid, ls-avg dashed),
-    and a fourth panel with downstream accuracy (one marker per task) when it was measured.
+    """ES, PS, NS (and NS-margin, NS-keep, fluency when measured) against the number of edits, one line per
+    method and view (ls-ls solid, ls-avg dashed), and a last panel with downstream accuracy (one marker per
+    task) when it was measured; at most four panels a row.
 
     Args:
         points: from `curve_points`.
@@ -131,31 +132,37 @@ def curves_png(points: Sequence[CurvePoint], *, ls: str, downstream: Sequence[Ma
 
     mine = [p for p in points if p.stat.ls == ls]
     tasks = [line for line in downstream if line.get("ls") == ls]
-    panels = len(CURVE_METRICS) + bool(tasks)
-    fig = Figure(figsize=(3.7 * panels, 3.6), dpi=110)
+    metrics = [m for m in CURVE_METRICS if any(p.stat.metric == m for p in mine)]
+    panels = len(metrics) + bool(tasks)
+    cols = min(panels, 4)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(3.7 * cols, 3.3 * rows + 0.5), dpi=110)
     FigureCanvasAgg(fig)
     colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(p.stat.method for p in mine))}
-    for k, metric in enumerate(CURVE_METRICS):
-        ax = fig.add_subplot(1, panels, k + 1)
+    for k, metric in enumerate(metrics):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        scale = 1.0 if metric in RAW_METRICS else 100.0
         for method, color in colors.items():
             for lt, style in zip(_views(ls, mine), ("-", "--")):
                 pts = sorted((p for p in mine if p.stat.method == method and p.stat.metric == metric and p.stat.lt == lt),
                              key=lambda p: p.step)
                 if pts:
-                    ax.errorbar([p.step for p in pts], [100 * p.stat.value for p in pts],
-                                yerr=[100 * (p.stat.se or 0.0) for p in pts], color=color, linestyle=style,
+                    ax.errorbar([p.step for p in pts], [scale * p.stat.value for p in pts],
+                                yerr=[scale * (p.stat.se or 0.0) for p in pts], color=color, linestyle=style,
                                 marker="o", markersize=3, capsize=2, label=f"{method} {ls}-{lt}")
         ax.set_title(METRIC_NAMES[metric], fontsize=10)
         ax.set_xlabel("edit requests processed")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        if k == 0:
+        if metric in RAW_METRICS:
+            ax.set_ylabel("bits" if metric == "fluency" else "count")
+        else:
+            ax.set_ylim(-2, 102)
             ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
     if tasks:
-        _downstream_panel(fig.add_subplot(1, panels, panels), tasks, colors)
+        _downstream_panel(fig.add_subplot(rows, cols, panels), tasks, colors)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=max(1, min(len(labels), 4)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.1 / rows, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

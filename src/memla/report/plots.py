@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memla.evaluate.metrics import Stat
+from memla.evaluate.metrics import RAW_METRICS, Stat
 from memla.report.tables import METRIC_NAMES, StatIndex
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def matrix(stats: Sequence[Stat], *, method: str, metric: str, sources: Sequence
     Args:
         stats: the run summary.
         method: method name.
-        metric: "es", "ps", "ns" or "qs".
+        metric: one of `memla.evaluate.metrics.METRICS` (fluency and repeats are not scaled to percent).
         sources: row languages.
         targets: column languages.
 
@@ -33,23 +33,26 @@ def matrix(stats: Sequence[Stat], *, method: str, metric: str, sources: Sequence
         Array of shape ``(len(sources), len(targets))``.
     """
     index = StatIndex(stats)
+    scale = 1.0 if metric in RAW_METRICS else 100.0
     out = np.full((len(sources), len(targets)), np.nan)  # (S, L)
     for i, ls in enumerate(sources):
         for j, lt in enumerate(targets):
             s = index.get(method, ls, lt, metric)
             if s is not None:
-                out[i, j] = 100 * s.value
+                out[i, j] = scale * s.value
     return out
 
 
-def heatmap_png(values: np.ndarray, *, sources: Sequence[str], targets: Sequence[str], title: str) -> bytes:
+def heatmap_png(values: np.ndarray, *, sources: Sequence[str], targets: Sequence[str], title: str,
+                vmax: float = 100.0) -> bytes:
     """Render a ``ls × lt`` matrix as an annotated heatmap.
 
     Args:
-        values: ``(S, L)`` percentages (NaN = no data).
+        values: ``(S, L)`` values, percentages unless ``vmax`` says otherwise (NaN = no data).
         sources: row labels.
         targets: column labels.
         title: figure title.
+        vmax: the top of the colour scale (the bottom is 0).
 
     Returns:
         PNG bytes.
@@ -62,7 +65,7 @@ def heatmap_png(values: np.ndarray, *, sources: Sequence[str], targets: Sequence
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     masked = np.ma.masked_invalid(values)
-    image = ax.imshow(masked, cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
+    image = ax.imshow(masked, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(targets)), labels=list(targets))
     ax.set_yticks(range(len(sources)), labels=list(sources))
     ax.set_xlabel("target language (lt)")
@@ -71,8 +74,8 @@ def heatmap_png(values: np.ndarray, *, sources: Sequence[str], targets: Sequence
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if values[i, j] < 60 else "black")
+                ax.text(j, i, f"{values[i, j]:.0f}" if vmax == 100.0 else f"{values[i, j]:.1f}", ha="center",
+                        va="center", fontsize=7, color="white" if values[i, j] < 0.6 * vmax else "black")
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -110,6 +113,11 @@ def write_heatmaps(
                 continue
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in method)
             path = out_dir / f"heatmap_{safe}_{metric}.png"
-            path.write_bytes(heatmap_png(values, sources=sources, targets=targets, title=f"{method}: {METRIC_NAMES[metric]} (%)"))
+            if metric in RAW_METRICS:
+                vmax, unit = max(float(np.nanmax(values)), 1.0), "bits" if metric == "fluency" else "count"
+            else:
+                vmax, unit = 100.0, "%"
+            path.write_bytes(heatmap_png(values, sources=sources, targets=targets,
+                                         title=f"{method}: {METRIC_NAMES[metric]} ({unit})", vmax=vmax))
             paths[(method, metric)] = path
     return paths

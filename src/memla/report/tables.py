@@ -1,12 +1,15 @@
 """Paper-style tables from a run's summary, rendered as Markdown, LaTeX, CSV or HTML.
 
-- `main_tables` — Tables 3/4 of the paper: rows = method × metric (ES, PS, NS),
-  columns = ``ls-lt`` for every target plus ``ls-avg``; one table per source language.
+- `main_tables` — Tables 3/4 of the paper: rows = method × metric (ES, PS, NS, and the
+  locality metrics NS-margin, NS-keep, fluency, repeats when the run has them), columns =
+  ``ls-lt`` for every target plus ``ls-avg``; one table per source language.
 - `ablation_tables` — Table 5: rows = methods, columns = ``ls-ls`` and ``ls-avg`` per metric.
+- `overview_tables` — the terminal summary: ``ls-ls / ls-avg`` per method and metric.
 - `qs_table` — Table 6: multi-hop QS, columns ``ls-ls`` and ``ls-avg`` per source language.
 - `timing_table`, `skipped_table` — wall time per method and the cells that could not be run.
 
-Values are percentages (``100 ×`` the fraction) with their standard error.
+Values are percentages (``100 ×`` the fraction) with their standard error, except
+fluency (bits) and repeats (a count), printed as they are (`memla.evaluate.metrics.RAW_METRICS`).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memla.evaluate.metrics import AVG, Stat
+from memla.evaluate.metrics import AVG, RAW_METRICS, Stat
 
 Cell = Stat | str | None
-METRIC_NAMES: dict[str, str] = {"es": "ES", "ps": "PS", "ns": "NS", "qs": "QS"}
+METRIC_NAMES: dict[str, str] = {"es": "ES", "ps": "PS", "ns": "NS", "ns_margin": "NS-margin", "ns_keep": "NS-keep",
+                                "qs": "QS", "fluency": "Fluency", "repeats": "Repeats"}
+TABLE_METRICS: tuple[str, ...] = ("es", "ps", "ns", "ns_margin", "ns_keep", "fluency", "repeats")  # QS has its own table
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class StatIndex:
         """Whether any cell has data for ``metric``."""
         return any(k[3] == metric for k in self._by_key)
 
+    def metrics(self, metrics: Sequence[str] = TABLE_METRICS) -> list[str]:
+        """Those of ``metrics`` the run has data for, in order (ES, PS, NS always: the paper's columns)."""
+        return [m for m in metrics if m in ("es", "ps", "ns") or self.has_metric(m)]
+
 
 def main_tables(stats: Sequence[Stat], *, methods: Sequence[str], sources: Sequence[str], targets: Sequence[str]) -> list[Table]:
     """Tables 3/4 layout, one per source language (paper, Section 5 / Appendix B).
@@ -68,20 +77,23 @@ def main_tables(stats: Sequence[Stat], *, methods: Sequence[str], sources: Seque
         targets: target languages ``lt`` in column order.
 
     Returns:
-        One `Table` per ``ls``; rows = method × (ES, PS, NS), columns = ``ls-lt`` ..., ``ls-avg``.
+        One `Table` per ``ls``; rows = method × metric (`StatIndex.metrics`), columns =
+        ``ls-lt`` ..., ``ls-avg``.
     """
     index = StatIndex(stats)
+    metrics = index.metrics()
     tables = []
     for ls in sources:
         lts = [*targets, AVG] if any(lt != ls for lt in targets) else list(targets)
         rows = [
             (method, METRIC_NAMES[metric], *(index.get(method, ls, lt, metric) for lt in lts))
             for method in methods
-            for metric in ("es", "ps", "ns")
+            for metric in metrics
         ]
         tables.append(Table(
             key=f"main_{ls}",
-            title=f"Edits in {ls}: ES / PS / NS per target language (Tables 3/4 layout), % ± s.e.",
+            title=f"Edits in {ls}: {' / '.join(METRIC_NAMES[m] for m in metrics)} per target language "
+                  f"(Tables 3/4 layout), % ± s.e.",
             columns=("Method", "Metric", *(f"{ls}-{lt}" for lt in lts)),
             rows=tuple(rows),
         ))
@@ -89,7 +101,7 @@ def main_tables(stats: Sequence[Stat], *, methods: Sequence[str], sources: Seque
 
 
 def ablation_tables(stats: Sequence[Stat], *, methods: Sequence[str], sources: Sequence[str]) -> list[Table]:
-    """Table 5 layout (ablations): ``ls-ls`` and ``ls-avg`` of ES, PS, NS per method.
+    """Table 5 layout (ablations): ``ls-ls`` and ``ls-avg`` of ES, PS, NS (and the locality metrics) per method.
 
     Args:
         stats: the run summary.
@@ -100,18 +112,43 @@ def ablation_tables(stats: Sequence[Stat], *, methods: Sequence[str], sources: S
         One `Table` per ``ls``.
     """
     index = StatIndex(stats)
+    metrics = index.metrics()
     tables = []
     for ls in sources:
         cols, rows = ["Method"], []
-        for metric in ("es", "ps", "ns"):
+        for metric in metrics:
             cols += [f"{METRIC_NAMES[metric]} {ls}-{ls}", f"{METRIC_NAMES[metric]} {ls}-avg"]
         for method in methods:
             cells: list[Cell] = [method]
-            for metric in ("es", "ps", "ns"):
+            for metric in metrics:
                 cells += [index.get(method, ls, ls, metric), index.get(method, ls, AVG, metric)]
             rows.append(tuple(cells))
         tables.append(Table(key=f"ablation_{ls}", title=f"Edits in {ls}: monolingual and cross-lingual average (Table 5 layout), %",
                             columns=tuple(cols), rows=tuple(rows)))
+    return tables
+
+
+def overview_tables(stats: Sequence[Stat], *, methods: Sequence[str], sources: Sequence[str]) -> list[Table]:
+    """The terminal summary of a run: per source language, rows = methods, one column per metric
+    holding ``ls-ls / ls-avg`` (no standard errors; narrow enough for a terminal).
+
+    Args:
+        stats: the run summary.
+        methods: row order.
+        sources: source languages; one table each.
+
+    Returns:
+        One `Table` per ``ls`` (string cells).
+    """
+    index = StatIndex(stats)
+    metrics = index.metrics()
+    tables = []
+    for ls in sources:
+        rows = tuple((method, *(" / ".join(fmt(index.get(method, ls, lt, m), se=False) for lt in (ls, AVG)) for m in metrics))
+                     for method in methods)
+        units = "%; fluency in bits, repeats a count" if RAW_METRICS & set(metrics) else "%"
+        tables.append(Table(key=f"overview_{ls}", title=f"Edits in {ls}: {ls}-{ls} / {ls}-avg ({units})",
+                            columns=("Method", *(METRIC_NAMES[m] for m in metrics)), rows=rows))
     return tables
 
 
@@ -163,15 +200,16 @@ def skipped_table(skipped: Mapping[str, Mapping[str, Any]]) -> Table | None:
 
 
 def fmt(cell: Cell, *, se: bool = True, latex: bool = False) -> str:
-    """Format a cell: a `Stat` as ``74.38 ± 1.20`` (percent), None as ``–``."""
+    """Format a cell: a `Stat` as ``74.38 ± 1.20`` (percent; fluency and repeats as they are), None as ``–``."""
     if cell is None:
         return "–" if not latex else "--"
     if isinstance(cell, str):
         return cell if not latex else _latex_escape(cell)
-    value = f"{100 * cell.value:.2f}"
+    scale = 1 if cell.metric in RAW_METRICS else 100
+    value = f"{scale * cell.value:.2f}"
     if not se or cell.se is None:
         return value
-    return f"{value}{{\\scriptsize$\\pm${100 * cell.se:.2f}}}" if latex else f"{value} ± {100 * cell.se:.2f}"
+    return f"{value}{{\\scriptsize$\\pm${scale * cell.se:.2f}}}" if latex else f"{value} ± {scale * cell.se:.2f}"
 
 
 def to_markdown(table: Table) -> str:
