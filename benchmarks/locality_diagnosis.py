@@ -13,11 +13,10 @@ records, on the default model:
    - ES: P(target_new) > P(target_true) on the edit prompt (length-normalised, paper B);
    - NS-margin: share of neighbourhood prompts where the neighbour's own answer still beats
      target_new (CounterFact's neighbourhood score);
-   - NS-keep: share of the greedy neighbourhood continuation (8 tokens) equal, position by
-     position, to the unedited model's;
+   - NS-keep: share of the greedy neighbourhood continuation (8 tokens) the edit left
+     unchanged (`memla.evaluate.metrics.keep_share`: common prefix over the longer one);
    - repeats: how often target_new occurs in the edited prompt's 12-token greedy
-     continuation (en), and its n-gram entropy (ROME's generation entropy, bigrams and
-     trigrams weighted 2/3 and 4/3).
+     continuation (en, `count_mentions`), and its n-gram entropy (`ngram_entropy`).
 
 Lines go to ``OUT/diagnosis.jsonl`` (one per record × variant, resumable); the table of
 means is printed and written to ``OUT/table.md``.  Only dev records are used.
@@ -29,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -41,7 +38,9 @@ import torch
 from memla import load_model
 from memla.data import load_dataset, stratified_sample
 from memla.editors import EditRequest, apply, get_editor
+from memla.errors import EditError
 from memla.evaluate import greedy_generate, score_targets
+from memla.evaluate.metrics import count_mentions, keep_share, ngram_entropy
 from memla.evaluate.runner import package_versions
 from memla.langs import resolve_langs
 from memla.neurons import knowledge_neurons
@@ -58,16 +57,6 @@ VARIANTS = {  # name -> (method, config overrides)
 }
 CONTINUATION = 12
 NEIGHBOUR_TOKENS = 8
-
-
-def ngram_entropy(tokens: list[int]) -> float:
-    """ROME's generation entropy: ``Σ_n w_n · H(n-gram frequencies)``, n = 2, 3, w = 2/3, 4/3."""
-    total = 0.0
-    for n, w in ((2, 2 / 3), (3, 4 / 3)):
-        grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-        count = sum(grams.values())
-        total += w * -sum(c / count * math.log2(c / count) for c in grams.values()) if count else 0.0
-    return total / 2
 
 
 def measure(model, tok, record, reference=None) -> dict:
@@ -89,13 +78,12 @@ def measure(model, tok, record, reference=None) -> dict:
     out["neighbour_tokens"] = greedy
     if reference is not None:
         for (lt, _), now, before in zip(prompts, greedy, reference["neighbour_tokens"]):
-            same = sum(a == b for a, b in zip(now, before)) / max(len(before), 1)
-            out["keep"].setdefault(lt, []).append(same)
+            out["keep"].setdefault(lt, []).append(keep_share(now, before))
     en = record.edit["en"]
     cont = greedy_generate(model, tok, [en.filled()], [CONTINUATION])[0]
     text = tok.decode(cont)
     out["continuation"] = text
-    out["repeats"] = text.count(en.target_new)
+    out["repeats"] = count_mentions(text, en.target_new)
     out["entropy"] = ngram_entropy(cont)
     return out
 
@@ -120,12 +108,29 @@ def mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def rescore(lines: list[dict], records: dict) -> None:
+    """Recompute NS-keep and repeats of every line from its stored tokens and text with the library's
+    definitions (lines written before `keep_share` / `count_mentions` existed used a position-wise share
+    and a case-sensitive count)."""
+    reference = {ln["record"]: ln for ln in lines if ln["variant"] == "unedited"}
+    for ln in lines:
+        if "neighbour_tokens" not in ln or ln["record"] not in reference or "skipped" in ln:
+            continue
+        prompts = [lt for lt in LANGS for _ in records[ln["record"]].neighborhood_prompts[lt]]
+        keep: dict = {}
+        for lt, now, before in zip(prompts, ln["neighbour_tokens"], reference[ln["record"]]["neighbour_tokens"]):
+            keep.setdefault(lt, []).append(keep_share(now, before))
+        ln["keep"] = keep if ln["variant"] != "unedited" else {}
+        ln["repeats"] = count_mentions(ln["continuation"], records[ln["record"]].edit["en"].target_new)
+
+
 def summarise(lines: list[dict]) -> str:
     rows = ["| variant | n | ES en | ES avg (11) | NS-margin en | NS-margin avg (11) | NS-keep en | NS-keep avg (11) "
             "| repeats of new (en, 12 tok) | n-gram entropy | steps |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for variant in ["unedited", *VARIANTS]:
-        got = [ln for ln in lines if ln["variant"] == variant]
+        got = [ln for ln in lines if ln["variant"] == variant and "skipped" not in ln]
+        skipped = sum(1 for ln in lines if ln["variant"] == variant and "skipped" in ln)
         if not got:
             continue
         def cell(kind, lang):
@@ -136,7 +141,7 @@ def summarise(lines: list[dict]) -> str:
                 cell("keep", "en"), cell("keep", "avg")]
         fmt = ["–" if v is None else f"{100 * v:.1f}" for v in vals]
         steps = mean(ln.get("steps") for ln in got)
-        rows.append(f"| {variant} | {len(got)} | " + " | ".join(fmt) + f" | {mean(ln['repeats'] for ln in got):.2f} | "
+        rows.append(f"| {variant} | {len(got)}{f' ({skipped} skipped)' if skipped else ''} | " + " | ".join(fmt) + f" | {mean(ln['repeats'] for ln in got):.2f} | "
                     f"{mean(ln['entropy'] for ln in got):.2f} | {'–' if steps is None else f'{steps:.1f}'} |")
     overlaps = [ln for ln in lines if ln["variant"] == "neurons"]
     if overlaps:
@@ -190,12 +195,17 @@ def main() -> int:
                 if (record.example_id, variant) in done:
                     continue
                 torch.manual_seed(args.seed)
-                result = get_editor(method, overrides).edit(model, tok, EditRequest.from_record(record, "en"))
+                try:
+                    result = get_editor(method, overrides).edit(model, tok, EditRequest.from_record(record, "en"))
+                except EditError as err:  # e.g. w/o LSE when the fact has no language-independent neuron
+                    write({"record": record.example_id, "variant": variant, "skipped": str(err)})
+                    continue
                 with apply(model, result):
                     got = measure(model, tok, record, reference)
                 write({"record": record.example_id, "variant": variant, "steps": result.info.get("steps"), **got})
             print(f"[{n + 1}/{len(chosen)}] record {record.example_id} ({record.relation}) {time.perf_counter() - t0:.0f} s",
                   flush=True)
+    rescore(lines, {r.example_id: r for r in dev})
     table = summarise(lines)
     (out / "table.md").write_text(table + "\n")
     print(table)

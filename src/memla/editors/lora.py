@@ -55,15 +55,46 @@ class MaskedLoRA(nn.Module):
         mask = torch.zeros(d_ff)
         mask[list(neurons)] = 1.0
         self.register_buffer("mask", mask if masked else torch.ones(d_ff))  # (d_ff,)
+        self.register_buffer("preserved", torch.zeros(d_ff, 0))  # (d_ff, p) orthonormal; see `preserve`
         self.neurons = tuple(int(i) for i in neurons)
 
+    def preserve(self, keys: Tensor, *, rel_tol: float) -> int:
+        """Null-space projection (AlphaEdit-style): make ``Δ`` vanish on the principal directions of ``keys``.
+
+        With ``V`` the right singular vectors of the masked keys ``K ⊙ M`` (each scaled to
+        unit norm, so that every key counts alike) whose singular values exceed ``rel_tol``
+        times the largest, the update becomes ``Δ (I − V Vᵀ)``, so ``Δ k ≈ 0`` for every
+        preserved key ``k``.
+
+        Args:
+            keys: down-projection inputs to preserve, ``(N, d_ff)``.
+            rel_tol: relative singular-value cut-off in (0, 1].
+
+        Returns:
+            The number of preserved directions.
+        """
+        columns = self.mask.nonzero().squeeze(-1)  # (k,)
+        unit = torch.nn.functional.normalize(keys.float()[:, columns], dim=-1)  # (N, k)
+        _, s, vh = torch.linalg.svd(unit, full_matrices=False)  # s: (min(N, k),)
+        keep = s > rel_tol * s[0] if len(s) and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+        preserved = torch.zeros(len(self.mask), int(keep.sum()))  # (d_ff, p): exactly 0 outside the neurons
+        preserved[columns.cpu()] = vh[keep].T.cpu()
+        self.preserved = preserved.to(self.A.device)
+        return int(keep.sum())
+
+    def project(self, x: Tensor) -> Tensor:
+        """``x (I − V Vᵀ)`` over the last dimension (``x`` itself when nothing is preserved)."""
+        if not self.preserved.shape[1]:
+            return x
+        return x - (x @ self.preserved) @ self.preserved.T  # (..., d_ff)
+
     def delta(self) -> Tensor:
-        """``(B A) ⊙ M`` in the ``nn.Linear`` orientation ``[d_model, d_ff]`` (Eq. 7)."""
-        return (self.B @ self.A) * self.mask  # (d_model, d_ff)
+        """``(B A) ⊙ M`` in the ``nn.Linear`` orientation ``[d_model, d_ff]`` (Eq. 7), times ``(I − V Vᵀ)``."""
+        return self.project((self.B @ self.A) * self.mask)  # (d_model, d_ff)
 
     def forward(self, x: Tensor) -> Tensor:
         """``Δ x`` for intermediate activations ``x``: (..., d_ff) -> (..., d_model)."""
-        return ((x * self.mask) @ self.A.T) @ self.B.T  # (..., d_model)
+        return (self.project(x * self.mask) @ self.A.T) @ self.B.T  # (..., d_model)
 
 
 @contextmanager

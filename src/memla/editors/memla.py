@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +29,7 @@ from memla.editors.lora import MaskedLoRA, lora_hooks
 from memla.errors import EditError
 from memla.models import arch_spec, get_module, mlp_dims
 from memla.neurons import NeuronSet, knowledge_neurons, split_language_neurons
-from memla.tokens import encode_pair, pad_id, right_pad
+from memla.tokens import encode_pair, forward, left_pad, pad_id, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,19 @@ class MemlaEditor:
             raise EditError("MEMLA found no neurons to edit for the enabled editors (LSE/LIE); lower the threshold")
         return editors
 
+    def anchors(self, model: nn.Module, tokenizer, request: EditRequest) -> Anchors | None:
+        """Locality anchors for training (none in the paper's MEMLA; see `memla.editors.memla_local`)."""
+        return None
+
+    def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
+                  anchors: Anchors | None) -> dict[str, object]:
+        """Constrain the editors before training (nothing in the paper's MEMLA; see `memla.editors.memla_local`).
+
+        Returns:
+            What the edit's info should record (empty: nothing done).
+        """
+        return {}
+
     # ------------------------------------------------------------------ the edit
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
         """Edit ``request`` (§4.2): returns ``ΔW = c·(Δ_s + Δ_i)`` per edited down-projection (Eq. 8)."""
@@ -184,8 +197,10 @@ class MemlaEditor:
         editors = self.build_editors(model, independent, specific)
         spec = arch_spec(model)
         names = {layer: spec.path(spec.mlp_down, layer) for layer in editors}
+        anchors = self.anchors(model, tokenizer, request)
+        preserved = self.constrain(model, tokenizer, request, editors, anchors)
         losses, probs = train_lora(
-            model, tokenizer, request, {names[l]: list(e.values()) for l, e in editors.items()}, cfg
+            model, tokenizer, request, {names[l]: list(e.values()) for l, e in editors.items()}, cfg, anchors=anchors
         )
         deltas, scales = {}, {}
         for layer, eds in editors.items():
@@ -207,19 +222,81 @@ class MemlaEditor:
             "loss": losses,
             "p_new": probs,
             "steps": len(losses),
+            **({} if anchors is None else {"anchors": anchors.describe()}),
+            **({} if not preserved else {"preserved": preserved}),
             "seconds_locate": round(t_locate, 3),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         return EditResult(deltas=deltas, info=info)
 
 
+@dataclass(frozen=True)
+class Anchors:
+    """Next-token distributions of the unedited model that training should keep (locality anchors).
+
+    Attributes:
+        ids: left-padded anchor contexts, ``(N, T)``; the kept distribution is the one
+            after the last token.
+        mask: their attention mask, ``(N, T)``.
+        pos: their position ids, ``(N, T)``.
+        logp: the unedited model's next-token log-probabilities, ``(N, V)``.
+        weight: ``λ`` of the KL term in the training loss.
+        tolerance: training stops only once the KL is below this (and P(new) above ``stop_prob``).
+        batch: anchors drawn (seeded, without replacement) for each training step; 0 = all.
+        texts: the anchor texts (for the edit's info).
+    """
+
+    ids: Tensor
+    mask: Tensor
+    pos: Tensor
+    logp: Tensor
+    weight: float
+    tolerance: float = math.inf
+    batch: int = 0
+    texts: tuple[str, ...] = ()
+
+    @classmethod
+    def measure(cls, model: nn.Module, tokenizer, contexts: Sequence[tuple[str, Sequence[int]]], *, weight: float,
+                tolerance: float = math.inf, batch: int = 0) -> Anchors:
+        """The anchors ``(text, token ids)`` with the model's next-token distributions as it is now."""
+        ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer),
+                                  device=next(model.parameters()).device)
+        with torch.no_grad():
+            logits = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1]  # (N, V)
+        return cls(ids, mask, pos, logits.float().log_softmax(-1), weight, tolerance, batch,
+                   tuple(text for text, _ in contexts))
+
+    def kl(self, model: nn.Module, rows: Tensor | None = None) -> Tensor:
+        """``mean_a KL(p_unedited(·|a) ‖ p_model(·|a))`` over the anchors (or the given ``rows`` of them),
+        for the model as it is now (differentiable)."""
+        ids, mask, pos, logp = (self.ids, self.mask, self.pos, self.logp) if rows is None else \
+            (self.ids[rows], self.mask[rows], self.pos[rows], self.logp[rows])
+        logq = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)  # (n, V)
+        return (logp.exp() * (logp - logq)).sum(-1).mean()
+
+    def describe(self) -> dict[str, object]:
+        """What the edit's info records about the anchors."""
+        return {"n": len(self.ids), "weight": self.weight, "tolerance": self.tolerance, "batch": self.batch,
+                "texts": list(self.texts)}
+
+
 def train_lora(
-    model: nn.Module, tokenizer, request: EditRequest, loras: Mapping[str, list[MaskedLoRA]], cfg: MemlaConfig
+    model: nn.Module,
+    tokenizer,
+    request: EditRequest,
+    loras: Mapping[str, list[MaskedLoRA]],
+    cfg: MemlaConfig,
+    *,
+    anchors: Anchors | None = None,
 ) -> tuple[list[float], list[float]]:
     """Optimise the LoRA factors on the source-language edit prompt (§4.2, training objective).
 
     ``loss = w_new · NLL(target_new) + w_true · P(target_true)``, both length-normalised
-    over the target tokens, with teacher forcing; Adam on ``A`` and ``B`` only.  The
+    over the target tokens, with teacher forcing; Adam on ``A`` and ``B`` only.  With
+    ``anchors`` the loss adds ``λ · KL(p_unedited ‖ p_edited)`` on the anchor positions
+    (`Anchors.kl`; memla-local; a seeded mini-batch of them per step when ``anchors.batch``
+    is set), computed in a second forward pass, and training stops only once that KL is
+    also below the anchors' tolerance.  The
     forward pass adds ``c(Δ, W) · Δ x`` with the same ``c`` as the final update (Eq. 8,
     recomputed each step, not differentiated), so that the early stop on P(new) judges
     the edit that will be applied.  (The reference code trains with ``c = 1`` and scales
@@ -244,6 +321,7 @@ def train_lora(
     spec = arch_spec(model)
     weights = {name: spec.to_linear(get_module(model, name).weight) for name in loras}  # (d_model, d_ff)
     scales: dict[str, float] = {}
+    draw = torch.Generator().manual_seed(cfg.seed)  # anchor mini-batches
     losses, probs = [], []
     with lora_hooks(model, loras, scales=scales):
         for _ in range(cfg.max_steps):
@@ -261,9 +339,16 @@ def train_lora(
             if len(mean_logp) > 1:
                 loss = loss + cfg.weight_true * mean_logp[1].exp()
             p_new = float(mean_logp[0].detach().exp())
+            done = p_new > cfg.stop_prob
+            if anchors is not None:
+                rows = None if not 0 < anchors.batch < len(anchors.ids) else \
+                    torch.randperm(len(anchors.ids), generator=draw)[:anchors.batch].to(device)  # (batch,)
+                kl = anchors.kl(model, rows)
+                done = done and kl.item() < anchors.tolerance
+                loss = loss + anchors.weight * kl
             losses.append(round(loss.item(), 5))
             probs.append(round(p_new, 5))
-            if p_new > cfg.stop_prob or losses[-1] < cfg.stop_loss:
+            if done or losses[-1] < cfg.stop_loss:
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()

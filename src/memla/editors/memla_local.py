@@ -1,0 +1,206 @@
+"""memla-local: MEMLA whose edit keeps what the model says about everything else.
+
+The paper's MEMLA (`memla.editors.memla`) edits knowledge neurons that, on a small
+model, fire for the *relation* ("the capital of …") rather than for the fact, so the
+edit becomes a rule: after "France → Rome", "The capital of Japan is" also says
+"Rome", and the edited prompt repeats "Rome Rome Rome" (benchmarks/locality_diagnosis.py).
+memla-local trains the same neuron-masked LoRA (Eq. 5–8) with a locality term:
+
+``loss = w_new · NLL(target_new) + w_true · P(target_true) + λ · mean_a KL(p_0(·|a) ‖ p_θ(·|a))``
+
+over anchor contexts ``a`` whose next-token distribution ``p_0`` (the unedited model's)
+must not move (`memla.editors.memla.Anchors`):
+
+- **relation anchors**: the edit's own template, in the source and locating languages,
+  filled with the ``anchor_subjects`` subjects of a pool written for memla
+  (``locality_subjects.json``; none occurs in mkeb-mini) nearest to the edited subject in
+  the unedited model's hidden states, so a country is anchored by other countries;
+- **generic anchors**: a few everyday prompts per language;
+- **after-target anchor**: the edit prompt followed by ``target_new``, so the next token
+  after the new object stays what the unedited model would say there (no "Rome Rome").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import torch
+from torch import nn
+
+from memla.editors.base import EditRequest, register_editor
+from memla.editors.lora import MaskedLoRA
+from memla.editors.memla import Anchors, MemlaConfig, MemlaEditor
+from memla.hooks import trace
+from memla.models import arch_spec
+from memla.tokens import encode_pair, encode_text, forward, left_pad, pad_id, right_pad
+
+GENERIC_PROMPTS: dict[str, tuple[str, ...]] = {
+    "en": ("The weather today is", "My favourite hobby is"),
+    "zh": ("今天的天气", "我最喜欢的爱好是"),
+    "fr": ("Le temps aujourd'hui est", "Mon passe-temps préféré est"),
+    "de": ("Das Wetter heute ist", "Mein liebstes Hobby ist"),
+    "ja": ("今日の天気は", "私の好きな趣味は"),
+    "ko": ("오늘 날씨는", "내가 가장 좋아하는 취미는"),
+    "pt": ("O tempo hoje está", "O meu passatempo favorito é"),
+    "ru": ("Погода сегодня", "Моё любимое хобби —"),
+    "it": ("Il tempo oggi è", "Il mio passatempo preferito è"),
+    "es": ("El tiempo hoy está", "Mi pasatiempo favorito es"),
+    "pl": ("Pogoda dzisiaj jest", "Moje ulubione hobby to"),
+    "th": ("วันนี้อากาศ", "งานอดิเรกที่ฉันชอบที่สุดคือ"),
+}
+
+
+@lru_cache(maxsize=1)
+def subject_pool() -> tuple[dict[str, str], ...]:
+    """The anchor subjects written for memla: per entry, its name by language code."""
+    text = resources.files(__package__).joinpath("locality_subjects.json").read_text(encoding="utf-8")
+    return tuple(dict(entry["names"]) for entry in json.loads(text)["subjects"])
+
+
+@dataclass(frozen=True)
+class MemlaLocalConfig(MemlaConfig):
+    """`MemlaConfig` plus the locality anchors of memla-local.
+
+    Attributes:
+        anchor_weight: ``λ``, the weight of the KL term.
+        anchor_tolerance: training goes on after P(new) > ``stop_prob`` until the mean KL
+            over the anchors is below this (nats), up to ``max_steps``.
+        anchor_batch: anchors per training step (a seeded draw; 0 = all of them every step).
+        anchor_subjects: relation anchors per language: the pool subjects nearest to the
+            edited subject (0 = none).
+        anchor_generic: add the everyday prompts of each anchor language.
+        anchor_after_target: anchor the token after ``target_new`` on the edit prompt.
+        anchor_langs: languages of the relation and generic anchors: ``("locate",)`` = the
+            locating languages the request has (source first), or a tuple of codes.
+        null_space: also project every LoRA update onto the null space of the anchors'
+            down-projection inputs (`memla.editors.lora.MaskedLoRA.preserve`, AlphaEdit-style),
+            so ``Δ k ≈ 0`` on the anchors' last tokens by construction.
+        null_space_tol: singular values above this share of the largest span the preserved space.
+    """
+
+    anchor_weight: float = 5.0
+    anchor_tolerance: float = 0.05
+    anchor_batch: int = 8
+    anchor_subjects: int = 8
+    anchor_generic: bool = True
+    anchor_after_target: bool = True
+    anchor_langs: tuple[str, ...] = ("locate",)
+    null_space: bool = False
+    null_space_tol: float = 0.05
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.null_space_tol <= 1.0:
+            raise ValueError("null_space_tol must be in (0, 1]")
+        if self.anchor_weight < 0 or self.anchor_subjects < 0 or self.anchor_batch < 0 or self.anchor_tolerance <= 0:
+            raise ValueError("anchor_weight, anchor_subjects and anchor_batch must be >= 0, anchor_tolerance > 0")
+        if isinstance(self.anchor_langs, str):
+            object.__setattr__(self, "anchor_langs", (self.anchor_langs,))
+
+
+def template_of(request: EditRequest) -> str | None:
+    """The request's prompt with ``{}`` for the subject (None when the subject cannot be found in it)."""
+    if request.templated:
+        return request.prompt
+    if request.subject and request.subject in request.prompt:
+        return request.prompt.replace(request.subject, "{}", 1)
+    return None
+
+
+def nearest_subjects(model: nn.Module, tokenizer, subject: str, lang: str, n: int) -> list[dict[str, str]]:
+    """The ``n`` pool entries whose names in ``lang`` are closest to ``subject`` (cosine of mid-layer states).
+
+    The state is the unedited model's hidden state at the last token of the bare name,
+    halfway up the network, where the subject's kind (country, person, …) is encoded.
+    """
+    if n == 0:
+        return []
+    pool = [e for e in subject_pool() if lang in e and e[lang].casefold() != subject.casefold()]
+    if not pool:
+        return []
+    seqs = [encode_text(tokenizer, text) for text in (subject, *(e[lang] for e in pool))]
+    device = next(model.parameters()).device
+    ids, _ = right_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (P+1, T)
+    last = torch.tensor([len(s) - 1 for s in seqs], device=device)  # (P+1,)
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        states = hidden[len(hidden) // 2][torch.arange(len(seqs), device=device), last].float()  # (P+1, d_model)
+    states = torch.nn.functional.normalize(states, dim=-1)
+    similarity = states[1:] @ states[0]  # (P,)
+    order = similarity.argsort(descending=True)[:n].tolist()
+    return [pool[i] for i in order]
+
+
+@register_editor("memla-local", config=MemlaLocalConfig,
+                 summary="memla-local: MEMLA with locality anchors (KL on same-relation, generic and after-target contexts)")
+class MemlaLocalEditor(MemlaEditor):
+    """MEMLA trained to keep the unedited next-token distributions on locality anchors (module docstring)."""
+
+    def __init__(self, config: MemlaLocalConfig | None = None):
+        super().__init__(config or MemlaLocalConfig())
+
+    def anchor_langs(self, request: EditRequest) -> list[str]:
+        """Source language first, then the other anchor languages the request has."""
+        cfg = self.config
+        wanted = cfg.locate_langs if cfg.anchor_langs == ("locate",) else cfg.anchor_langs
+        if wanted == ("all",):
+            wanted = request.langs
+        return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
+
+    def anchors(self, model: nn.Module, tokenizer, request: EditRequest) -> Anchors | None:
+        """The relation, generic and after-target anchors with the unedited model's distributions."""
+        cfg = self.config
+        if cfg.anchor_weight == 0:
+            return None
+        texts: list[tuple[str, list[int]]] = []
+        neighbours = nearest_subjects(model, tokenizer, request.subject or "", request.lang, cfg.anchor_subjects) \
+            if request.subject else []
+        for k in self.anchor_langs(request):
+            fact = request.in_lang(k)
+            template = template_of(fact)
+            if template is not None:
+                for entry in neighbours:
+                    if k in entry:
+                        text = template.replace("{}", entry[k])
+                        texts.append((text, encode_text(tokenizer, text)))
+            if cfg.anchor_generic:
+                texts += [(text, encode_text(tokenizer, text)) for text in GENERIC_PROMPTS.get(k, ())]
+        if cfg.anchor_after_target:
+            enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
+            texts.append((request.text + " → " + request.target_new, enc.prompt_ids + enc.target_ids))
+        if not texts:
+            return None
+        return Anchors.measure(model, tokenizer, texts, weight=cfg.anchor_weight, tolerance=cfg.anchor_tolerance,
+                               batch=cfg.anchor_batch)
+
+    def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
+                  anchors: Anchors | None) -> dict[str, object]:
+        """With ``null_space``: preserve the anchors' keys in every LoRA (`MaskedLoRA.preserve`).
+
+        Returns:
+            Per layer and editor, the preserved directions and the share of the edit key's
+            norm left after the projection (near 0: that editor can hardly move the fact).
+        """
+        cfg = self.config
+        if not cfg.null_space or anchors is None:
+            return {}
+        spec = arch_spec(model)
+        names = {layer: spec.path(spec.mlp_down, layer) for layer in editors}
+        enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
+        seqs = [list(row[m.bool()].tolist()) for row, m in zip(anchors.ids, anchors.mask)] + [enc.prompt_ids]
+        ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=anchors.ids.device)  # (N + 1, T)
+        with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False) as traces:
+            forward(model, ids, mask, pos, logits_to_keep=1)
+        out: dict[str, object] = {}
+        for layer, eds in editors.items():
+            keys = traces[names[layer]].input[:, -1].float()  # (N + 1, d_ff): the anchors, then the edit prompt
+            for kind, lora in eds.items():
+                kept = lora.preserve(keys[:-1], rel_tol=cfg.null_space_tol)
+                edit_key = keys[-1] * lora.mask  # (d_ff,)
+                share = float(lora.project(edit_key).norm() / edit_key.norm().clamp_min(1e-12))
+                out[f"{layer}.{kind}"] = {"directions": kept, "edit_key_share": round(share, 4)}
+        return out
+

@@ -1,0 +1,156 @@
+"""memla-local: the locality anchors, their KL term and stop rule, the subject pool, restore and config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_memla_editor import FAST, mean_logp
+from test_memla_editor import request as france_request
+from tiny import tiny_model
+
+from memla.data import load_dataset
+from memla.editors import EditRequest, apply, get_editor
+from memla.editors.memla import Anchors
+from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, subject_pool, template_of
+from memla.langs import resolve_langs
+from memla.tokens import encode_text
+
+
+@pytest.fixture(params=["llama", "gemma3_text"])
+def tiny2(request):
+    return tiny_model(request.param)
+
+
+def test_anchor_kl_is_zero_unedited_and_grows_with_a_weight_change(tiny2):
+    model, tok = tiny2
+    texts = ["The capital of Japan is", "The weather today is", "My favourite hobby is"]
+    anchors = Anchors.measure(model, tok, [(t, encode_text(tok, t)) for t in texts], weight=1.0)
+    assert anchors.logp.shape[0] == 3
+    assert float(anchors.kl(model)) == pytest.approx(0.0, abs=1e-6)
+    assert float(anchors.kl(model, torch.tensor([2, 0]))) == pytest.approx(0.0, abs=1e-6)
+    # the left-padded batch gives each anchor the distribution it has alone
+    for i, t in enumerate(texts):
+        alone = Anchors.measure(model, tok, [(t, encode_text(tok, t))], weight=1.0)
+        torch.testing.assert_close(alone.logp[0], anchors.logp[i], atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert float(anchors.kl(model)) > 1e-3
+
+
+def test_local_edit_flips_keeps_anchors_closer_and_restores_exactly(tiny2):
+    model, tok = tiny2
+    req = france_request()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = {**FAST, "scale_constant": 1.0, "max_steps": 40}
+    local = get_editor("memla-local", {**cfg, "anchor_weight": 20.0, "anchor_batch": 0, "anchor_subjects": 4})
+    result = local.edit(model, tok, req)
+    paper = get_editor("memla", cfg).edit(model, tok, req)
+    info = result.info["anchors"]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    # 4 subjects + 2 generic prompts in en, zh, fr (the locating languages), and the after-target anchor
+    assert info["n"] == 3 * (4 + 2) + 1 and info["texts"][-1] == "The capital of France is → Tokyo"
+    assert "The weather today is" in info["texts"] and "今天的天气" in info["texts"]
+    anchors = local.anchors(model, tok, req)
+    with apply(model, result):
+        assert mean_logp(model, tok, req.text, "Tokyo") > mean_logp(model, tok, req.text, "Paris")
+        kl_local = float(anchors.kl(model))
+    with apply(model, paper):
+        kl_paper = float(anchors.kl(model))
+    assert kl_local < kl_paper
+    if result.info["steps"] < cfg["max_steps"]:  # stopped by the rule: P(new) > stop_prob and anchor KL < tolerance
+        assert result.info["p_new"][-1] > local.config.stop_prob
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_zero_weight_is_the_paper_memla(tiny2):
+    model, tok = tiny2
+    a = get_editor("memla-local", {**FAST, "anchor_weight": 0.0}).edit(model, tok, france_request())
+    b = get_editor("memla", FAST).edit(model, tok, france_request())
+    assert a.deltas.keys() == b.deltas.keys() and "anchors" not in a.info
+    assert all(torch.equal(a.deltas[k], b.deltas[k]) for k in a.deltas)
+
+
+def test_nearest_subjects_come_from_the_pool_without_the_subject(tiny2):
+    model, tok = tiny2
+    got = nearest_subjects(model, tok, "Egypt", "en", 5)
+    assert len(got) == 5 and all(e["en"] != "Egypt" for e in got)
+    assert got == nearest_subjects(model, tok, "Egypt", "en", 5)  # deterministic
+    assert nearest_subjects(model, tok, "Egypt", "en", 0) == []
+
+
+def test_subject_pool_covers_every_language_and_no_mkeb_mini_subject():
+    langs = set(resolve_langs("all"))
+    pool = subject_pool()
+    assert len(pool) >= 100 and all(set(e) == langs and all(v.strip() and "{}" not in v for v in e.values()) for e in pool)
+    assert set(GENERIC_PROMPTS) == langs
+    texts = []
+    for r in load_dataset("mkeb-mini"):
+        for k, f in r.edit.items():
+            texts += [f.filled(), f.target_new, f.target_true or ""]
+            texts += [*r.neighborhood_prompts.get(k, ()), *r.paraphrase_prompts.get(k, ()), *r.neighborhood_answers.get(k, ())]
+            texts += list(r.multi_hop_questions.get(k, ()))
+    blob = "\n".join(texts).casefold()
+    assert [name for e in pool for name in e.values() if name.casefold() in blob] == []
+
+
+def test_template_of_untemplated_prompts():
+    req = EditRequest(prompt="Which city is the capital of France?", subject="France", target_new="Rome",
+                      target_true="Paris", templated=False)
+    assert template_of(req) == "Which city is the capital of {}?"
+    assert template_of(france_request()) == "The capital of {} is"
+    odd = EditRequest(prompt="Which city is the capital?", subject="France", target_new="Rome", target_true="Paris",
+                      templated=False)
+    assert template_of(odd) is None
+
+
+@pytest.mark.parametrize("bad", [{"anchor_weight": -1.0}, {"anchor_subjects": -2}, {"anchor_tolerance": 0.0},
+                                 {"anchor_batch": -1}])
+def test_config_rejects_bad_anchor_values(bad):
+    with pytest.raises(Exception, match="anchor"):
+        get_editor("memla-local", bad)
+
+
+def test_preserve_makes_the_update_vanish_on_the_keys():
+    from memla.editors.lora import MaskedLoRA
+
+    gen = torch.Generator().manual_seed(0)
+    lora = MaskedLoRA(6, 10, [1, 3, 4, 7], rank_per_neuron=2, generator=gen)
+    with torch.no_grad():
+        lora.B.copy_(torch.randn(6, lora.rank, generator=gen))
+    keys = torch.randn(2, 10, generator=gen)  # two keys span 2 of the 4 masked directions
+    free = torch.randn(10, generator=gen)
+    assert lora.preserve(keys, rel_tol=1e-6) == 2
+    torch.testing.assert_close(lora.delta() @ keys.T, torch.zeros(6, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(lora(keys), torch.zeros(2, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(lora(free), lora.delta() @ free)  # forward and delta agree
+    assert lora.delta()[:, [0, 2, 5, 6, 8, 9]].abs().max() == 0  # still only the neurons' columns
+    assert float(lora(free).norm()) > 1e-3
+    # a cut-off at the largest singular value keeps only the leading direction
+    assert lora.preserve(keys, rel_tol=0.999) == 1
+
+
+def test_null_space_edit_leaves_anchor_keys_alone(tiny2):
+    model, tok = tiny2
+    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "null_space": True, "mask_lse": False,
+           "mask_lie": False, "null_space_tol": 1e-4}
+    editor = get_editor("memla-local", cfg)
+    result = editor.edit(model, tok, france_request())
+    preserved = result.info["preserved"]
+    assert preserved and all(v["directions"] >= 1 and 0.0 <= v["edit_key_share"] <= 1.0 for v in preserved.values())
+    # the down-projection inputs of the anchors see (almost) no change from the merged update
+    anchors = editor.anchors(model, tok, france_request())
+    spec_names = {name for name in result.deltas}
+    from memla.hooks import trace
+    from memla.models import arch_spec
+    from memla.tokens import forward
+    spec = arch_spec(model)
+    layers = sorted({int(k.split(".")[0]) for k in preserved})
+    modules = [spec.path(spec.mlp_down, layer) for layer in layers]
+    with torch.no_grad(), trace(model, modules, retain_input=True, retain_output=False) as traces:
+        forward(model, anchors.ids, anchors.mask, anchors.pos, logits_to_keep=1)
+    for layer, module in zip(layers, modules):
+        (name,) = [n for n in spec_names if n.startswith(module + ".")]
+        keys = traces[module].input[:, -1].float()  # (N, d_ff)
+        delta = spec.to_linear(result.deltas[name]).float()  # (d_model, d_ff)
+        assert float((keys @ delta.T).norm()) <= 1e-3 * float(delta.norm() * keys.norm()) + 1e-6
