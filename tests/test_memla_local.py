@@ -43,7 +43,8 @@ def test_local_edit_flips_keeps_anchors_closer_and_restores_exactly(tiny2):
     req = france_request()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = {**FAST, "scale_constant": 1.0, "max_steps": 40}
-    local = get_editor("memla-local", {**cfg, "anchor_weight": 20.0, "anchor_batch": 0, "anchor_subjects": 4})
+    local = get_editor("memla-local", {**cfg, "anchor_weight": 20.0, "anchor_batch": 0, "anchor_subjects": 4,
+                                       "anchor_langs": ["locate"], "null_space": False, "mask_lse": True, "mask_lie": True})
     result = local.edit(model, tok, req)
     paper = get_editor("memla", cfg).edit(model, tok, req)
     info = result.info["anchors"]
@@ -63,9 +64,10 @@ def test_local_edit_flips_keeps_anchors_closer_and_restores_exactly(tiny2):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-def test_zero_weight_is_the_paper_memla(tiny2):
+def test_zero_weight_with_masks_is_the_paper_memla(tiny2):
     model, tok = tiny2
-    a = get_editor("memla-local", {**FAST, "anchor_weight": 0.0}).edit(model, tok, france_request())
+    paper_like = {**FAST, "anchor_weight": 0.0, "mask_lse": True, "mask_lie": True}
+    a = get_editor("memla-local", paper_like).edit(model, tok, france_request())
     b = get_editor("memla", FAST).edit(model, tok, france_request())
     assert a.deltas.keys() == b.deltas.keys() and "anchors" not in a.info
     assert all(torch.equal(a.deltas[k], b.deltas[k]) for k in a.deltas)

@@ -3,18 +3,30 @@
 The paper's MEMLA (`memla.editors.memla`) edits knowledge neurons that, on a small
 model, fire for the *relation* ("the capital of …") rather than for the fact, so the
 edit becomes a rule: after "France → Rome", "The capital of Japan is" also says
-"Rome", and the edited prompt repeats "Rome Rome Rome" (benchmarks/locality_diagnosis.py).
-memla-local trains the same neuron-masked LoRA (Eq. 5–8) with a locality term:
+"Rome", and the edited prompt repeats "Rome Rome Rome".  benchmarks/locality_diagnosis.py
+measured it on 21 dev records: 56% of the language-specific and all of the
+language-independent neurons also pass the threshold for other subjects of the relation,
+and after projecting out the other subjects' activations nothing of the edit prompt's
+activation is left on the located neurons, so no update restricted to them can be local.
 
-``loss = w_new · NLL(target_new) + w_true · P(target_true) + λ · mean_a KL(p_0(·|a) ‖ p_θ(·|a))``
+memla-local keeps MEMLA's locating (Eq. 1–4), its layers, its LSE / LIE LoRA ranks
+(Eq. 5–7) and its scaling (Eq. 8), and changes what the update may touch and how it is trained:
 
-over anchor contexts ``a`` whose next-token distribution ``p_0`` (the unedited model's)
-must not move (`memla.editors.memla.Anchors`):
+1. **Null-space projection** (AlphaEdit-style, `memla.editors.lora.MaskedLoRA.preserve`):
+   each LoRA reads the whole intermediate layer (``mask_lse`` / ``mask_lie`` off), projected
+   onto the null space of the anchors' down-projection inputs, so ``Δ k ≈ 0`` for the
+   last-token key of every anchor by construction.
+2. **Locality term**: ``loss = w_new · NLL(target_new) + w_true · P(target_true) +
+   λ · mean_a KL(p_0(·|a) ‖ p_θ(·|a))`` over anchor contexts ``a`` whose next-token
+   distribution ``p_0`` (the unedited model's) must not move (`memla.editors.memla.Anchors`),
+   and training stops only once P(new) > ``stop_prob`` *and* that KL is below ``anchor_tolerance``.
 
-- **relation anchors**: the edit's own template, in the source and locating languages,
-  filled with the ``anchor_subjects`` subjects of a pool written for memla
-  (``locality_subjects.json``; none occurs in mkeb-mini) nearest to the edited subject in
-  the unedited model's hidden states, so a country is anchored by other countries;
+The anchors (none of them from an evaluation record):
+
+- **relation anchors**: the edit's own template filled with the ``anchor_subjects``
+  subjects of a pool written for memla (``locality_subjects.json``; none occurs in
+  mkeb-mini) nearest to the edited subject in the unedited model's hidden states, so a
+  country is anchored by other countries;
 - **generic anchors**: a few everyday prompts per language;
 - **after-target anchor**: the edit prompt followed by ``target_new``, so the next token
   after the new object stays what the unedited model would say there (no "Rome Rome").
@@ -62,9 +74,11 @@ def subject_pool() -> tuple[dict[str, str], ...]:
 
 @dataclass(frozen=True)
 class MemlaLocalConfig(MemlaConfig):
-    """`MemlaConfig` plus the locality anchors of memla-local.
+    """`MemlaConfig` plus the locality anchors of memla-local (defaults chosen on mkeb-mini dev records only).
 
     Attributes:
+        mask_lse / mask_lie: off by default: the LoRA reads the whole intermediate layer of
+            each layer with neurons (MEMLA's layers and ranks), under the null-space projection.
         anchor_weight: ``λ``, the weight of the KL term.
         anchor_tolerance: training goes on after P(new) > ``stop_prob`` until the mean KL
             over the anchors is below this (nats), up to ``max_steps``.
@@ -73,22 +87,25 @@ class MemlaLocalConfig(MemlaConfig):
             edited subject (0 = none).
         anchor_generic: add the everyday prompts of each anchor language.
         anchor_after_target: anchor the token after ``target_new`` on the edit prompt.
-        anchor_langs: languages of the relation and generic anchors: ``("locate",)`` = the
-            locating languages the request has (source first), or a tuple of codes.
+        anchor_langs: languages of the relation and generic anchors: ``("source",)`` = the
+            source language only, ``("locate",)`` = the locating languages the request has
+            (source first), ``("all",)``, or a tuple of codes.
         null_space: also project every LoRA update onto the null space of the anchors'
             down-projection inputs (`memla.editors.lora.MaskedLoRA.preserve`, AlphaEdit-style),
             so ``Δ k ≈ 0`` on the anchors' last tokens by construction.
         null_space_tol: singular values above this share of the largest span the preserved space.
     """
 
-    anchor_weight: float = 5.0
+    mask_lse: bool = False
+    mask_lie: bool = False
+    anchor_weight: float = 20.0
     anchor_tolerance: float = 0.05
     anchor_batch: int = 8
-    anchor_subjects: int = 8
+    anchor_subjects: int = 16
     anchor_generic: bool = True
     anchor_after_target: bool = True
-    anchor_langs: tuple[str, ...] = ("locate",)
-    null_space: bool = False
+    anchor_langs: tuple[str, ...] = ("source",)
+    null_space: bool = True
     null_space_tol: float = 0.05
 
     def __post_init__(self) -> None:
@@ -145,9 +162,7 @@ class MemlaLocalEditor(MemlaEditor):
     def anchor_langs(self, request: EditRequest) -> list[str]:
         """Source language first, then the other anchor languages the request has."""
         cfg = self.config
-        wanted = cfg.locate_langs if cfg.anchor_langs == ("locate",) else cfg.anchor_langs
-        if wanted == ("all",):
-            wanted = request.langs
+        wanted = {("locate",): cfg.locate_langs, ("source",): (), ("all",): request.langs}.get(cfg.anchor_langs, cfg.anchor_langs)
         return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
 
     def anchors(self, model: nn.Module, tokenizer, request: EditRequest) -> Anchors | None:
