@@ -156,3 +156,33 @@ def test_null_space_edit_leaves_anchor_keys_alone(tiny2):
         keys = traces[module].input[:, -1].float()  # (N, d_ff)
         delta = spec.to_linear(result.deltas[name]).float()  # (d_model, d_ff)
         assert float((keys @ delta.T).norm()) <= 1e-3 * float(delta.norm() * keys.norm()) + 1e-6
+
+
+def test_demo_rejects_an_unknown_method_before_loading_the_model(monkeypatch):
+    from memla.cli import main
+    from memla.cli import demo
+
+    monkeypatch.setattr(demo, "load_model_from_args", lambda args: pytest.fail("the model was loaded"))
+    assert main(["demo", "--method", "memla-locl"]) == 2
+
+
+@pytest.mark.slow
+def test_real_model_demo_fact_keeps_tokyo_and_does_not_repeat_rome(default_model):
+    """The demo fact (France → Rome): the edit flips in English, Japan keeps Tokyo, no "Rome Rome Rome"."""
+    from memla.evaluate.metrics import count_mentions
+    from memla.evaluate.scoring import greedy_generate
+
+    model, tok = default_model
+    record = load_dataset("mkeb-mini", split="dev")[0]
+    req = EditRequest.from_record(record, "en")
+    result = get_editor("memla-local").edit(model, tok, req)
+    with apply(model, result):
+        assert mean_logp(model, tok, req.text, "Rome") > mean_logp(model, tok, req.text, "Paris")
+        own, japan = greedy_generate(model, tok, [req.text, "The capital of Japan is"], [16, 4])
+        assert count_mentions(tok.decode(own, skip_special_tokens=True), "Rome") <= 2
+        assert "Tokyo" in tok.decode(japan, skip_special_tokens=True)
+    paper = get_editor("memla").edit(model, tok, req)
+    with apply(model, paper):  # the paper's MEMLA breaks both (what memla-local fixes)
+        own, japan = greedy_generate(model, tok, [req.text, "The capital of Japan is"], [16, 4])
+        assert count_mentions(tok.decode(own, skip_special_tokens=True), "Rome") > 2
+        assert "Tokyo" not in tok.decode(japan, skip_special_tokens=True)

@@ -1,11 +1,11 @@
-"""`memla demo`: what `make demo` runs — one MEMLA edit on the embedded model, shown in 12 languages."""
+"""`memla demo`: what `make demo` runs — one edit (memla-local by default) on the embedded model, shown in 12 languages."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from memla.cli._common import console, load_model_from_args, print_table
+from memla.cli._common import add_method_argument, console, load_model_from_args, print_table
 
 ORDER = 1
 DEMO_RECORD = 0  # mkeb-mini record 0: the capital of France, Paris -> Rome
@@ -14,14 +14,17 @@ DEMO_RECORD = 0  # mkeb-mini record 0: the capital of France, Paris -> Rome
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="edit one fact with MEMLA on the embedded model and show the effect in 12 languages",
+        help="edit one fact with memla-local on the embedded model and show the effect in 12 languages",
         description="Load the embedded default model (Gemma 3 270M), edit 'The capital of France is Paris' "
-        "to Rome in English with MEMLA (neurons located in en, zh, fr), and print for all 12 languages "
-        "P(Rome) vs P(Paris) and the greedy completion before and after, plus unrelated capitals "
-        "to show that other knowledge holds.",
+        "to Rome in English with memla-local (MEMLA's neurons located in en, zh, fr, trained to keep unrelated "
+        "facts; --method memla for the paper's MEMLA), and print for all 12 languages P(Rome) vs P(Paris) and "
+        "the greedy completion before and after, plus unrelated capitals to show that other knowledge holds.",
     )
     p.add_argument("--record", default=DEMO_RECORD, help="mkeb-mini record to edit (default: %(default)s)")
     p.add_argument("--lang", default="en", help="source language of the edit (default: %(default)s)")
+    add_method_argument(p, "--method", default="memla-local",
+                        help="editing method (%(methods)s; default: memla-local; memla is the paper's, which "
+                             "also changes unrelated facts of the relation)")
     p.set_defaults(func=run, model=None, dtype="float32")
 
 
@@ -34,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from memla.models import describe
 
     t0 = time.perf_counter()
+    editor = get_editor(args.method)  # an unknown method fails before the model loads
     model, tokenizer = load_model_from_args(args)
     info = describe(model)
     print_table("embedded default model", ["property", "value"],
@@ -42,12 +46,15 @@ def run(args: argparse.Namespace) -> int:
     request = EditRequest.from_record(record, args.lang, langs=LANGS)
     neighbours = [(k, p, a) for k in ("en", "zh", "de", "ja")
                   for p, a in zip(record.neighborhood_prompts[k], record.neighborhood_answers[k])]
-    editor = get_editor("memla")
-    with console.status(f"MEMLA: locating neurons in {', '.join(editor.config.locate_langs)} and training ..."):
+    with console.status(f"{args.method}: editing ..."):
         result = editor.edit(model, tokenizer, request)
-    layers = ", ".join(f"{l}: {v['specific']}S+{v['independent']}I" for l, v in result.info["neurons"].items())
-    console.print(f"MEMLA edit in {result.info['seconds']:.1f} s ({result.info['steps']} steps); "
-                  f"neurons per layer (S = language-specific, I = language-independent): {layers}")
+    line = f"{args.method} edit in {result.info.get('seconds', 0.0):.1f} s"
+    if "steps" in result.info:
+        line += f" ({result.info['steps']} steps)"
+    if "neurons" in result.info:
+        layers = ", ".join(f"{l}: {v['specific']}S+{v['independent']}I" for l, v in result.info["neurons"].items())
+        line += f"; neurons per layer (S = language-specific, I = language-independent): {layers}"
+    console.print(line)
     effects, neigh = compare(model, tokenizer, request, result, neighbours=neighbours)
     print_effects(effects, neigh, title=f"{request.text} {request.target_true} → {request.target_new}  "
                   f"(edited in {request.lang}, shown in all 12 languages)")
