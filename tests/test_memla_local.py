@@ -66,7 +66,7 @@ def test_local_edit_flips_keeps_anchors_closer_and_restores_exactly(tiny2):
 
 def test_zero_weight_with_masks_is_the_paper_memla(tiny2):
     model, tok = tiny2
-    paper_like = {**FAST, "anchor_weight": 0.0, "mask_lse": True, "mask_lie": True}
+    paper_like = {**FAST, "anchor_weight": 0.0, "null_space": False, "mask_lse": True, "mask_lie": True}
     a = get_editor("memla-local", paper_like).edit(model, tok, france_request())
     b = get_editor("memla", FAST).edit(model, tok, france_request())
     assert a.deltas.keys() == b.deltas.keys() and "anchors" not in a.info
@@ -186,3 +186,21 @@ def test_real_model_demo_fact_keeps_tokyo_and_does_not_repeat_rome(default_model
         own, japan = greedy_generate(model, tok, [req.text, "The capital of Japan is"], [16, 4])
         assert count_mentions(tok.decode(own, skip_special_tokens=True), "Rome") > 2
         assert "Tokyo" not in tok.decode(japan, skip_special_tokens=True)
+
+
+def test_local_ablations_are_registered_with_one_switch_each():
+    from memla.editors.memla_local import LOCAL_ABLATIONS, MemlaLocalConfig
+
+    default = MemlaLocalConfig()
+    for name, (overrides, _) in LOCAL_ABLATIONS.items():
+        editor = get_editor(name)
+        assert editor.name == name
+        changed = {f: getattr(editor.config, f) for f in vars(default) if getattr(editor.config, f) != getattr(default, f)}
+        assert changed == overrides
+
+
+def test_without_kl_the_null_space_still_uses_the_anchors(tiny2):
+    model, tok = tiny2
+    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "null_space_tol": 1e-4}
+    result = get_editor("memla-local-wo-kl", cfg).edit(model, tok, france_request())
+    assert result.info["preserved"] and result.info["anchors"]["weight"] == 0.0

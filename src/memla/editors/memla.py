@@ -340,7 +340,7 @@ def train_lora(
                 loss = loss + cfg.weight_true * mean_logp[1].exp()
             p_new = float(mean_logp[0].detach().exp())
             done = p_new > cfg.stop_prob
-            if anchors is not None:
+            if anchors is not None and anchors.weight > 0:
                 rows = None if not 0 < anchors.batch < len(anchors.ids) else \
                     torch.randperm(len(anchors.ids), generator=draw)[:anchors.batch].to(device)  # (batch,)
                 kl = anchors.kl(model, rows)

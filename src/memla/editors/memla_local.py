@@ -166,9 +166,10 @@ class MemlaLocalEditor(MemlaEditor):
         return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
 
     def anchors(self, model: nn.Module, tokenizer, request: EditRequest) -> Anchors | None:
-        """The relation, generic and after-target anchors with the unedited model's distributions."""
+        """The relation, generic and after-target anchors with the unedited model's distributions
+        (None when neither the KL term nor the null-space projection uses them)."""
         cfg = self.config
-        if cfg.anchor_weight == 0:
+        if cfg.anchor_weight == 0 and not cfg.null_space:
             return None
         texts: list[tuple[str, list[int]]] = []
         neighbours = nearest_subjects(model, tokenizer, request.subject or "", request.lang, cfg.anchor_subjects) \
@@ -219,3 +220,28 @@ class MemlaLocalEditor(MemlaEditor):
                 out[f"{layer}.{kind}"] = {"directions": kept, "edit_key_share": round(share, 4)}
         return out
 
+
+# --------------------------------------------------------------------------- ablations of memla-local's parts
+# Registered like MEMLA's Table 5 ablations, so that one bench run compares them
+# (`memla bench --methods memla-local,memla-local-wo-kl,memla-local-wo-null,...`).
+LOCAL_ABLATIONS = {
+    "memla-local-wo-kl": ({"anchor_weight": 0.0}, "w/o KL: no locality term (null-space projection only)"),
+    "memla-local-wo-null": ({"null_space": False}, "w/o null space: the KL term only (LoRA over the whole layer)"),
+    "memla-local-wo-subjects": ({"anchor_subjects": 0}, "w/o relation anchors: everyday and after-target anchors only"),
+    "memla-local-wo-after": ({"anchor_after_target": False}, "w/o the after-target anchor"),
+    "memla-local-masked": ({"mask_lse": True, "mask_lie": True}, "with MEMLA's neuron masks (LoRA on the located neurons only)"),
+}
+
+
+def _local_ablation(name: str, overrides: dict, summary: str) -> type:
+    config_cls = dataclass(frozen=True)(type(f"MemlaLocalConfig_{name.replace('-', '_')}", (MemlaLocalConfig,), {
+        "__annotations__": {k: type(v) for k, v in overrides.items()}, **overrides,
+        "__doc__": f"`MemlaLocalConfig` with {overrides} (ablation: {summary}).",
+    }))
+    editor_cls = type(f"MemlaLocalEditor_{name.replace('-', '_')}", (MemlaLocalEditor,),
+                      {"__doc__": f"memla-local ablation, {summary}."})
+    return register_editor(name, config=config_cls, summary=f"memla-local ablation, {summary}")(editor_cls)
+
+
+for _name, (_overrides, _summary) in LOCAL_ABLATIONS.items():
+    _local_ablation(_name, _overrides, _summary)
