@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from memla.data import builtin_datasets, load_dataset, read_raw, validate
+from memla.data import MAX_TEXT_CHARS, builtin_datasets, load_dataset, read_raw, validate
 from memla.langs import LANGS
 
 
@@ -51,3 +51,17 @@ def test_mkeb_mini_has_fixed_dev_and_test_splits(mini):
     assert set(splits) == {"dev", "test"}
     assert splits["dev"] > 0 and splits["test"] > 0
     assert len(load_dataset("mkeb-mini", split="test")) == splits["test"]
+
+
+def test_mkeb_mini_texts_are_far_below_the_length_limit(mini):
+    _, _, records = mini
+    texts = []
+    for r in records:
+        for fact in r.edit.values():
+            texts += [fact.prompt, fact.subject, fact.target_new, fact.target_true]
+        for field in (r.paraphrase_prompts, r.neighborhood_prompts, r.neighborhood_answers, r.multi_hop_questions):
+            texts += [t for items in field.values() for t in items]
+        texts += list(r.multi_hop_new_answer.values())
+    longest = max(len(t) for t in texts)
+    assert longest == 132  # a French multi-hop question (record 331)
+    assert longest * 10 < MAX_TEXT_CHARS

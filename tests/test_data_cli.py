@@ -10,7 +10,7 @@ import pytest
 
 from memla.cli import main
 from memla.cli._common import console
-from memla.data import load_dataset
+from memla.data import load_dataset, read_raw
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 GOOD = FIXTURES / "good.json"
@@ -150,3 +150,127 @@ def test_help_texts(capsys):
     out = capsys.readouterr().out
     assert "exits with status 2" in out.replace("\n", " ").lower() or "exit" in out
     assert "--record" in out and "--from" in out and "bmike53" in out
+
+
+# ----------------------------------------------------------------------------- bad input, one clean line
+
+
+def one_line_error(code, out, err):
+    """The CLI refused with exit 2 and one error line, no traceback."""
+    assert code == 2, out + err
+    assert "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+MZSRE_IN = sorted((FIXTURES / "mzsre").glob("*.json"))
+
+
+def test_convert_out_directory_is_refused_before_reading_the_inputs(tmp_path, capsys):
+    line = one_line_error(*run(capsys, "convert", "--from", "mzsre", tmp_path / "missing.json", "--out", tmp_path))
+    assert line.endswith(f"--out {tmp_path} is a directory; give a .json or .jsonl file path")
+
+
+def test_convert_out_in_a_missing_folder_creates_it(tmp_path, capsys):
+    out_path = tmp_path / "new" / "sub" / "mz.json"
+    code, out, _ = run(capsys, "convert", "--from", "mzsre", *MZSRE_IN, "--out", out_path)
+    assert code == 0 and "wrote 2 records" in out
+    assert len(load_dataset(out_path)) == 2
+
+
+def test_convert_out_under_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file.json").write_text("x", encoding="utf-8")
+    line = one_line_error(*run(capsys, "convert", "--from", "mzsre", *MZSRE_IN, "--out", tmp_path / "file.json" / "x.json"))
+    assert "cannot create the folder" in line and "file.json is a file" in line
+
+
+def test_convert_out_existing_file_is_replaced_but_an_input_is_not(tmp_path, capsys):
+    existing = tmp_path / "old.json"
+    existing.write_text("[1]", encoding="utf-8")
+    code, _, _ = run(capsys, "convert", "--from", "mzsre", *MZSRE_IN, "--out", existing)
+    assert code == 0 and len(load_dataset(existing)) == 2
+    source = tmp_path / "counterfact.json"
+    source.write_bytes((FIXTURES / "counterfact" / "counterfact.json").read_bytes())
+    before = source.read_bytes()
+    line = one_line_error(*run(capsys, "convert", "--from", "counterfact", source, "--out", source))
+    assert line.endswith(f"--out {source} is also an input file; write the converted records to another file")
+    assert source.read_bytes() == before
+
+
+def test_convert_mkeb_file_with_from_bmike53_names_the_layouts(tmp_path, capsys):
+    raw, _ = read_raw("mkeb-mini")
+    path = tmp_path / "mkeb.json"
+    path.write_text(json.dumps(raw[:3], ensure_ascii=False), encoding="utf-8")
+    line = one_line_error(*run(capsys, "convert", "--from", "bmike53", path, "--out", tmp_path / "x.json"))
+    assert f"{path} does not look like BMIKE-53: expected a list of objects language -> entry" in line
+    assert "found keys example_id, relation" in line and line.endswith("(this looks like the MKEB layout: read it without --from)")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_check_deeply_nested_json_and_jsonl(tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep, encoding="utf-8")
+    (tmp_path / "deep.jsonl").write_text('{"example_id": 1}\n' + deep + "\n", encoding="utf-8")
+    line = one_line_error(*run(capsys, "check", tmp_path / "deep.json"))
+    assert f"{tmp_path / 'deep.json'}: JSON nested too deeply" in line
+    line = one_line_error(*run(capsys, "check", tmp_path / "deep.jsonl"))
+    assert f"{tmp_path / 'deep.jsonl'}: line 2: JSON nested too deeply" in line
+
+
+def test_check_reports_a_too_long_prompt_and_max_chars_changes_the_limit(tmp_path, capsys):
+    raw = json.loads(GOOD.read_text(encoding="utf-8"))
+    raw[0]["edit"]["en"]["prompt"] = "x" * 99_998 + "{}"
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+    code, out, _ = run(capsys, "check", path)
+    assert code == 2 and "100000 characters, more than the limit of 2000 (MAX_TEXT_CHARS)" in out
+    code, out, _ = run(capsys, "check", path, "--max-chars", "100000")
+    assert code == 0 and "OK" in out
+    code, out, _ = run(capsys, "check", "mkeb-mini", "--max-chars", "131")
+    assert code == 2 and "132 characters, more than the limit of 131 (set for this check)" in out
+
+
+@pytest.mark.parametrize("argv", [["--max-chars", "0"], ["--max-chars", "many"], ["--max-problems", "-1"]])
+def test_check_rejects_bad_limits(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["data", "check", str(GOOD), *argv])
+    assert info.value.code == 2
+    assert f"argument {argv[0]}:" in capsys.readouterr().err
+
+
+def test_check_help_documents_max_chars(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--max-chars N" in out and "longer than N characters" in out and "MAX_TEXT_CHARS" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.json", b"", "the file is empty; expected a JSON list of records"),
+        ("nothing.json", b"[]", "no records (the list is empty)"),
+        ("object.json", b'{"a": 1}', "expected a JSON list of records"),
+        ("utf16.json", '[{"a": 1}]'.encode("utf-16"), "not valid UTF-8: the file is UTF-16"),
+        ("junk.json", bytes(range(128, 256)) * 4, "not valid UTF-8 (byte 0, line 1)"),
+        ("bigint.json", b'[{"example_id": ' + b"9" * 5000 + b"}]", "a JSON number too long to read"),
+    ],
+)
+def test_check_show_and_convert_bad_files_give_one_line(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    for argv in (["check", path], ["show", path, "--record", "1"], ["convert", "--from", "counterfact", path, "--out", tmp_path / "o.json"]):
+        line = one_line_error(*run(capsys, *argv))
+        assert f"{path}: {message}" in line
+
+
+def test_check_a_directory_gives_one_line(tmp_path, capsys):
+    line = one_line_error(*run(capsys, "check", tmp_path))
+    assert line.endswith(f"{tmp_path} is a directory; give a .json or .jsonl dataset file or a built-in dataset name")
+
+
+def test_check_a_record_that_is_a_string(tmp_path, capsys):
+    path = tmp_path / "strings.json"
+    path.write_text('["hello"]', encoding="utf-8")
+    code, out, err = run(capsys, "check", path)
+    assert code == 2 and "a record must be a JSON object, got a string" in out and "Traceback" not in out + err

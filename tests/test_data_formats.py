@@ -2,11 +2,12 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from memla.data import DataError, load_dataset, save_dataset, validate
+from memla.data import DataError, load_dataset, read_raw, save_dataset, validate
 from memla.data.formats import CONVERTERS, convert, template
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -188,3 +189,95 @@ def test_non_utf8_input_is_reported(tmp_path):
     path.write_bytes(b'[{"case_id": 0, "x": "\xff"}]')
     with pytest.raises(DataError, match="not valid UTF-8"):
         convert("counterfact", [path])
+
+
+# ----------------------------------------------------------------------------- a file in the wrong layout
+
+TITLES = {"bmike53": "BMIKE-53", "mzsre": "MzsRE", "mlake": "MLaKE", "counterfact": "CounterFact", "mquake": "MQuAKE"}
+HINTS = {
+    "bmike53": "BMIKE-53 or MzsRE: use --from bmike53 or --from mzsre",
+    "mzsre": "BMIKE-53 or MzsRE: use --from bmike53 or --from mzsre",
+    "mlake": "MLaKE: use --from mlake",
+    "counterfact": "CounterFact: use --from counterfact",
+    "mquake": "MQuAKE: use --from mquake",
+}
+PAIRS = {"bmike53", "mzsre"}  # one entry layout: each reads the other's files
+
+
+@pytest.fixture
+def mkeb_file(tmp_path):
+    """Two records of the built-in mkeb-mini, saved under an MLaKE-style name (so that only the layout is wrong)."""
+    raw, _ = read_raw("mkeb-mini")
+    path = tmp_path / "en_qa.json"
+    path.write_text(json.dumps(raw[:2], ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", sorted(CONVERTERS))
+def test_every_converter_names_the_mkeb_layout(fmt, mkeb_file):
+    message = (
+        rf"^{re.escape(str(mkeb_file))} does not look like {re.escape(TITLES[fmt])}: expected a list of .+; "
+        r"found keys example_id, relation, relation_description, split, edit, .*\(this looks like the MKEB layout: read it without --from\)$"
+    )
+    with pytest.raises(DataError, match=message):
+        convert(fmt, [mkeb_file])
+    with pytest.raises(DataError, match=message):
+        load_dataset(mkeb_file, format=fmt)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "source"),
+    [(fmt, source) for fmt in sorted(CONVERTERS) for source in sorted(INPUTS) if source != fmt and {fmt, source} != PAIRS],
+)
+def test_every_converter_names_the_layout_of_another_dataset(fmt, source, tmp_path):
+    path = tmp_path / "en_qa.json"  # an MLaKE file name, so that mlake looks at the content
+    path.write_bytes(INPUTS[source][0].read_bytes())
+    with pytest.raises(DataError, match=rf"does not look like {re.escape(TITLES[fmt])}: .*\(this looks like {re.escape(HINTS[source])}\)$"):
+        convert(fmt, [path])
+
+
+def test_mlake_file_name_error_comes_after_the_layout(mkeb_file, tmp_path):
+    renamed = mkeb_file.rename(tmp_path / "mkeb.json")
+    with pytest.raises(DataError, match="does not look like MLaKE.*MKEB layout"):
+        convert("mlake", [renamed])
+    wrong_name = tmp_path / "english.json"
+    wrong_name.write_bytes(sorted(MLAKE.glob("single_hop/*.json"))[0].read_bytes())
+    with pytest.raises(DataError, match="not an MLaKE file name"):
+        convert("mlake", [wrong_name])
+
+
+def test_a_layout_error_names_an_unknown_layout_without_a_guess(tmp_path):
+    path = tmp_path / "counterfact.json"
+    path.write_text(json.dumps([{"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7}, "x"]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"found keys a, b, c, d, e, f, \.\.\.$"):
+        convert("counterfact", [path])
+    path.write_text(json.dumps(["a string"]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"does not look like CounterFact: .*; found a string$"):
+        convert("counterfact", [path])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[]", r"no records \(the list is empty\)"),
+        ('{"case_id": 0}', r"expected a JSON list of records, got an object"),
+        ("[" * 100_000 + "]" * 100_000, r"JSON nested too deeply"),
+    ],
+)
+def test_converters_report_empty_non_list_and_deeply_nested_files(tmp_path, content, message):
+    path = tmp_path / "counterfact.json"
+    path.write_text(content, encoding="utf-8")
+    for fmt in ("counterfact", "bmike53"):
+        with pytest.raises(DataError, match=rf"counterfact\.json: {message}"):
+            convert(fmt, [path])
+
+
+def test_converted_records_go_through_the_text_length_limit(tmp_path):
+    items = json.loads(INPUTS["counterfact"][0].read_text(encoding="utf-8"))
+    items[0]["paraphrase_prompts"] = ["y" * 3000]
+    path = tmp_path / "counterfact.json"
+    path.write_text(json.dumps(items), encoding="utf-8")
+    report = validate(convert("counterfact", [path]))
+    assert [(p.code, p.record_id, p.lang, p.field) for p in report.errors] == [("too-long", 0, "en", "paraphrase_prompts[0]")]
+    with pytest.raises(DataError, match=r"record 0 \[en\] paraphrase_prompts\[0\]: 3000 characters, more than the limit of 2000"):
+        load_dataset(path, format="counterfact")

@@ -97,7 +97,7 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(data_io.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(DataError, match=r"data\.json: cannot write: disk full"):
         save_dataset(load_dataset(GOOD)[:1], target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
@@ -169,3 +169,74 @@ def test_builtin_datasets_lists_shipped_json_files():
     names = builtin_datasets()
     assert all(isinstance(n, str) and not n.endswith(".json") for n in names)
     assert "__init__" not in names
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.json", b"", r"empty\.json: the file is empty; expected a JSON list of records"),
+        ("blank.jsonl", b"\n  \n", r"blank\.jsonl: the file is empty"),
+        ("nothing.json", b"[]", r"nothing\.json: no records \(the list is empty\)"),
+        ("object.json", b'{"a": 1}', r"object\.json: expected a JSON list of records \(or JSONL\), got an object$"),
+        ("one.json", b'{"example_id": 1, "edit": {}}', r"got an object \(one record\? put it in a list: \[ \.\.\. \]\)"),
+        ("number.json", b"7", r"got a number"),
+        ("utf16.json", "[]".encode("utf-16"), r"utf16\.json: not valid UTF-8: the file is UTF-16 .*save it as UTF-8"),
+        ("bigint.json", b'[{"example_id": ' + b"1" * 5000 + b"}]", r"bigint\.json: a JSON number too long to read \(more than \d+ digits\)"),
+    ],
+)
+def test_bad_dataset_files_are_one_line_data_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset(path)
+    assert "\n" not in str(info.value)
+
+
+def test_deeply_nested_json_is_a_data_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(DataError, match=r"deep\.json: JSON nested too deeply \(more than about \d+ levels"):
+        load_dataset(path)
+
+
+def test_deeply_nested_jsonl_line_is_a_data_error_naming_the_line(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"example_id": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"deep\.jsonl: line 2: JSON nested too deeply"):
+        load_dataset(path)
+    with pytest.raises(DataError, match=r"deep\.jsonl: line 2: JSON nested too deeply"):
+        load_dataset(path, format="jsonl")
+
+
+def test_a_directory_is_not_a_dataset(tmp_path):
+    with pytest.raises(DataError, match=r"is a directory; give a \.json or \.jsonl dataset file or a built-in dataset name"):
+        load_dataset(tmp_path)
+
+
+def test_save_into_a_directory_or_under_a_file_is_a_data_error(tmp_path):
+    records = load_dataset(GOOD)
+    with pytest.raises(DataError, match=r"is a directory; give a \.json or \.jsonl file path"):
+        save_dataset(records, tmp_path)
+    (tmp_path / "file.json").write_text("x", encoding="utf-8")
+    with pytest.raises(DataError, match=r"cannot create the folder .*file\.json is a file"):
+        save_dataset(records, tmp_path / "file.json" / "out.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.json"]
+
+
+def test_save_creates_missing_folders_and_replaces_an_existing_file(tmp_path):
+    records = load_dataset(GOOD)
+    path = save_dataset(records, tmp_path / "a" / "b" / "out.json")
+    assert load_dataset(path) == records
+    save_dataset(records[:1], path)
+    assert load_dataset(path) == records[:1]
+
+
+def test_check_output_path_refuses_an_input_file(tmp_path):
+    source = tmp_path / "in.json"
+    source.write_bytes(GOOD.read_bytes())
+    with pytest.raises(DataError, match=r"--out in\.json is also an input file"):
+        data_io.check_output_path(tmp_path / "." / "in.json", name="--out in.json", inputs=[source])
+    assert data_io.check_output_path(tmp_path / "new.json", inputs=[source]) == tmp_path / "new.json"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from memla.data import DataError, Record, load_dataset, read_raw, validate
+from memla.data import MAX_TEXT_CHARS, DataError, Record, load_dataset, read_raw, validate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 BAD = FIXTURES / "bad.json"
@@ -222,3 +222,75 @@ def test_from_dict_raises_on_structural_problems_only():
     same = copy.deepcopy(good_record())
     same["edit"]["en"]["target_new"] = "Lima"
     assert Record.from_dict(same).edit["en"].target_new == "Lima"  # semantic problems are validate's job
+
+
+# ----------------------------------------------------------------------------- text-length limit
+
+LONG = "x" * (MAX_TEXT_CHARS + 1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "lang", "field"),
+    [
+        (lambda r: r["edit"]["en"].update(prompt=LONG[2:] + "{}"), "en", "edit.prompt"),
+        (lambda r: r["edit"]["zh"].update(subject=LONG), "zh", "edit.subject"),
+        (lambda r: r["edit"]["en"].update(target_new=LONG), "en", "edit.target_new"),
+        (lambda r: r["edit"]["en"].update(target_true=LONG), "en", "edit.target_true"),
+        (lambda r: r["paraphrase_prompts"]["zh"].append(LONG), "zh", "paraphrase_prompts[1]"),
+        (lambda r: r["neighborhood_prompts"]["en"].__setitem__(0, LONG), "en", "neighborhood_prompts[0]"),
+        (lambda r: r["neighborhood_answers"]["en"].__setitem__(0, LONG), "en", "neighborhood_answers[0]"),
+        (lambda r: r["multi_hop_questions"]["en"].__setitem__(0, LONG), "en", "multi_hop_questions[0]"),
+        (lambda r: r["multi_hop_new_answer"].update(en=LONG), "en", "multi_hop_new_answer"),
+    ],
+)
+def test_text_longer_than_the_limit_is_an_error_in_every_field(mutate, lang, field):
+    record = good_record()
+    mutate(record)
+    report = validate([record], source="t.json")
+    assert ("too-long", 1, lang, field) in codes(report.errors), report
+    problem = next(p for p in report.errors if p.code == "too-long")
+    assert problem.message == "2001 characters, more than the limit of 2000 (MAX_TEXT_CHARS)"
+
+
+def test_text_at_the_limit_is_fine_and_max_chars_changes_the_limit():
+    record = good_record()
+    record["edit"]["en"]["target_new"] = "x" * MAX_TEXT_CHARS
+    assert validate([record]).ok
+    tight = validate([good_record()], max_chars=10)
+    assert {p.code for p in tight.errors} == {"too-long"}
+    assert "more than the limit of 10 (set for this check)" in tight.errors[0].message
+    record["edit"]["en"]["prompt"] = "y" * 100_000 + " {}"
+    assert validate([record], max_chars=200_000).ok
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
+def test_max_chars_must_be_a_positive_integer(bad):
+    with pytest.raises(DataError, match="max_chars must be a positive integer"):
+        validate([good_record()], max_chars=bad)
+
+
+def test_max_text_chars_is_exported_and_documented():
+    import memla.data
+    from memla.data import validation
+
+    assert memla.data.MAX_TEXT_CHARS == validation.MAX_TEXT_CHARS == 2000
+    assert "MAX_TEXT_CHARS" in memla.data.__all__
+    source = Path(validation.__file__).read_text(encoding="utf-8")
+    assert 'MAX_TEXT_CHARS = 2000\n"""' in source and "23 GB" in source  # the docstring says why
+
+
+def test_loading_a_file_with_a_too_long_prompt_refuses_it(tmp_path):
+    record = good_record()
+    record["edit"]["en"]["prompt"] = "x" * 100_000 + " {}"
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps([record]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"record 1 \[en\] edit.prompt: 100003 characters, more than the limit of 2000"):
+        load_dataset(path)
+
+
+def test_messages_quote_long_texts_shortened():
+    record = good_record()
+    record["edit"]["en"]["prompt"] = "z" * 5000
+    report = validate([record], max_chars=10_000)
+    (problem,) = report.errors
+    assert problem.code == "no-slot" and len(problem.message) < 200 and "zzz..." in problem.message

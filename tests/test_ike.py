@@ -38,7 +38,7 @@ def test_no_weight_changes_and_prefix_layout(mkeb_test_records):
 
 
 def test_prefix_built_from_the_right_kinds(mkeb_test_records, dev_records):
-    model, tok = tiny_model("gpt2")
+    model, tok = tiny_model("llama")  # 4096 positions: the 16 demonstrations fit (gpt2's 128 do not)
     req = EditRequest.from_record(mkeb_test_records[3], "en")
     editor = IKEEditor(IKEConfig(k=16))
     demos = editor.demonstrations(model, tok, req)
@@ -65,7 +65,7 @@ def test_prefix_built_from_the_right_kinds(mkeb_test_records, dev_records):
 
 
 def test_source_language_pool_and_join_rule(mkeb_test_records):
-    model, tok = tiny_model("gpt2")
+    model, tok = tiny_model("llama")
     req = EditRequest.from_record(mkeb_test_records[0], "zh")
     result = get_editor("ike", {"k": 4}).edit(model, tok, req)
     assert result.prefix.endswith(f"New Fact: {req.text}{req.target_new}\nPrompt: ")  # zh: no separator
@@ -158,3 +158,12 @@ def test_ike_on_default_model(default_model, mkeb_test_records):
     unedited = margin("")
     assert margin(get_editor("ike", {"k": 0}).edit(model, tok, req).prefix) > 0 > unedited
     assert margin(get_editor("ike", {"k": 8}).edit(model, tok, req).prefix) > unedited
+
+
+def test_a_prefix_longer_than_the_context_is_an_edit_error(mkeb_test_records):
+    """gpt2's learned positions stop at 128: 16 demonstrations would index past them, so the edit is refused."""
+    model, tok = tiny_model("gpt2")
+    req = EditRequest.from_record(mkeb_test_records[3], "en")
+    with pytest.raises(EditError, match=r"IKE's 16 demonstrations and the prompt take \d+ tokens, more than the model's "
+                                        r"context of 128; lower IKEConfig.k"):
+        IKEEditor(IKEConfig(k=16)).edit(model, tok, req)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import pytest
 import torch
-from tiny import ARCHS, tiny_config, tiny_tokenizer
+from tiny import ARCHS, tiny_config, tiny_model, tiny_tokenizer
 
+from memla import models
 from memla.errors import ModelLoadError
 from memla.models import ARCH_SPECS, arch_spec, describe, get_module, load_model, mlp_dims, model_fingerprint, num_layers
 
@@ -138,3 +141,161 @@ def test_fingerprint_sees_a_single_changed_weight(tiny):
     with torch.no_grad():
         weight.view(-1)[1] += 1e-3  # an element the strided sample skips
     assert model_fingerprint(model) != before
+
+
+def _pickle_only_dir(path):
+    """A tiny GPT-2 directory with config, tokenizer and a pickle ``pytorch_model.bin`` (no safetensors)."""
+    model, tok = tiny_model("gpt2")
+    model.config.save_pretrained(path)
+    tok.save_pretrained(path)
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    return model
+
+
+def test_pickle_only_directory_names_the_checkpoint(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    _pickle_only_dir(tmp_path)
+
+    def no_weights_read(*args, **kwargs):
+        raise AssertionError("from_pretrained must not run")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_weights_read)
+    with pytest.raises(ModelLoadError, match=r"only pickle weights \(pytorch_model.bin\).*allow_pickle=True") as err:
+        load_model(tmp_path)
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pickle_only_directory_loads_with_allow_pickle(tmp_path):
+    saved = _pickle_only_dir(tmp_path)
+    model, _ = load_model(tmp_path, allow_pickle=True)
+    assert torch.equal(model.lm_head.weight, saved.lm_head.weight)
+
+
+def test_directory_without_weights_says_so(tmp_path):
+    tiny_model("gpt2")[0].config.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="holds no model weights"):
+        load_model(tmp_path)
+
+
+def _tiny_gguf(path):
+    """A small well-formed GGUF file (llama metadata, one F32 tensor); returns its bytes."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
+def _cache_folders():
+    """Entries under the (per-test) cache's models folder."""
+    root = models.cache_dir() / "models"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+@pytest.mark.parametrize(
+    "cut, reason",
+    [(None, "header runs past the end"), (-8, "header describes"), (20, "header runs past the end")],
+    ids=["junk-after-magic", "truncated-data", "truncated-header"],
+)
+def test_corrupt_gguf_names_the_file_and_leaves_no_cache(tmp_path, cut, reason):
+    bad = tmp_path / "bad.gguf"
+    if cut is None:
+        bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)
+    else:
+        bad.write_bytes(_tiny_gguf(tmp_path / "good.gguf")[:cut])
+    with pytest.raises(ModelLoadError, match=f"GGUF file .*bad.gguf is corrupt or truncated \\(its {reason}") as err:
+        load_model(bad)
+    assert "\n" not in str(err.value)
+    assert _cache_folders() == []
+
+
+def test_file_without_gguf_magic(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(ModelLoadError, match="model.gguf is not a GGUF file \\(magic b'PK\\\\x03\\\\x04'"):
+        load_model(bad)
+
+
+def test_failed_gguf_conversion_leaves_no_cache(tmp_path):
+    good = tmp_path / "tiny.gguf"
+    _tiny_gguf(good)  # a well-formed header whose single tensor does not make a llama model
+    with pytest.raises(ModelLoadError, match="cannot load GGUF file .*tiny.gguf"):
+        load_model(good)
+    assert _cache_folders() == []
+
+
+@pytest.mark.parametrize("var, value", [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "true")])
+def test_offline_hub_id_fails_fast_without_network(monkeypatch, var, value):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv(var, value)
+
+    def no_probe():
+        raise AssertionError("offline mode must not probe the network")
+
+    monkeypatch.setattr(models, "_hub_reachable", no_probe)
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match=f"not a local model directory or .gguf file.*switched off \\({var}"):
+        load_model("some-org/unknown-model")
+    assert time.monotonic() - start < 5
+
+
+def test_unreachable_hub_fails_after_one_probe_without_transformers(monkeypatch):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("transformers must not be asked")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    probes = []
+    monkeypatch.setattr(models, "_hub_reachable", lambda: probes.append(1) or False)
+    monkeypatch.setattr(models, "_hub_cached_dir", lambda repo_id: None)
+    monkeypatch.setattr(AutoConfig, "from_pretrained", not_called)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", not_called)
+    with pytest.raises(ModelLoadError, match="cannot reach model 'some-org/unknown-model'.*works offline"):
+        load_model("some-org/unknown-model")
+    assert probes == [1]
+
+
+def test_offline_hub_id_loads_from_the_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "models--some-org--tiny" / "snapshots" / "abc"
+    model, tok = tiny_model("llama")
+    model.save_pretrained(snapshot)
+    tok.save_pretrained(snapshot)
+    (tmp_path / "models--some-org--tiny" / "refs").mkdir()
+    (tmp_path / "models--some-org--tiny" / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded, _ = load_model("some-org/tiny")
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_hub_probe_connects_once_to_the_endpoint(monkeypatch):
+    from huggingface_hub import constants
+
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        assert models._hub_reachable()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")  # closed now: refused at once
+    assert not models._hub_reachable()
+
+
+def test_path_like_name_is_not_sent_to_the_hub(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda: pytest.fail("a path must not probe the hub"))
+    with pytest.raises(ModelLoadError, match="model path does not exist"):
+        load_model("./nonexistent-dir")

@@ -138,7 +138,7 @@ def test_errors(tiny):
         attribute(model, tok, "", "Paris")
     if getattr(model.config, "max_position_embeddings", None):  # BLOOM (ALiBi) has no context limit
         with pytest.raises(DataError, match="longer than the model's context"):
-            attribute(model, tok, "Paris " * 200, "Paris")
+            attribute(model, tok, "Paris " * 4200, "Paris")
     with pytest.raises(ValueError, match="point"):
         attribute(model, tok, PROMPT, "Paris", point="up")
     with pytest.raises(ValueError, match="layers"):

@@ -61,7 +61,7 @@ def tiny_config(model_type: str, vocab_size: int):
     ids = dict(vocab_size=vocab_size, bos_token_id=2, eos_token_id=1, pad_token_id=0)
     llama_like = dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, **ids,
+        num_key_value_heads=2, max_position_embeddings=4096, **ids,
     )
     if model_type == "gpt2":
         return GPT2Config(n_layer=2, n_embd=32, n_head=4, n_inner=64, n_positions=128, **ids)

@@ -38,10 +38,14 @@ class LangEffect:
     completion_after: str
 
     @property
-    def flipped(self) -> bool:
-        """True when the edit made the model prefer target_new over target_true."""
+    def flipped(self) -> bool | None:
+        """Whether the edit made the model prefer target_new over target_true; None without target_true.
+
+        Without an old object there is nothing to prefer target_new over: a higher
+        P(new) alone is not a flip (the greedy completion may still give the old answer).
+        """
         if self.p_old_after is None:
-            return self.p_new_after > self.p_new_before
+            return None
         return self.p_new_after > self.p_old_after
 
 

@@ -7,9 +7,12 @@ back to a default.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,13 +41,65 @@ def config_from_dict(cls: type[C], data: dict[str, Any] | None, *, source: str =
         raise MemlaError(
             f"{source}: unknown {cls.__name__} key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
         )
-    for f in dataclasses.fields(cls):  # YAML/JSON give lists where configs hold tuples
-        if isinstance(data.get(f.name), list) and "tuple" in str(f.type):
-            data[f.name] = tuple(data[f.name])
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        problem = type_problem(value, hints[name])
+        if problem:
+            raise MemlaError(f"{source}: {cls.__name__}.{name} {problem}, got {value!r}")
+        data[name] = _as_declared(value, hints[name])
     try:
         return cls(**data)
     except (TypeError, ValueError) as err:
         raise MemlaError(f"{source}: invalid {cls.__name__}: {err}") from None
+
+
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` (as YAML/JSON give it) does not fit the type ``hint``, or None when it does.
+
+    Understands the types config dataclasses use: bool, int, float (an int is a number),
+    str, ``X | None``, ``tuple[X, ...]``, fixed-length tuples and ``Mapping[K, V]``; lists
+    stand for tuples.  Returns e.g. ``"must be a number"``.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        problems = [type_problem(value, a) for a in options]
+        return None if None in problems else " or ".join(problems) + (" or null" if len(options) < len(args) else "")
+    if hint in _NAMES:
+        ok = isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+        ok = ok or (hint is float and isinstance(value, int) and not isinstance(value, bool))
+        return None if ok else f"must be {_NAMES[hint]}"
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return "must be a list"
+        inner = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(inner) != len(value):
+            return f"must be a list of {len(inner)} items"
+        bad = next((p for p in map(type_problem, value, inner) if p), None)
+        return None if bad is None else f"must be a list ({bad.replace('must be', 'each item', 1)})"
+    if origin is collections.abc.Mapping:
+        if not isinstance(value, dict):
+            return "must be a mapping"
+        bad = next((p for k, v in value.items() for p in (type_problem(k, args[0]), type_problem(v, args[1])) if p), None)
+        return None if bad is None else f"must be a mapping ({bad.replace('must be', 'each key / value', 1)})"
+    return None
+
+
+def _as_declared(value: Any, hint: Any) -> Any:
+    """``value`` with lists turned into the tuples the field declares (recursively)."""
+    if isinstance(value, list):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        tuple_hint = next((a for a in [hint, *args] if typing.get_origin(a) is tuple), None)
+        if tuple_hint is not None:
+            inner = typing.get_args(tuple_hint)
+            inner = [inner[0]] * len(value) if len(inner) == 2 and inner[1] is Ellipsis else inner
+            return tuple(_as_declared(v, h) for v, h in zip(value, inner))
+    return value
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

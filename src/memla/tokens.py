@@ -11,6 +11,8 @@
   padding keeps every real position independent of the pads after it (causal attention).
 * `forward`: one pass with explicit position ids (for models that take them) and an
   optional KV cache.
+* `context_length` / `check_token_lengths`: the model's longest sequence, and the check
+  that user texts fit a token budget before any work starts.
 * `sample_texts`: top-k continuations of seed texts (ROME's context prefixes, the
   covariance statistics' built-in corpus).
 """
@@ -27,12 +29,44 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from memla.errors import DataError
 from memla.langs import sep
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- encoding
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The model's maximum sequence length, or None if its config names none (e.g. ALiBi models)."""
+    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_token_lengths(tokenizer, texts: Sequence[tuple[str, str]], *, max_tokens: int,
+                        limit_name: str = "the limit") -> None:
+    """Refuse any text longer than ``max_tokens`` tokens, naming it, before it reaches a model.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        texts: ``(label, text)`` pairs; the label names the text in the message
+            (e.g. ``"record 7, en, edit prompt"``).
+        max_tokens: the budget (``--max-tokens``, at most the model's context).
+        limit_name: what the budget is, for the message (e.g. ``"--max-tokens 512"``).
+
+    Raises:
+        DataError: the first text over the budget.
+    """
+    if not texts:
+        return
+    lengths = [len(ids) for ids in tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]]
+    for (label, _), n in zip(texts, lengths):
+        if n > max_tokens:
+            raise DataError(f"{label}: {n} tokens, more than {limit_name} ({max_tokens} tokens)")
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

@@ -62,6 +62,59 @@ def add_method_argument(parser: argparse.ArgumentParser, flag: str, *, help: str
     return action
 
 
+DEFAULT_MAX_TOKENS = 512
+
+
+def count(least: int):
+    """An argparse ``type``: an integer of at least ``least`` (argparse reports others, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return parse
+
+
+def add_max_tokens_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-tokens``: the longest prompt or target accepted, checked before any work."""
+    parser.add_argument(
+        "--max-tokens", type=count(1), default=DEFAULT_MAX_TOKENS, metavar="N",
+        help="refuse (exit 2) any prompt, target or test text longer than N tokens, before editing; the model's "
+        "context is the limit when it is shorter (default: %(default)s; datasets are also limited to "
+        "memla.data.MAX_TEXT_CHARS characters per text)",
+    )
+
+
+def check_typed_texts(texts: Iterable[tuple[str, str | None]]) -> None:
+    """Refuse texts typed on the command line that exceed ``memla.data.MAX_TEXT_CHARS``, before the model loads.
+
+    Args:
+        texts: ``(option, text)`` pairs, e.g. ``("--prompt", "The capital of {} is")``; None is skipped.
+    """
+    from memla.data import MAX_TEXT_CHARS
+    from memla.errors import DataError
+
+    for option, text in texts:
+        if text is not None and len(text) > MAX_TEXT_CHARS:
+            raise DataError(f"{option}: {len(text)} characters, more than the limit of {MAX_TEXT_CHARS} (MAX_TEXT_CHARS)")
+
+
+def check_texts_fit(args: argparse.Namespace, model, tokenizer, texts: Sequence[tuple[str, str]]) -> None:
+    """Refuse any ``(label, text)`` longer than ``--max-tokens`` (or the model's context), before any work."""
+    from memla.tokens import check_token_lengths, context_length
+
+    context = context_length(model)
+    if context is not None and context < args.max_tokens:
+        check_token_lengths(tokenizer, texts, max_tokens=context, limit_name="the model's context")
+    else:
+        check_token_lengths(tokenizer, texts, max_tokens=args.max_tokens, limit_name="--max-tokens")
+
+
 def load_model_from_args(args: argparse.Namespace):
     """Load ``(model, tokenizer)`` as asked by ``--model`` / ``--dtype``."""
     import torch

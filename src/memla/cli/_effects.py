@@ -25,12 +25,14 @@ def print_effects(effects: Sequence[LangEffect], neighbours: Sequence[NeighbourE
             e.lang, e.prompt, f"{e.target_new} / {e.target_true or '-'}",
             f"{_pct(e.p_new_before)} → {_pct(e.p_new_after)}",
             f"{_pct(e.p_old_before)} → {_pct(e.p_old_after)}",
-            "[green]yes[/green]" if e.flipped else "[red]no[/red]",
+            {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[dim]n/a[/dim]"}[e.flipped],
             e.completion_before, e.completion_after,
         )
     console.print(table)
-    flips = sum(e.flipped for e in effects)
-    console.print(f"flipped in [bold]{flips} of {len(effects)}[/bold] languages")
+    judged = [e for e in effects if e.flipped is not None]
+    unjudged = len(effects) - len(judged)
+    console.print(f"flipped in [bold]{sum(e.flipped for e in judged)} of {len(judged)}[/bold] languages"
+                  + (f" ({unjudged} without an old object: n/a)" if unjudged else ""))
     if neighbours:
         table = Table(title="unrelated facts (should not change)",
                       caption="✓ = the true answer appears in the greedy completion")

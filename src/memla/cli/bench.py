@@ -13,10 +13,21 @@ Example::
 from __future__ import annotations
 
 import argparse
+import logging
 
-from memla.cli._common import add_method_argument, add_model_argument, console, load_model_from_args, print_table
+from memla.cli._common import (
+    add_max_tokens_argument,
+    add_method_argument,
+    add_model_argument,
+    check_texts_fit,
+    console,
+    load_model_from_args,
+    print_table,
+)
 
 ORDER = 50
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="resume a run made on another device (refused by default: the cells would mix devices); "
                    "another torch thread count only warns, another dtype is always refused")
     add_sequential_arguments(p)
+    add_max_tokens_argument(p)
     add_model_argument(p)
     p.set_defaults(func=run)
 
@@ -99,14 +111,21 @@ def run(args: argparse.Namespace) -> int:
     from memla.errors import MemlaError
     from memla.evaluate.metrics import UNEDITED
     from memla.evaluate.runner import run_bench
+    from memla.evaluate.sequential import SEQUENTIAL
+    from memla.evaluate.store import MANIFEST
+    from memla.outputs import check_out_dir
     from memla.langs import resolve_langs
     from memla.report import build_report
     from memla.report.tables import overview_tables
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise MemlaError(f"--methods names no method (got {args.methods!r}); e.g. --methods memla,rome, "
+                         "or --methods unedited for the unedited model alone")
     for method in methods:  # fail on a typo before loading anything
         if method != UNEDITED:
             editor_entry(method)
+    check_out_dir(args.out, option="--out", markers=(MANIFEST, SEQUENTIAL))
     sources, targets = resolve_langs(args.source), resolve_langs(args.targets)
     configs = _read_configs(args.config)
     for flag, value in (("--limit", args.limit), ("--sample", args.sample)):
@@ -117,8 +136,14 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         records = records[: args.limit]
     if args.sample is not None:
+        if args.sample > len(records):
+            log.warning("--sample %d: the dataset has only %d record(s)%s; using all of them", args.sample,
+                        len(records), f" in split {args.split!r}" if args.split else "")
         records = stratified_sample(records, args.sample, seed=args.seed)
+    if not records:
+        raise MemlaError(f"{args.dataset}: no records to run" + (f" in split {args.split!r}" if args.split else ""))
     model, tokenizer = load_model_from_args(args)
+    check_texts_fit(args, model, tokenizer, [t for r in records for t in r.texts()])
     if args.sequential is not None:
         return run_sequential_bench(args, model, tokenizer, records, methods=methods, sources=sources, targets=targets,
                                     configs=configs, command=_command(args))

@@ -2,7 +2,7 @@
 
 Sub-commands (each calls `memla.data` functions and prints rich tables):
 
-* ``memla data check FILE_OR_NAME`` -- summary and every validation problem;
+* ``memla data check FILE_OR_NAME [--max-chars N]`` -- summary and every validation problem;
   exit status 2 when there are errors.
 * ``memla data show NAME --record ID [--lang xx]`` -- one record, readably.
 * ``memla data convert --from FORMAT IN... --out OUT`` -- convert BMIKE-53, MzsRE,
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from rich.table import Table
 from rich.text import Text
 
-from memla.cli._common import console
-from memla.data import Problem, Record, builtin_datasets, load_dataset, read_raw, save_dataset, validate
+from memla.cli._common import console, count
+from memla.data import MAX_TEXT_CHARS, Problem, Record, builtin_datasets, load_dataset, read_raw, save_dataset, validate
 from memla.data.formats import CONVERTERS, convert
-from memla.data.io import FORMATS
+from memla.data.io import FORMATS, check_output_path
 from memla.data.summary import COUNTED_FIELDS, DatasetSummary, summarize
 from memla.errors import DataError
 from memla.langs import join, lang_name, resolve_langs
@@ -71,11 +71,23 @@ def _add_check(actions: argparse._SubParsersAction) -> None:
         description="Print records, languages, prompts per field and language, relations, "
         "splits and every validation error and warning. Exits with status 2 when the "
         "dataset has errors (missing key, no {} in an edit prompt, empty target, "
-        "target_new == target_true, unknown language code, bad UTF-8, ...).",
+        "target_new == target_true, unknown language code, bad UTF-8, a text longer than "
+        f"{MAX_TEXT_CHARS} characters, ...).",
     )
     check.add_argument("dataset", metavar="FILE_OR_NAME", help="a .json / .jsonl file or a built-in dataset name (see `memla data list`)")
     check.add_argument("--format", choices=FORMATS, default="auto", help="file layout (default: %(default)s: JSONL for .jsonl, else JSON)")
-    check.add_argument("--max-problems", type=int, default=30, metavar="N", help="list at most N problems one by one (default: %(default)s); all are counted")
+    check.add_argument(
+        "--max-problems", type=count(0), default=30, metavar="N", help="list at most N problems one by one (default: %(default)s); all are counted"
+    )
+    check.add_argument(
+        "--max-chars",
+        type=count(1),
+        default=MAX_TEXT_CHARS,
+        metavar="N",
+        help="report any text (prompt, subject, target, answer, question) longer than N characters as an error "
+        "(default: %(default)s, memla.data.MAX_TEXT_CHARS, the limit every command loading a dataset applies; "
+        "long texts make editing use a lot of memory)",
+    )
     check.set_defaults(func=run_check)
 
 
@@ -105,7 +117,13 @@ def _add_convert(actions: argparse._SubParsersAction) -> None:
     )
     conv.add_argument("--from", dest="source_format", required=True, choices=sorted(CONVERTERS), help="layout of the input files")
     conv.add_argument("inputs", nargs="+", metavar="IN", help="input files (e.g. all zsre_test_<lang>.json of BMIKE-53)")
-    conv.add_argument("--out", required=True, metavar="OUT", help="output file (.json: a JSON list, .jsonl: one record per line)")
+    conv.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="output file (.json: a JSON list, .jsonl: one record per line); its folder is created if missing, "
+        "an existing file is replaced, an input file is refused",
+    )
     conv.add_argument("--drop-invalid", action="store_true", help="write the valid records and drop those with errors")
     conv.set_defaults(func=run_convert)
 
@@ -121,7 +139,7 @@ def _add_list(actions: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     """Run ``memla data check``; returns 2 when the dataset has errors."""
     raw, label = read_raw(args.dataset, format=args.format)
-    report = validate(raw, source=label)
+    report = validate(raw, source=label, max_chars=args.max_chars)
     summary = summarize(raw)
     _print_overview(label, summary, len(report.errors), len(report.warnings))
     _print_prompt_counts(summary)
@@ -185,13 +203,13 @@ def _print_problems(problems: Sequence[Problem], *, limit: int) -> None:
     table = Table(title=f"problems ({len(problems)})")
     for name in ("severity", "record", "lang", "field", "message"):
         table.add_column(name)
-    for p in problems[: max(limit, 0)]:
+    for p in problems[:limit]:
         style = "red" if p.severity == "error" else "yellow"
         table.add_row(Text(p.severity, style=style), Text(_dash(p.record_id)), Text(_dash(p.lang)), Text(_dash(p.field)), Text(p.message))
     console.print(table)
     if len(problems) > limit:
         kinds = Counter((p.severity, p.code) for p in problems)
-        console.print(Text(f"{len(problems) - max(limit, 0)} more problem(s) not listed (--max-problems); all {len(problems)} by kind:"))
+        console.print(Text(f"{len(problems) - limit} more problem(s) not listed (--max-problems); all {len(problems)} by kind:"))
         summary = Table(title="problems by kind")
         for name in ("severity", "kind", "count"):
             summary.add_column(name)
@@ -272,6 +290,7 @@ def _highlight(prompt: str, subject: str | None) -> Text:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Run ``memla data convert``; returns 2 (writing nothing) when the result has errors."""
+    check_output_path(args.out, name=f"--out {args.out}", inputs=args.inputs)
     records = convert(args.source_format, args.inputs)
     report = validate(records, source=f"{args.source_format} input")
     if report.errors and not args.drop_invalid:

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-from memla.cli._common import add_method_argument, add_model_argument, console, load_model_from_args, print_table
+from memla.cli._common import (
+    add_max_tokens_argument,
+    add_method_argument,
+    add_model_argument,
+    check_texts_fit,
+    console,
+    load_model_from_args,
+    print_table,
+)
 
 ORDER = 55
 
@@ -54,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="edit seed (default: %(default)s)")
     p.add_argument("--out", default=None, help="add the results to OUT/downstream.json (shown by `memla report OUT`)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_max_tokens_argument(p)
     add_model_argument(p)
     p.set_defaults(func=run)
 
@@ -95,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     (ls,) = resolve_langs(args.source)[:1]
     records = load_dataset(args.dataset, split=args.split)
     model, tokenizer = load_model_from_args(args)
+    check_texts_fit(args, model, tokenizer, [t for r in records for t in r.texts()])
     result = downstream_after_edits(model, tokenizer, records, method=args.method, tasks=tasks, n_edits=args.edits, ls=ls,
                                     config=args.config, batch_size=args.batch_size, engine=args.engine, limit=args.limit,
                                     seed=args.seed, progress=not args.no_progress)

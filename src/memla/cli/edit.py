@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from memla.cli._common import add_method_argument, add_model_argument, console, load_model_from_args
+from memla.cli._common import (
+    add_max_tokens_argument,
+    add_method_argument,
+    add_model_argument,
+    check_texts_fit,
+    check_typed_texts,
+    console,
+    load_model_from_args,
+)
 from memla.errors import EditError
 
 ORDER = 5
@@ -37,8 +45,11 @@ def register(subparsers) -> None:
     fact.add_argument("--record", help="example_id of the record in --dataset")
     add_method_argument(p, "--method", default="memla", help="editing method: %(methods)s (default: %(default)s)")
     p.add_argument("--config", help="YAML/JSON file with the method's config")
-    p.add_argument("--save-adapter", metavar="DIR", help="save the edit (PEFT LoRA adapter, or dense deltas) to DIR")
+    p.add_argument("--save-adapter", metavar="DIR",
+                   help="save the edit (PEFT LoRA adapter, or dense deltas) to DIR (new or empty; checked before editing)")
+    p.add_argument("--overwrite", action="store_true", help="let --save-adapter replace a non-empty DIR (atomically)")
     p.add_argument("--load-adapter", metavar="DIR", help="apply a saved edit instead of editing")
+    add_max_tokens_argument(p)
     add_model_argument(p)
     p.set_defaults(func=run)
 
@@ -72,6 +83,8 @@ def build_request(args: argparse.Namespace):
         neighbours = [(k, record.neighborhood_prompts[k][0], record.neighborhood_answers[k][0])
                       for k in request.langs if record.neighborhood_prompts.get(k)]
         return request, neighbours
+    check_typed_texts([("--prompt", args.prompt), ("--subject", args.subject), ("--new", args.target_new),
+                       ("--old", args.target_true), *(("--translation", t) for t in args.translation)])
     missing = [flag for flag, v in (("--prompt", args.prompt), ("--subject", args.subject), ("--new", args.target_new))
                if not v]
     if missing:
@@ -82,6 +95,28 @@ def build_request(args: argparse.Namespace):
     return dataclasses.replace(request, translations=translations), []
 
 
+def request_texts(request) -> list[tuple[str, str]]:
+    """The texts of an edit request in every language, labelled for `check_texts_fit`."""
+    out = []
+    for lang in request.langs:
+        fact = request.in_lang(lang)
+        out += [(f"{lang} prompt", fact.text), (f"{lang} new object", fact.target_new)]
+        out += [(f"{lang} old object", fact.target_true)] if fact.target_true else []
+    return out
+
+
+def _check_save(args: argparse.Namespace) -> None:
+    """Refuse a --save-adapter that cannot be served, before the model loads."""
+    from memla.editors import editor_entry
+    from memla.outputs import check_out_dir
+
+    if args.load_adapter:
+        raise EditError("--save-adapter and --load-adapter exclude each other (the loaded edit is saved already)")
+    if not editor_entry(args.method).edits_weights:
+        raise EditError(f"--save-adapter: {args.method} edits by prompting, not weights; there is no adapter to save")
+    check_out_dir(args.save_adapter, option="--save-adapter", overwrite=args.overwrite)
+
+
 def run(args: argparse.Namespace) -> int:
     from memla.cli._effects import print_effects
     from memla.compare import compare
@@ -90,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
 
     request, neighbours = build_request(args)
     editor = None if args.load_adapter else get_editor(args.method, args.config)
+    if args.save_adapter:
+        _check_save(args)
     model, tokenizer = load_model_from_args(args)
+    check_texts_fit(args, model, tokenizer, request_texts(request) + [(f"neighbour {k}", p) for k, p, _ in neighbours])
     if args.load_adapter:
         result = load_edit(args.load_adapter, model)
         title = f"edit loaded from {args.load_adapter}"
@@ -102,6 +140,6 @@ def run(args: argparse.Namespace) -> int:
     effects, neigh = compare(model, tokenizer, request, result, neighbours=neighbours)
     print_effects(effects, neigh, title=title)
     if args.save_adapter:
-        form = save_edit(result, model, args.save_adapter)
+        form = save_edit(result, model, args.save_adapter, overwrite=args.overwrite)
         console.print(f"saved the edit ({form}) to {args.save_adapter}")
     return 0

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import argparse
 
-from memla.cli._common import add_model_argument, console, load_model_from_args, print_table
+from memla.cli._common import (
+    add_max_tokens_argument,
+    add_model_argument,
+    check_texts_fit,
+    check_typed_texts,
+    console,
+    load_model_from_args,
+    print_table,
+)
 from memla.errors import DataError
 
 ORDER = 30
@@ -51,6 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=20, help="number of top neurons to list (default: %(default)s)")
     p.add_argument("--reference", action="store_true", help="use the slow reference implementation")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the attribution cache")
+    add_max_tokens_argument(p)
     add_model_argument(p)
     p.set_defaults(func=run)
 
@@ -69,13 +78,40 @@ def parse_layers(text: str | None) -> list[int] | None:
     return out
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse out-of-range options before the model loads."""
+    if not 0.0 <= args.threshold <= 1.0:
+        raise DataError(f"--threshold is a fraction of the maximum score in [0, 1], got {args.threshold}")
+    if args.share is not None and not 0.0 < args.share <= 1.0:
+        raise DataError(f"--share is a share of the prompts in (0, 1], got {args.share}")
+    for flag, value in (("--steps", args.steps), ("--top", args.top)):
+        if value < 1:
+            raise DataError(f"{flag} must be at least 1, got {value}")
+    layers = parse_layers(args.layers)
+    if layers is not None and (not layers or min(layers) < 0):
+        raise DataError(f"--layers must name layers 0, 1, ..., got {args.layers!r}")
+
+
+def check_layers(layers: list[int] | None, model) -> None:
+    """Refuse layers the model does not have (before any attribution)."""
+    from memla.models import num_layers
+
+    n = num_layers(model)
+    if layers is not None and max(layers) >= n:
+        raise DataError(f"--layers: the model has layers 0-{n - 1}, got {max(layers)}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the sub-command; returns the exit status."""
+    check_options(args)
     if args.prompt is not None:
+        check_typed_texts([("--prompt", args.prompt), ("--subject", args.subject), ("--target", args.target)])
         prompt = _fill(args.prompt, args.subject)
         if not args.target:
             raise DataError("--target is required with --prompt")
         model, tokenizer = load_model_from_args(args)
+        check_layers(parse_layers(args.layers), model)
+        check_texts_fit(args, model, tokenizer, [("--prompt", prompt), ("--target", args.target)])
         return _single(args, model, tokenizer, prompt)
     if args.record is None:
         raise DataError("--record is required with --dataset")
@@ -85,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise DataError(f"{args.dataset}: no record with example_id {args.record!r}")
     model, tokenizer = load_model_from_args(args)
+    check_layers(parse_layers(args.layers), model)
+    check_texts_fit(args, model, tokenizer, records[0].texts())
     return _record(args, model, tokenizer, records[0])
 
 

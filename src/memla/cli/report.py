@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from memla.report import build_report, parse_formats, write_report
     from memla.report.tables import fmt
 
+    from memla.outputs import check_out_dir
+
     formats = parse_formats(args.format)
+    if args.out is not None:
+        check_out_dir(args.out, option="--out", overwrite=True)  # a report folder is rewritten file by file
     report = build_report(args.run)
     if not args.quiet:
         for table in report.tables:

@@ -112,7 +112,7 @@ def from_counterfact(paths: Sequence[PathLike]) -> list[Record]:
     """
     records = []
     for path in map(Path, paths):
-        for index, item in enumerate(read_list(path)):
+        for index, item in enumerate(read_list(path, "counterfact")):
             where = f"{path}: item {index}"
             if not isinstance(item, Mapping):
                 raise DataError(f"{where}: expected an object")
@@ -165,7 +165,7 @@ def from_mquake(paths: Sequence[PathLike]) -> list[Record]:
     """
     records, skipped = [], 0
     for path in map(Path, paths):
-        for index, item in enumerate(read_list(path)):
+        for index, item in enumerate(read_list(path, "mquake")):
             where = f"{path}: item {index}"
             rewrites = item.get("requested_rewrite") if isinstance(item, Mapping) else None
             if not isinstance(rewrites, list) or not rewrites:

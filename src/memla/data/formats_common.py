@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memla.data.files import read_utf8
-from memla.data.schema import SLOT, EditFact, Record
+from memla.data.files import loads, read_utf8
+from memla.data.schema import SLOT, EditFact, Record, json_kind
 from memla.errors import DataError
 from memla.langs import is_known, normalize, order_langs
 
@@ -73,7 +73,6 @@ RELATION_NAMES: dict[str, str] = {
 }
 
 
-
 def read_json(path: PathLike) -> Any:
     """Read one JSON file strictly as UTF-8.
 
@@ -84,21 +83,130 @@ def read_json(path: PathLike) -> Any:
         The parsed JSON value.
 
     Raises:
-        DataError: naming the file when it is missing, not UTF-8 or not valid JSON.
+        DataError: naming the file when it is missing, empty, not UTF-8, not valid
+            JSON or nested too deeply.
     """
     path = Path(path)
     text = read_utf8(path, source=str(path))
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; expected a JSON list of records")
     try:
-        return json.loads(text)
+        return loads(text, source=str(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
 
 
-def read_list(path: PathLike) -> list[Any]:
+def read_list(path: PathLike, fmt: str) -> list[Any]:
+    """Read a source file holding a JSON list of records in the layout of converter ``fmt``.
+
+    Args:
+        path: the file.
+        fmt: the converter reading it (a key of `LAYOUTS`).
+
+    Returns:
+        The items, at least one.
+
+    Raises:
+        DataError: when the file cannot be read, is not a non-empty list, or its
+            first item is not in ``fmt``'s layout (`check_layout`).
+    """
     data = read_json(path)
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got a JSON {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON list of records, got {json_kind(data)}")
+    if not data:
+        raise DataError(f"{path}: no records (the list is empty)")
+    check_layout(path, fmt, data[0])
     return data
+
+
+# ----------------------------------------------------------------------------- telling layouts apart
+
+
+def _is_pair(item: Any) -> bool:
+    """A BMIKE-53 / MzsRE item: an object language -> entry object."""
+    return isinstance(item, Mapping) and bool(item) and all(isinstance(v, Mapping) for v in item.values())
+
+
+def _is_mkeb(item: Any) -> bool:
+    return isinstance(item, Mapping) and "edit" in item
+
+
+def _is_counterfact(item: Any) -> bool:
+    return isinstance(item, Mapping) and isinstance(item.get("requested_rewrite"), Mapping)
+
+
+def _is_mquake(item: Any) -> bool:
+    return isinstance(item, Mapping) and isinstance(item.get("requested_rewrite"), list)
+
+
+def _is_mlake(item: Any) -> bool:
+    return isinstance(item, Mapping) and "question" in item and "e_answer" in item
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the items of one source layout look like, to name a file given to the wrong converter.
+
+    Attributes:
+        title: the dataset's name in messages.
+        expected: its items in words, after "expected a list of".
+        matches: whether an item is in this layout (a quick look at its keys).
+        hint: what to do with a file in this layout, after "this looks like".
+    """
+
+    title: str
+    expected: str
+    matches: Callable[[Any], bool]
+    hint: str
+
+
+_PAIR_ENTRY = "objects language -> entry, each entry with keys subject, src, alt, rephrase, loc, loc_ans"
+LAYOUTS: dict[str, Layout] = {
+    "mkeb": Layout("MKEB", "records with keys example_id, edit, ...", _is_mkeb, "the MKEB layout: read it without --from"),
+    "counterfact": Layout(
+        "CounterFact",
+        "objects with keys case_id, requested_rewrite {prompt, subject, target_new, target_true}, paraphrase_prompts, neighborhood_prompts",
+        _is_counterfact,
+        "CounterFact: use --from counterfact",
+    ),
+    "mquake": Layout(
+        "MQuAKE",
+        "objects with keys case_id, requested_rewrite [{prompt, subject, target_new, target_true, question}], questions, new_answer",
+        _is_mquake,
+        "MQuAKE: use --from mquake",
+    ),
+    "mlake": Layout(
+        "MLaKE", "objects with keys question, o_prompt, o_answer, e_prompt, e_answer", _is_mlake, "MLaKE: use --from mlake"
+    ),
+    "bmike53": Layout("BMIKE-53", f"{_PAIR_ENTRY}, port, port_ans", _is_pair, "BMIKE-53 or MzsRE: use --from bmike53 or --from mzsre"),
+    "mzsre": Layout("MzsRE", f"{_PAIR_ENTRY}, portability", _is_pair, "BMIKE-53 or MzsRE: use --from bmike53 or --from mzsre"),
+}
+_KEYS_SHOWN = 6
+
+
+def check_layout(path: PathLike, fmt: str, item: Any) -> None:
+    """Check that a file's first item is in converter ``fmt``'s layout.
+
+    Args:
+        path: the file, for the message.
+        fmt: the converter (a key of `LAYOUTS`).
+        item: the file's first item.
+
+    Raises:
+        DataError: naming the expected layout, the keys found and, when the item is in
+            another known layout, which one.
+    """
+    layout = LAYOUTS[fmt]
+    if layout.matches(item):
+        return
+    if isinstance(item, Mapping):
+        keys = [str(k)[:40] for k in item]
+        found = "keys " + ", ".join(keys[:_KEYS_SHOWN]) + (", ..." if len(keys) > _KEYS_SHOWN else "")
+    else:
+        found = json_kind(item)
+    guess = next((other.hint for other in LAYOUTS.values() if other.matches(item)), None)
+    tail = f" (this looks like {guess})" if guess else ""
+    raise DataError(f"{path} does not look like {layout.title}: expected a list of {layout.expected}; found {found}{tail}")
 
 
 def template(text: str, subject: str | None) -> str | None:

@@ -83,7 +83,7 @@ def _join_pairs(
         raise DataError(f"{fmt}: no input file given")
     drafts: dict[Any, Draft] = {}
     for path in map(Path, paths):
-        for index, item in enumerate(read_list(path)):
+        for index, item in enumerate(read_list(path, fmt)):
             if not isinstance(item, Mapping) or not item:
                 raise DataError(f"{path}: item {index}: expected an object language -> entry")
             key = key_of(path, index, item)
@@ -215,6 +215,7 @@ def _mlake_files(paths: Sequence[PathLike]) -> tuple[dict[str, Path], dict[str, 
     for path in map(Path, paths):
         match = _MLAKE_FILE.match(path.name)
         if not match:
+            read_list(path, "mlake")  # a file in another layout is named as such
             raise DataError(f"{path}: not an MLaKE file name (<lang>_qa.json or new_<lang>_qa.json)")
         kind, code, style = match.groups()
         if style == "mcqa":
@@ -259,7 +260,7 @@ def _mlake_fact(entry: Mapping[str, Any], where: str) -> tuple[EditFact, list[st
 def _mlake_multi_hop(path: Path, lang: str, by_e_prompt: Mapping[str, int], records: list[Record]) -> None:
     """Attach the first post-edit multi-hop question of each single-hop fact."""
     linked = 0
-    for index, item in enumerate(read_list(path)):
+    for index, item in enumerate(read_list(path, "mlake")):
         where = f"{path}: item {index}"
         target = by_e_prompt.get(item.get("e_prompt")) if isinstance(item, Mapping) else None
         if target is None:
@@ -318,7 +319,7 @@ def from_mlake(paths: Sequence[PathLike]) -> list[Record]:
             different lengths or missing fields.
     """
     single, multi = _mlake_files(paths)
-    lists = {lang: read_list(path) for lang, path in single.items()}
+    lists = {lang: read_list(path, "mlake") for lang, path in single.items()}
     sizes = {lang: len(items) for lang, items in lists.items()}
     if len(set(sizes.values())) > 1:
         raise DataError(f"mlake: single-hop files have different lengths ({sizes}); they must be parallel")

@@ -19,9 +19,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from memla.data.files import read_utf8
+from memla.data.files import loads, read_utf8
 from memla.data.formats import CONVERTERS, convert
-from memla.data.schema import Record
+from memla.data.schema import Record, json_kind
 from memla.data.validation import validate
 from memla.errors import DataError
 
@@ -56,6 +56,8 @@ def resolve_path(path_or_name: str | os.PathLike[str]) -> tuple[Path | Traversab
     path = Path(path_or_name)
     if path.is_file():
         return path, str(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a .json or .jsonl dataset file or a built-in dataset name")
     if path.exists():
         raise DataError(f"{path}: not a file")
     name = str(path_or_name)
@@ -76,38 +78,53 @@ def parse_records(text: str, *, source: str, format: str = "auto") -> list[Any]:
         format: ``"auto"``, ``"json"`` or ``"jsonl"``.
 
     Returns:
-        The raw record objects (not yet validated).
+        The raw record objects (not yet validated); at least one.
 
     Raises:
-        DataError: on malformed JSON (with line and column) or a top level that is not a list.
+        DataError: on an empty file or list, malformed or too deeply nested JSON (with
+            line and column) or a top level that is not a list.
     """
     if format not in FORMATS:
         raise DataError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}")
+    if not text.strip():
+        raise DataError(f"{source}: the file is empty; expected a JSON list of records (or JSONL)")
     if format == "jsonl" or (format == "auto" and source.endswith(".jsonl")):
-        return _parse_jsonl(text, source=source)
+        records = _parse_jsonl(text, source=source)
+    else:
+        records = _parse_json(text, source=source, format=format)
+    if not records:
+        raise DataError(f"{source}: no records (the list is empty)")
+    return records
+
+
+def _parse_json(text: str, *, source: str, format: str) -> list[Any]:
+    """A JSON list of records; with ``format="auto"``, JSONL when the text is not one JSON value."""
     try:
-        data = json.loads(text)
+        data = loads(text, source=source)
     except json.JSONDecodeError as err:
         if format == "auto" and _looks_like_jsonl(text):
             return _parse_jsonl(text, source=source)
         raise DataError(f"{source}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     if not isinstance(data, list):
-        raise DataError(f"{source}: expected a JSON list of records (or JSONL), got a JSON {type(data).__name__}")
+        hint = " (one record? put it in a list: [ ... ])" if isinstance(data, dict) and "edit" in data else ""
+        raise DataError(f"{source}: expected a JSON list of records (or JSONL), got {json_kind(data)}{hint}")
     return data
 
 
 def _looks_like_jsonl(text: str) -> bool:
+    """Whether the text has several lines and each one starts a JSON object."""
     lines = [line for line in text.splitlines() if line.strip()]
     return len(lines) > 1 and all(line.lstrip().startswith("{") for line in lines)
 
 
 def _parse_jsonl(text: str, *, source: str) -> list[Any]:
+    """One JSON value per non-blank line."""
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(loads(line, source=f"{source}: line {number}"))
         except json.JSONDecodeError as err:
             raise DataError(f"{source}: invalid JSON on line {number}, column {err.colno}: {err.msg}") from None
     return records
@@ -124,7 +141,7 @@ def read_raw(path_or_name: str | os.PathLike[str], *, format: str = "auto") -> t
         ``(raw records, label)``, label being the file or dataset name for messages.
 
     Raises:
-        DataError: when the file is missing, not UTF-8 or not valid JSON / JSONL.
+        DataError: when the file is missing, empty, not UTF-8 or not valid JSON / JSONL.
     """
     file, label = resolve_path(path_or_name)
     return parse_records(read_utf8(file, source=label), source=label, format=format), label
@@ -184,8 +201,52 @@ def _select_split(records: list[Record], split: str | None, label: str) -> list[
     return chosen
 
 
+def check_output_path(
+    path: str | os.PathLike[str], *, name: str | None = None, inputs: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
+    """Check, before any work, that `save_dataset` can write ``path``.
+
+    A missing parent folder is fine (`save_dataset` creates it); an existing file is
+    replaced.
+
+    Args:
+        path: the output file.
+        name: how messages name it (default: the path; the CLI passes ``"--out PATH"``).
+        inputs: files the records are read from, which must not be overwritten.
+
+    Returns:
+        ``path`` as a `Path`.
+
+    Raises:
+        DataError: when ``path`` is a directory or one of ``inputs``, or its folder
+            cannot be created or written.
+    """
+    path = Path(path)
+    name = name or str(path)
+    if path.is_dir():
+        raise DataError(f"{name} is a directory; give a .json or .jsonl file path")
+    if path.exists() and any(path.samefile(i) for i in inputs if Path(i).exists()):
+        raise DataError(f"{name} is also an input file; write the converted records to another file")
+    folder = _existing_ancestor(path.absolute().parent)
+    if not folder.is_dir():
+        raise DataError(f"{name}: cannot create the folder {path.parent}: {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"{name}: cannot write into the folder {folder}: permission denied")
+    return path
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    """``folder`` or the nearest of its parents that exists."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def save_dataset(records: Iterable[Record | Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write records as a JSON list (``.json``) or JSONL (``.jsonl``), atomically.
+
+    The parent folder is created when missing; an existing file is replaced (keeping
+    its permissions).
 
     Args:
         records: `Record` objects or raw record dicts.
@@ -193,13 +254,26 @@ def save_dataset(records: Iterable[Record | Mapping[str, Any]], path: str | os.P
 
     Returns:
         The path written.
+
+    Raises:
+        DataError: when ``path`` is a directory or cannot be written (`check_output_path`).
     """
-    path = Path(path)
+    path = check_output_path(path)
     dicts = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
     if path.suffix == ".jsonl":
         text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dicts)
     else:
         text = json.dumps(dicts, ensure_ascii=False, indent=2) + "\n"
+    try:
+        _write_atomically(path, text)
+    except OSError as err:
+        raise DataError(f"{path}: cannot write: {err.strerror or err}") from None
+    log.info("wrote %d records to %s", len(dicts), path)
+    return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file next to ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -211,5 +285,3 @@ def save_dataset(records: Iterable[Record | Mapping[str, Any]], path: str | os.P
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("wrote %d records to %s", len(dicts), path)
-    return path

@@ -179,6 +179,25 @@ class Record:
             extra={k: v for k, v in d.items() if k not in KNOWN_KEYS},
         )
 
+    def texts(self) -> list[tuple[str, str]]:
+        """Every text a model reads for this record, as ``(label, text)``; labels name record, language and field.
+
+        Edit prompts appear with the subject filled in (``EditFact.filled``), since that is
+        what is tokenised; targets, paraphrases, neighbourhood prompts and answers, and
+        multi-hop questions and answers follow.
+        """
+        out = []
+        for lang, fact in self.edit.items():
+            label = f"record {self.example_id}, {lang}, edit"
+            out += [(f"{label}.prompt", fact.filled()), (f"{label}.target_new", fact.target_new)]
+            out += [(f"{label}.target_true", fact.target_true)] if fact.target_true else []
+        for key in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_answers", "multi_hop_questions"):
+            for lang, items in getattr(self, key).items():
+                out += [(f"record {self.example_id}, {lang}, {key}[{i}]", text) for i, text in enumerate(items)]
+        out += [(f"record {self.example_id}, {lang}, multi_hop_new_answer", text)
+                for lang, text in self.multi_hop_new_answer.items()]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The record in the official MKEB JSON layout.
 
@@ -255,7 +274,7 @@ class RecordCheck:
     """The structural checks of raw records: missing keys and wrong types (codes
     ``missing-key`` and ``bad-type``), after which a record cannot be built into a `Record`.
 
-    `record` walks one record in a fixed order.  The semantic hooks (`lang_code`, `empty`,
+    `record` walks one record in a fixed order.  The semantic hooks (`lang_code`, `empty`, `text`,
     `fact_semantics`, `neighbourhood`, `record_warnings`) do nothing here;
     `memla.data.validation` overrides them, so that its report lists a record's
     structural and semantic problems in one walk, in field order.
@@ -291,7 +310,7 @@ class RecordCheck:
             rid: how problems name the record (`record_label`).
         """
         if not isinstance(raw, Mapping):
-            self.error(rid, None, None, f"a record must be a JSON object, got {_kind(raw)}", "bad-type")
+            self.error(rid, None, None, f"a record must be a JSON object, got {json_kind(raw)}", "bad-type")
             return
         for key in REQUIRED_KEYS:
             if key not in raw:
@@ -315,7 +334,7 @@ class RecordCheck:
             self.error(rid, None, "example_id", f"must be an integer or a non-empty string, got {eid!r}", "bad-type")
         for key in ("relation", "relation_description"):
             if key in raw and not isinstance(raw[key], str):
-                self.error(rid, None, key, f"must be a string, got {_kind(raw[key])}", "bad-type")
+                self.error(rid, None, key, f"must be a string, got {json_kind(raw[key])}", "bad-type")
         split = raw.get("split")
         if split is not None and not (isinstance(split, str) and split.strip()):
             self.error(rid, None, "split", f"must be a non-empty string or null, got {split!r}", "bad-type")
@@ -324,14 +343,14 @@ class RecordCheck:
 
     def edit(self, edit: Any, rid, templated: bool) -> None:
         if not isinstance(edit, Mapping):
-            self.error(rid, None, "edit", f"must be an object language -> fact, got {_kind(edit)}", "bad-type")
+            self.error(rid, None, "edit", f"must be an object language -> fact, got {json_kind(edit)}", "bad-type")
             return
         if not edit:
             self.empty(rid, None, "edit", "no language: the edit is empty")
         for lang, fact in edit.items():
             self.lang_code(lang, rid, "edit")
             if not isinstance(fact, Mapping):
-                self.error(rid, lang, "edit", f"must be an object with {', '.join(FACT_KEYS)}, got {_kind(fact)}", "bad-type")
+                self.error(rid, lang, "edit", f"must be an object with {', '.join(FACT_KEYS)}, got {json_kind(fact)}", "bad-type")
                 continue
             self.fact(fact, rid, lang, templated)
 
@@ -347,39 +366,45 @@ class RecordCheck:
             if value is None and key == "subject":
                 self.empty(rid, lang, "edit.subject", 'is null; only question-form records ("templated": false) may omit the subject')
             elif not isinstance(value, str):
-                self.error(rid, lang, f"edit.{key}", f"must be a string, got {_kind(value)}", "bad-type")
+                self.error(rid, lang, f"edit.{key}", f"must be a string, got {json_kind(value)}", "bad-type")
             elif not value.strip():
                 self.empty(rid, lang, f"edit.{key}", "is empty")
+            else:
+                self.text(rid, lang, f"edit.{key}", value)
         self.fact_semantics(fact, rid, lang, templated)
 
     def prompt_lists(self, value: Any, rid, key: str) -> None:
         if not isinstance(value, Mapping):
-            self.error(rid, None, key, f"must be an object language -> list of strings, got {_kind(value)}", "bad-type")
+            self.error(rid, None, key, f"must be an object language -> list of strings, got {json_kind(value)}", "bad-type")
             return
         for lang, items in value.items():
             self.lang_code(lang, rid, key)
             if not isinstance(items, list):
-                self.error(rid, lang, key, f"must be a list of strings, got {_kind(items)}", "bad-type")
+                self.error(rid, lang, key, f"must be a list of strings, got {json_kind(items)}", "bad-type")
                 continue
             for i, item in enumerate(items):
                 if not isinstance(item, str):
-                    self.error(rid, lang, f"{key}[{i}]", f"must be a string, got {_kind(item)}", "bad-type")
+                    self.error(rid, lang, f"{key}[{i}]", f"must be a string, got {json_kind(item)}", "bad-type")
                 elif not item.strip():
                     self.empty(rid, lang, f"{key}[{i}]", "is empty")
+                else:
+                    self.text(rid, lang, f"{key}[{i}]", item)
 
     def multi_hop(self, raw: Mapping, rid) -> None:
         answers = raw.get("multi_hop_new_answer")
         if answers is None:
             answers = {}
         if not isinstance(answers, Mapping):
-            self.error(rid, None, "multi_hop_new_answer", f"must be an object language -> string, got {_kind(answers)}", "bad-type")
+            self.error(rid, None, "multi_hop_new_answer", f"must be an object language -> string, got {json_kind(answers)}", "bad-type")
             return
         for lang, answer in answers.items():
             self.lang_code(lang, rid, "multi_hop_new_answer")
             if not isinstance(answer, str):
-                self.error(rid, lang, "multi_hop_new_answer", f"must be a string, got {_kind(answer)}", "bad-type")
+                self.error(rid, lang, "multi_hop_new_answer", f"must be a string, got {json_kind(answer)}", "bad-type")
             elif not answer.strip():
                 self.empty(rid, lang, "multi_hop_new_answer", "is empty")
+            else:
+                self.text(rid, lang, "multi_hop_new_answer", answer)
         questions = raw.get("multi_hop_questions")
         if isinstance(questions, Mapping):
             for lang, items in questions.items():
@@ -394,6 +419,9 @@ class RecordCheck:
     def empty(self, rid, lang, fld: str, message: str) -> None:
         """A value present but empty (a null subject, a blank string, an edit without languages)."""
 
+    def text(self, rid, lang, fld: str, value: str) -> None:
+        """A non-blank text of field ``fld``: an edit fact's string, a prompt, an answer."""
+
     def fact_semantics(self, fact: Mapping, rid, lang: str, templated: bool) -> None:
         """One language's edit fact, after its keys and types were checked."""
 
@@ -404,8 +432,9 @@ class RecordCheck:
         """The record, last, when its edit is an object."""
 
 
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+def json_kind(value: Any) -> str:
+    """A JSON value's type in words, for messages: "an object", "a list", "a string", "a number", ..."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
 

@@ -5,7 +5,8 @@ Errors make a dataset unusable: missing key, no ``{}`` or several ``{}`` in an
 edit prompt (records with ``"templated": false`` are exempt), empty subject /
 target / prompt, target_new equal to target_true, unknown language code,
 neighbourhood prompts and answers of different lengths, multi-hop questions
-without an answer, duplicate record id, wrong value type.  The missing keys and
+without an answer, duplicate record id, wrong value type, a text longer than
+`MAX_TEXT_CHARS`.  The missing keys and
 wrong types are `memla.data.schema.RecordCheck`'s structural checks, which this
 module's checker extends with the semantic ones.  (A non-UTF-8 file is reported
 by the reader, `memla.data.files`.)  Warnings point at likely mistakes:
@@ -24,6 +25,20 @@ from memla.errors import DataError
 from memla.langs import is_known, order_langs
 
 _ERRORS_SHOWN = 5
+_QUOTED_CHARS = 80
+
+MAX_TEXT_CHARS = 2000
+"""The most characters any text of a record may have (edit prompt, subject, targets,
+paraphrase, neighbourhood and multi-hop prompts and answers); longer is a validation error.
+
+Why: editing, attribution and scoring run the model over the whole prompt (integrated
+gradients over many steps, LoRA optimisation, batches of paraphrases), so memory grows
+with the text's length: a 100,000-character prompt passed validation and then made one edit
+use 23 GB.  Benchmark texts are short (the longest in mkeb-mini is a 132-character
+multi-hop question), so 2000 leaves ample room.  Because `memla.data.load_dataset` refuses
+data with errors, every command refuses such a dataset before it loads a model.
+``memla data check --max-chars N`` and ``validate(..., max_chars=N)`` check against another limit.
+"""
 
 
 @dataclass
@@ -77,8 +92,9 @@ class ValidationReport:
 class _Checker(RecordCheck):
     """`RecordCheck` plus the semantic checks, per record and dataset-wide."""
 
-    def __init__(self, source: str | None) -> None:
+    def __init__(self, source: str | None, max_chars: int) -> None:
         super().__init__(source)
+        self.max_chars = max_chars
         self.unknown_true: list[int | str] = []  # one id per edit with a null target_true
 
     # -- record level -------------------------------------------------------------
@@ -89,6 +105,11 @@ class _Checker(RecordCheck):
 
     def empty(self, rid, lang, fld: str, message: str) -> None:
         self.error(rid, lang, fld, message, "empty")
+
+    def text(self, rid, lang, fld: str, value: str) -> None:
+        if len(value) > self.max_chars:
+            limit = "MAX_TEXT_CHARS" if self.max_chars == MAX_TEXT_CHARS else "set for this check"
+            self.error(rid, lang, fld, f"{len(value)} characters, more than the limit of {self.max_chars} ({limit})", "too-long")
 
     def fact_semantics(self, fact: Mapping, rid, lang: str, templated: bool) -> None:
         prompt = fact.get("prompt")
@@ -101,18 +122,18 @@ class _Checker(RecordCheck):
         if count == 0:
             self.error(
                 rid, lang, "edit.prompt",
-                f"no {SLOT} subject slot in {prompt!r} (question-form records need \"templated\": false)",
+                f"no {SLOT} subject slot in {_quote(prompt)} (question-form records need \"templated\": false)",
                 "no-slot",
             )
         elif count > 1:
-            self.error(rid, lang, "edit.prompt", f"{count} {SLOT} slots in {prompt!r}; exactly one is allowed", "many-slots")
+            self.error(rid, lang, "edit.prompt", f"{count} {SLOT} slots in {_quote(prompt)}; exactly one is allowed", "many-slots")
 
     def targets(self, fact: Mapping, rid, lang: str) -> None:
         new, true = fact.get("target_new"), fact.get("target_true")
         if "target_true" in fact and true is None:
             self.unknown_true.append(rid)
         if isinstance(new, str) and isinstance(true, str) and new.strip() and new.strip().casefold() == true.strip().casefold():
-            self.error(rid, lang, "edit.target_new", f"equals target_true ({true!r}): the edit changes nothing", "same-targets")
+            self.error(rid, lang, "edit.target_new", f"equals target_true ({_quote(true)}): the edit changes nothing", "same-targets")
 
     def neighbourhood(self, raw: Mapping, rid) -> None:
         prompts, answers = raw.get("neighborhood_prompts"), raw.get("neighborhood_answers")
@@ -144,7 +165,7 @@ class _Checker(RecordCheck):
                 continue
             for i, text in enumerate(items):
                 if isinstance(text, str) and subject.strip().casefold() not in text.casefold():
-                    self.warn(rid, lang, f"paraphrase_prompts[{i}]", f"subject {subject!r} not found in {text!r}", "subject-not-in-paraphrase")
+                    self.warn(rid, lang, f"paraphrase_prompts[{i}]", f"subject {_quote(subject)} not found in {_quote(text)}", "subject-not-in-paraphrase")
 
     def field_languages(self, raw: Mapping, edit: Mapping, rid) -> None:
         for key in ("paraphrase_prompts", "neighborhood_prompts"):
@@ -199,17 +220,30 @@ def _length(value: Any) -> int:
     return len(value) if isinstance(value, list) else 0
 
 
-def validate(data: Iterable[Mapping[str, Any] | Record], *, source: str | None = None) -> ValidationReport:
+def _quote(text: str) -> str:
+    """``repr(text)``, shortened for a one-line message."""
+    return repr(text if len(text) <= _QUOTED_CHARS else text[:_QUOTED_CHARS] + "...")
+
+
+def validate(
+    data: Iterable[Mapping[str, Any] | Record], *, source: str | None = None, max_chars: int = MAX_TEXT_CHARS
+) -> ValidationReport:
     """Check records against the MKEB schema and report every problem found.
 
     Args:
         data: raw record objects (as parsed from JSON) or `Record` objects.
         source: file or dataset name to put into each problem.
+        max_chars: longest allowed text of any field (default `MAX_TEXT_CHARS`).
 
     Returns:
         The report; ``report.errors`` empty means the data is usable.
+
+    Raises:
+        DataError: when ``max_chars`` is not a positive integer.
     """
-    checker = _Checker(source)
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise DataError(f"max_chars must be a positive integer, got {max_chars!r}")
+    checker = _Checker(source, max_chars)
     labelled: list[tuple[int | str, Any]] = []
     for index, item in enumerate(data):
         raw = item.to_dict() if isinstance(item, Record) else item

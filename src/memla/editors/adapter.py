@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from memla.editors.base import EditResult
 from memla.errors import EditError
 from memla.models import arch_spec
+from memla.outputs import check_out_dir, replace_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -56,21 +57,34 @@ def _module_of(param_name: str) -> str:
     return param_name.removesuffix(".weight")
 
 
-def save_edit(result: EditResult, model: nn.Module, path: str | os.PathLike) -> str:
+def save_edit(result: EditResult, model: nn.Module, path: str | os.PathLike, *, overwrite: bool = False) -> str:
     """Save an edit into folder ``path``: a PEFT LoRA adapter when every delta is low-rank, else dense.
+
+    The folder is written beside ``path`` and renamed into place (`memla.outputs.replace_dir`),
+    so it never holds files of an earlier edit next to the new ones.
 
     Args:
         result: the edit.
         model: the model it was made for (its weight layout and name).
-        path: output folder (created).
+        path: output folder (created; must be new or empty unless ``overwrite``).
+        overwrite: replace a non-empty folder.
 
     Returns:
         ``"lora"`` or ``"dense"``: the form written.
+
+    Raises:
+        EditError: the edit has no weight deltas (IKE).
+        MemlaError: ``path`` is a file, or a non-empty folder without ``overwrite``.
     """
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(path, option="edit folder", overwrite=overwrite)
     if not result.deltas:
         raise EditError("this edit has no weight deltas to save (IKE edits are prompts, not weights)")
+    with replace_dir(path) as out:
+        return _write_edit(result, model, out)
+
+
+def _write_edit(result: EditResult, model: nn.Module, out: Path) -> str:
+    """Write the edit's files into the empty folder ``out``; returns the form written."""
     spec = arch_spec(model)
     factors = {}
     for name, delta in result.deltas.items():
@@ -118,6 +132,9 @@ def save_edit(result: EditResult, model: nn.Module, path: str | os.PathLike) -> 
 def load_edit(path: str | os.PathLike, model: nn.Module) -> EditResult:
     """Read an edit saved by `save_edit` (or any PEFT LoRA adapter on ``model``) as an `EditResult`."""
     src = Path(path)
+    if (src / DENSE_WEIGHTS).is_file() and (src / ADAPTER_CONFIG).is_file():
+        raise EditError(f"{src} holds both a dense edit ({DENSE_WEIGHTS}) and a LoRA adapter ({ADAPTER_CONFIG}); "
+                        "it mixes two saved edits: save the edit again into a new folder")
     if (src / DENSE_WEIGHTS).is_file():
         return EditResult(deltas=load_file(str(src / DENSE_WEIGHTS)), info=_read_info(src))
     if not (src / ADAPTER_CONFIG).is_file():

@@ -218,25 +218,31 @@ def pristine(model: nn.Module) -> Iterator[nn.Module]:
 
 @dataclass(frozen=True)
 class EditorEntry:
-    """A registered method: its editor class and its config dataclass."""
+    """A registered method: its editor class and its config dataclass.
+
+    ``edits_weights`` is False for methods whose edit is a prompt (IKE): they have
+    nothing to save as an adapter.
+    """
 
     name: str
     editor_cls: type
     config_cls: type
     summary: str
+    edits_weights: bool = True
 
 
 _REGISTRY: dict[str, EditorEntry] = {}
 _DISCOVERED = False
 
 
-def register_editor(name: str, *, config: type, summary: str = ""):
+def register_editor(name: str, *, config: type, summary: str = "", edits_weights: bool = True):
     """Class decorator registering an editor under ``name`` with its config class."""
 
     def deco(cls):
         if name in _REGISTRY and _REGISTRY[name].editor_cls is not cls:
             raise ValueError(f"editor {name!r} registered twice")
-        _REGISTRY[name] = EditorEntry(name, cls, config, summary or (cls.__doc__ or "").strip().splitlines()[0])
+        _REGISTRY[name] = EditorEntry(name, cls, config, summary or (cls.__doc__ or "").strip().splitlines()[0],
+                                      edits_weights)
         cls.name = name
         return cls
 

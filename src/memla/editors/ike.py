@@ -38,7 +38,7 @@ from memla.data import load_dataset
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.errors import EditError
 from memla.langs import join
-from memla.tokens import accepts_position_ids, encode_text, left_pad, pad_id
+from memla.tokens import accepts_position_ids, context_length, encode_text, left_pad, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ class PoolFact:
     neighbours: tuple[tuple[str, str], ...]
 
 
-@register_editor("ike", config=IKEConfig, summary="IKE: in-context editing with copy/update/retain demonstrations (Zheng et al. 2023)")
+@register_editor("ike", config=IKEConfig, summary="IKE: in-context editing with copy/update/retain demonstrations (Zheng et al. 2023)",
+                 edits_weights=False)
 class IKEEditor:
     """IKE editor: retrieves demonstrations and returns them as `EditResult.prefix`; weights never change."""
 
@@ -296,6 +297,7 @@ class IKEEditor:
         demos = self.demonstrations(model, tokenizer, request)
         fact = join(request.text, request.target_new, request.lang)
         prefix = "".join(text for *_, text in demos) + f"New Fact: {fact}\nPrompt: "
+        _check_fits(model, tokenizer, prefix, request, k=len(demos))
         info = {
             "method": "ike",
             "retriever": self.config.retriever,
@@ -306,3 +308,14 @@ class IKEEditor:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         return EditResult(prefix=prefix, info=info)
+
+
+def _check_fits(model: nn.Module, tokenizer, prefix: str, request: EditRequest, *, k: int) -> None:
+    """Refuse a prefix that leaves the model's context no room for the prompt and its target."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    n = len(encode_text(tokenizer, prefix + join(request.text, request.target_new, request.lang)))
+    if n > limit:
+        raise EditError(f"IKE's {k} demonstrations and the prompt take {n} tokens, more than the model's context of "
+                        f"{limit}; lower IKEConfig.k")

@@ -38,7 +38,7 @@ from memla.evaluate.lmeval import INSTALL_HINT, lm_eval_available, run_lm_eval
 from memla.evaluate.metrics import TaskResult, mean_se
 from memla.evaluate.scoring import score_encoded
 from memla.evaluate.tasks import ChoiceItem, LocalTask, builtin_tasks, is_local_task, load_task
-from memla.tokens import Encoded, encode_pair
+from memla.tokens import Encoded, context_length, encode_pair
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,6 @@ ENGINES: tuple[str, ...] = ("auto", "memla", "lm-eval")
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def _max_positions(model: nn.Module) -> int | None:
-    cfg = model.config
-    for key in ("max_position_embeddings", "n_positions", "seq_length"):
-        if isinstance(getattr(cfg, key, None), int):
-            return int(getattr(cfg, key))
-    return None
 
 
 def score_choices(model: nn.Module, tokenizer, items: Sequence[ChoiceItem], *, prefix: str = "") -> list[list[float]]:
@@ -70,7 +62,7 @@ def score_choices(model: nn.Module, tokenizer, items: Sequence[ChoiceItem], *, p
     """
     pairs = [encode_pair(tokenizer, it.context, choice, it.lang, prefix=prefix, delimiter=it.joiner)
              for it in items for choice in it.choices]
-    limit = _max_positions(model)
+    limit = context_length(model)
     if limit and any(len(p.prompt_ids) + len(p.target_ids) > limit for p in pairs):
         # as lm-eval does: drop context tokens from the left so the sequence fits the model
         log.warning("some items are longer than the model's %d positions; their contexts are cut from the left", limit)

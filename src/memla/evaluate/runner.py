@@ -45,7 +45,16 @@ from memla.editors.base import EditRequest, EditResult, apply, editor_entry
 from memla.errors import EditError, MemlaError
 from memla.evaluate.cells import evaluate_record, missing_reason
 from memla.evaluate.metrics import F1_UNITS, UNEDITED
-from memla.evaluate.store import RESULTS, ResultStore, cell_key, compute_settings, jsonable, read_manifest, write_manifest
+from memla.evaluate.store import (
+    RESULTS,
+    ResultStore,
+    cell_key,
+    compute_settings,
+    jsonable,
+    read_manifest,
+    record_digest,
+    write_manifest,
+)
 from memla.langs import resolve_langs
 from memla.models import model_fingerprint
 from memla.seeding import seed_everything
@@ -131,6 +140,15 @@ def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], session: Mappi
             problems.append(f"config of {name} differs")
     if problems:
         raise MemlaError(f"{out} holds a run that does not match this one ({'; '.join(problems)}); use another --out")
+    if "records" not in old:
+        log.warning("%s was made before runs recorded record hashes: changed records cannot be detected", out)
+        return
+    changed = [rid for rid, digest in new["records"].items() if old["records"].get(rid, digest) != digest]
+    if changed:
+        shown = ", ".join(str(json.loads(rid)) for rid in changed[:10])
+        more = f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+        raise MemlaError(f"{out}: record(s) {shown}{more} of {new['dataset']} changed since their results were written "
+                         "(content hash differs); use another --out, or restore the dataset")
 
 
 def _legacy_setting(old: Mapping[str, Any], key: str) -> set[str]:
@@ -201,7 +219,8 @@ def run_bench(
     fingerprint = model_fingerprint(model)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     compute = compute_settings(model)
-    session = {"started": now, "command": list(command if command is not None else sys.argv), **compute}
+    session = {"started": now, "command": list(command if command is not None else sys.argv), **compute,
+               "status": "running"}  # stays "running" in the manifest of a killed session
     manifest = {
         "memla_run": 1,
         "dataset": dataset,
@@ -218,6 +237,7 @@ def run_bench(
         "sources": list(sources),
         "targets": list(targets),
         "configs": {n: (None if v is None else {"class": type(v[1]).__name__, **config_to_dict(v[1])}) for n, v in resolved.items()},
+        "records": {_json_id(r.example_id): record_digest(r) for r in records},
         "versions": package_versions(),
         "host": {"platform": platform.platform()},
     }
@@ -228,6 +248,7 @@ def run_bench(
         manifest["sources"] = _merge(old.get("sources", []), manifest["sources"])
         manifest["targets"] = _merge(old.get("targets", []), manifest["targets"])
         manifest["configs"] = {**old.get("configs", {}), **manifest["configs"]}
+        manifest["records"] = {**old.get("records", {}), **manifest["records"]}
     manifest["created"] = (old or {}).get("created", now)
     manifest["sessions"] = [*(old or {}).get("sessions", []), session]
     timings: dict[str, dict[str, float]] = (old or {}).get("timings", {})
@@ -266,6 +287,8 @@ def run_bench(
                     t["edits"] += 1
                     t["edit_s"] = round(t["edit_s"] + first_ok["edit_s"], 4)
                     t["eval_s"] = round(t["eval_s"] + first_ok["eval_s"], 4)
+                session.update(wall_s=round(time.perf_counter() - started, 3), written=written)
+                write_manifest(out, manifest)  # timings as they happen: a killed session keeps its share
                 bar.update(1)
         status = "complete"
     finally:

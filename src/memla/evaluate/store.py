@@ -9,6 +9,7 @@ atomically (temporary file, fsync, rename).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -156,6 +157,16 @@ def compute_settings(model: nn.Module) -> dict[str, Any]:
     param = next(model.parameters())
     return {"torch_threads": torch.get_num_threads(), "device": str(param.device),
             "dtype": str(param.dtype).removeprefix("torch.")}
+
+
+def record_digest(record: Any) -> str:
+    """A content hash of a `memla.data.Record` (SHA-256 of its canonical JSON, 16 hex digits).
+
+    A resumed run compares it with the digest stored when the record's cells were
+    written, so results of an edited record are never mixed with those of the old one.
+    """
+    text = json.dumps(record.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -90,12 +90,6 @@ def encode(tokenizer, prompt: str, target: str, *, lang: str | None, max_len: in
     return Example(ids=ids, n_prompt=len(prompt_ids), special=special)
 
 
-def context_length(model: nn.Module) -> int | None:
-    """The model's maximum sequence length (``max_position_embeddings``), or None if it has none (ALiBi)."""
-    value = getattr(model.config, "max_position_embeddings", None)
-    return int(value) if value else None
-
-
 def alphas(steps: int) -> Tensor:
     """IG interpolation points of Eq. 2: the right Riemann sum ``k / steps``, ``k = 1..steps``.
 

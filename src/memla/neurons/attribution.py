@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 from memla.models import model_fingerprint
 
 from . import cache as disk
-from ._common import Head, check_options, context_length, encode, separator
+from memla.tokens import context_length
+
+from ._common import Head, check_options, encode, separator
 from .fast import attribute_fast
 from .reference import attribute_reference
 

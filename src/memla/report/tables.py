@@ -180,9 +180,15 @@ def timing_table(manifest: Mapping[str, Any]) -> Table | None:
     for method, t in timings.items():
         n = max(int(t.get("edits", 0)), 1)
         rows.append((method, str(t.get("edits", 0)), f"{t.get('edit_s', 0.0) / n:.2f}", f"{t.get('eval_s', 0.0) / n:.2f}"))
-    wall = sum(s.get("wall_s", 0.0) for s in manifest.get("sessions", []))
+    sessions = manifest.get("sessions", [])
+    wall = sum(s.get("wall_s", 0.0) for s in sessions)
+    notes = [f"total wall time: {wall:.1f} s over {len(sessions)} session(s)"]
+    stopped = sum(s.get("status") in ("running", "interrupted") for s in sessions)
+    if stopped:  # a session's manifest is rewritten after every edit, so a killed one counts up to its last edit
+        notes.append(f"{stopped} session(s) stopped early (killed, interrupted or still running): "
+                     "counted up to their last finished edit")
     return Table(key="timing", title="Time per edit (seconds; evaluation covers every target language)",
-                 columns=("Method", "Edits", "Edit s", "Eval s"), rows=tuple(rows), notes=(f"total wall time: {wall:.1f} s",))
+                 columns=("Method", "Edits", "Edit s", "Eval s"), rows=tuple(rows), notes=tuple(notes))
 
 
 def skipped_table(skipped: Mapping[str, Mapping[str, Any]]) -> Table | None:
