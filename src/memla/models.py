@@ -313,12 +313,18 @@ def load_model(
             if not path.is_dir():
                 raise ModelLoadError(f"not a model directory or .gguf file: {path}")
             directory = path
-        elif text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1):
+        elif not _looks_like_hub_id(text):
             raise ModelLoadError(f"model path does not exist: {path}")
         else:
             directory = _offline_hub_dir(text)  # None: a hub id the hub can serve
     source = str(directory) if directory is not None else str(name)
     return _load_hf(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    """Whether ``text`` can be a hub id ("name" or "org/name"); anything else is a local path."""
+    return not text.startswith((".", "/", "~")) and not text.endswith("/") and text.count("/") <= 1 and (
+        os.sep == "/" or os.sep not in text)
 
 
 def _load_hf(source: str, *, dtype, device, trust_remote_code: bool, allow_pickle: bool):

@@ -87,6 +87,10 @@ def check_options(args: argparse.Namespace) -> None:
     for flag, value in (("--steps", args.steps), ("--top", args.top)):
         if value < 1:
             raise DataError(f"{flag} must be at least 1, got {value}")
+    from memla.langs import resolve_langs
+
+    resolve_langs(args.langs)  # an unknown code is an error, not a skipped language
+    resolve_langs(args.source)
     layers = parse_layers(args.layers)
     if layers is not None and (not layers or min(layers) < 0):
         raise DataError(f"--layers must name layers 0, 1, ..., got {args.layers!r}")

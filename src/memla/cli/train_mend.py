@@ -51,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     from memla.config import load_config
     from memla.data import load_dataset
-    from memla.editors.mend import MendConfig
+    from memla.editors.mend import META, MendConfig
     from memla.editors.mend_train import train_mend
     from memla.errors import MemlaError
+    from memla.outputs import check_out_dir
 
     config = load_config(MendConfig, args.config)
     overrides = {k: v for k, v in (("save_every", args.save_every), ("seed", args.seed)) if v is not None}
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             raise MemlaError(f"invalid option: {err}") from None
     if args.steps is not None and args.steps < 1:
         raise MemlaError("--steps must be at least 1")
+    if args.out is not None:
+        check_out_dir(args.out, option="--out", markers=(META,))
     records = load_dataset(args.dataset, split=None if args.split == "all" else args.split)
     model, tokenizer = load_model_from_args(args)
     result = train_mend(model, tokenizer, records, config=config, steps=args.steps, out=args.out,

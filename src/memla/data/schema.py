@@ -163,7 +163,7 @@ class Record:
             check = RecordCheck(source)
             check.record(d, record_label(d, 0))
             if check.errors:
-                raise DataError(str(check.errors[0]))
+                raise DataError(check.errors[0].located)
         return cls(
             example_id=d["example_id"],
             relation=d.get("relation", ""),
@@ -258,7 +258,9 @@ class Problem:
     message: str
     code: str = ""
 
-    def __str__(self) -> str:
+    @property
+    def located(self) -> str:
+        """``"FILE record ID [lang] field: message"`` (the parts that are known)."""
         where = [self.source] if self.source else []
         if self.record_id is not None:
             where.append(f"record {self.record_id}")
@@ -267,7 +269,10 @@ class Problem:
         if self.field:
             where.append(self.field)
         head = " ".join(where)
-        return f"{self.severity}: {head}: {self.message}" if head else f"{self.severity}: {self.message}"
+        return f"{head}: {self.message}" if head else self.message
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.located}"
 
 
 class RecordCheck:

@@ -24,7 +24,6 @@ from memla.data.schema import SLOT, Problem, Record, RecordCheck, record_label, 
 from memla.errors import DataError
 from memla.langs import is_known, order_langs
 
-_ERRORS_SHOWN = 5
 _QUOTED_CHARS = 80
 
 MAX_TEXT_CHARS = 2000
@@ -64,24 +63,20 @@ class ValidationReport:
         return self.errors + self.warnings
 
     def raise_for_errors(self, *, source: str | None = None) -> None:
-        """Raise a `DataError` listing the first errors, if there are any.
+        """Raise a one-line `DataError` naming the first error and the count, if there are any.
 
         Args:
-            source: file name for the summary line.
+            source: file name, for the pointer to ``memla data check``.
 
         Raises:
             DataError: when ``errors`` is not empty.
         """
         if not self.errors:
             return
-        where = f" in {source}" if source else ""
-        lines = [f"{len(self.errors)} error(s){where}:"]
-        lines += [f"  {p}" for p in self.errors[:_ERRORS_SHOWN]]
-        hidden = len(self.errors) - _ERRORS_SHOWN
-        if hidden > 0:
-            check = f"`memla data check {source}`" if source else "`memla data check`"
-            lines.append(f"  ... and {hidden} more; run {check} to list them all")
-        raise DataError("\n".join(lines))
+        if len(self.errors) == 1:
+            raise DataError(self.errors[0].located)
+        check = f"`memla data check {source}`" if source else "`memla data check`"
+        raise DataError(f"{self.errors[0].located} (and {len(self.errors) - 1} more error(s); {check} lists them all)")
 
     def __str__(self) -> str:
         if not self.problems:
