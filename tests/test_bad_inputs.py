@@ -291,6 +291,7 @@ def test_resume_of_an_unchanged_dataset_goes_on_and_the_manifest_holds_record_ha
     _bench_once(tmp_path, model_dir)
     manifest = json.loads((tmp_path / "runs" / "x" / "manifest.json").read_text())
     assert set(manifest["records"]) == {"0"} and len(manifest["records"]["0"]) == 16
+    assert len(manifest["sessions"][0]["dataset_sha256"]) == 16
     _bench_once(tmp_path, model_dir)  # same data: resumes (nothing to do), no error
 
 

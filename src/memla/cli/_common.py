@@ -65,7 +65,7 @@ def add_method_argument(parser: argparse.ArgumentParser, flag: str, *, help: str
 DEFAULT_MAX_TOKENS = 512
 
 
-def count(least: int):
+def int_at_least(least: int):
     """An argparse ``type``: an integer of at least ``least`` (argparse reports others, exit 2)."""
 
     def parse(text: str) -> int:
@@ -83,7 +83,7 @@ def count(least: int):
 def add_max_tokens_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--max-tokens``: the longest prompt or target accepted, checked before any work."""
     parser.add_argument(
-        "--max-tokens", type=count(1), default=DEFAULT_MAX_TOKENS, metavar="N",
+        "--max-tokens", type=int_at_least(1), default=DEFAULT_MAX_TOKENS, metavar="N",
         help="refuse (exit 2) any prompt, target or test text longer than N tokens, before editing; the model's "
         "context is the limit when it is shorter (default: %(default)s; datasets are also limited to "
         "memla.data.MAX_TEXT_CHARS characters per text)",

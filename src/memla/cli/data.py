@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from rich.table import Table
 from rich.text import Text
 
-from memla.cli._common import console, count
+from memla.cli._common import console, int_at_least
 from memla.data import MAX_TEXT_CHARS, Problem, Record, builtin_datasets, load_dataset, read_raw, save_dataset, validate
 from memla.data.formats import CONVERTERS, convert
 from memla.data.io import FORMATS, check_output_path
@@ -77,11 +77,11 @@ def _add_check(actions: argparse._SubParsersAction) -> None:
     check.add_argument("dataset", metavar="FILE_OR_NAME", help="a .json / .jsonl file or a built-in dataset name (see `memla data list`)")
     check.add_argument("--format", choices=FORMATS, default="auto", help="file layout (default: %(default)s: JSONL for .jsonl, else JSON)")
     check.add_argument(
-        "--max-problems", type=count(0), default=30, metavar="N", help="list at most N problems one by one (default: %(default)s); all are counted"
+        "--max-problems", type=int_at_least(0), default=30, metavar="N", help="list at most N problems one by one (default: %(default)s); all are counted"
     )
     check.add_argument(
         "--max-chars",
-        type=count(1),
+        type=int_at_least(1),
         default=MAX_TEXT_CHARS,
         metavar="N",
         help="report any text (prompt, subject, target, answer, question) longer than N characters as an error "

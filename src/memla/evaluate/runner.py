@@ -27,6 +27,7 @@ count warns (scores may move in the last bits); another device or dtype is refus
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -237,10 +238,11 @@ def run_bench(
         "sources": list(sources),
         "targets": list(targets),
         "configs": {n: (None if v is None else {"class": type(v[1]).__name__, **config_to_dict(v[1])}) for n, v in resolved.items()},
-        "records": {_json_id(r.example_id): record_digest(r) for r in records},
+        "records": {_json_id(r.example_id): record_digest(r) for r in records},  # content hash per record
         "versions": package_versions(),
         "host": {"platform": platform.platform()},
     }
+    session["dataset_sha256"] = hashlib.sha256(json.dumps(manifest["records"]).encode()).hexdigest()[:16]
     old = read_manifest(out)
     if old is not None:
         _check_resume(old, manifest, session, out, allow_compute_change=allow_compute_change)
