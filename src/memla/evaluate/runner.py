@@ -33,7 +33,7 @@ import logging
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,7 +97,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _resolve_methods(methods: Sequence[str], configs: Mapping[str, Any] | None) -> dict[str, Any]:
+def resolve_methods(methods: Sequence[str], configs: Mapping[str, Any] | None) -> dict[str, Any]:
     """``{name: (editor_cls, config)}`` for the methods; "unedited" first, always."""
     names = [UNEDITED] + [m for m in dict.fromkeys(methods) if m != UNEDITED]
     configs = dict(configs or {})
@@ -133,8 +133,8 @@ def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], session: Mappi
             allow = " or pass --allow-compute-change" if key == "device" else ""
             raise MemlaError(f"{change}; rerun with the same {key}, use another --out{allow}")
     problems = []
-    for key in ("model_fingerprint", "seed", "dataset", "split", "f1_unit"):
-        if key in old and old[key] != new[key]:
+    for key in ("model_fingerprint", "seed", "dataset", "split", "f1_unit", "shard"):
+        if old.get(key) != new[key] and (key in old or new[key] is not None):
             problems.append(f"{key} {old[key]!r} != {new[key]!r}")
     for name, cfg in new["configs"].items():
         if name in old.get("configs", {}) and old["configs"][name] != cfg:
@@ -181,6 +181,8 @@ def run_bench(
     command: Sequence[str] | None = None,
     progress: bool = True,
     allow_compute_change: bool = False,
+    shard: tuple[int, int] | None = None,
+    executor: Executor | None = None,
 ) -> RunSummary:
     """Run the MKEB-style benchmark (paper, Appendix B) and store raw scores per cell.
 
@@ -202,6 +204,11 @@ def run_bench(
         progress: show a progress bar with ETA.
         allow_compute_change: resume a run made on another device (refused by default).
             A different torch thread count is allowed with a warning; a different dtype never.
+        shard: ``(i, n)``: run only the units ``u`` with ``u.index % n == i`` (`plan_units`), for
+            ``--shard I/N``; the shard is recorded in the manifest and a resume must use the same one.
+        executor: runs the units and yields ``(method, record, ls, lines)`` per finished edit, e.g.
+            `memla.evaluate.parallel.RayExecutor` (default: `UnitRunner` on ``model`` in this process).
+            This function stays the only writer of the run directory.
 
     Returns:
         A `RunSummary`.
@@ -216,11 +223,12 @@ def run_bench(
     started = time.perf_counter()
     out = Path(out)
     sources, targets = resolve_langs(sources), resolve_langs(targets)
-    resolved = _resolve_methods(methods, configs)
+    resolved = resolve_methods(methods, configs)
     fingerprint = model_fingerprint(model)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     compute = compute_settings(model)
     session = {"started": now, "command": list(command if command is not None else sys.argv), **compute,
+               **dict(getattr(executor, "session_info", {})),  # e.g. the workers' thread count under Ray
                "status": "running"}  # stays "running" in the manifest of a killed session
     manifest = {
         "memla_run": 1,
@@ -239,6 +247,7 @@ def run_bench(
         "targets": list(targets),
         "configs": {n: (None if v is None else {"class": type(v[1]).__name__, **config_to_dict(v[1])}) for n, v in resolved.items()},
         "records": {_json_id(r.example_id): record_digest(r) for r in records},  # content hash per record
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
         "versions": package_versions(),
         "host": {"platform": platform.platform()},
     }
@@ -260,24 +269,22 @@ def run_bench(
 
     store = ResultStore(out / RESULTS)
     done = {cell_key(line) for line in store.load()}
-    editors = {name: (None if v is None else v[0](v[1])) for name, v in resolved.items()}
-    groups = [(r, ls, m) for r in records for ls in sources for m in resolved]
-    key = lambda m, r, ls, lt: (m, _json_id(r.example_id), ls, lt)  # noqa: E731
-    pending = [g for g in groups if any(key(g[2], g[0], g[1], lt) not in done for lt in targets)]
+    units = plan_units(records, sources, list(resolved), targets, done, shard=shard)
+    pairs = range(len(records) * len(sources))  # the (record, ls) units of the whole run
+    total = len(resolved) * sum(1 for i in pairs if shard is None or i % shard[1] == shard[0])
+    pending = sum(len(u.todo) for u in units)
     written = skipped = 0
-    # the unedited model's raw scores of the latest record ({"record": id, "raw": ...}): one entry, reused by the
-    # record's next source languages (its groups follow one another, and without an edit ls changes nothing)
-    unedited_cache: dict[str, Any] = {}
-    bar = tqdm(total=len(groups), initial=len(groups) - len(pending), unit="edit", disable=not progress,
-               desc="bench", dynamic_ncols=True)
+    # one bar for the whole run, in cells (tqdm shows cells/s and the ETA), whichever executor runs the units
+    cells_left = sum(len(todo) for u in units for _, todo in u.todo)
+    bar = tqdm(total=total * len(targets), initial=total * len(targets) - cells_left, unit="cell",
+               disable=not progress, desc="bench", dynamic_ncols=True)
+    if executor is None:
+        executor = UnitRunner(model, tokenizer, resolved, targets=targets, seed=seed, f1_unit=f1_unit,
+                              fingerprint=fingerprint).run_all
     status = "interrupted"
     try:
         with store.writer():
-            for record, ls, method in pending:
-                bar.set_postfix_str(f"{method} {record.example_id} {ls}", refresh=False)
-                todo = [lt for lt in targets if key(method, record, ls, lt) not in done]
-                lines = _run_group(model, tokenizer, record, ls, method, todo, targets, editors[method],
-                                   seed=seed, f1_unit=f1_unit, fingerprint=fingerprint, cache=unedited_cache)
+            for method, record, ls, lines in executor(units):
                 for line in lines:
                     store.append(line)
                     done.add(cell_key(line))
@@ -291,7 +298,8 @@ def run_bench(
                     t["eval_s"] = round(t["eval_s"] + first_ok["eval_s"], 4)
                 session.update(wall_s=round(time.perf_counter() - started, 3), written=written)
                 write_manifest(out, manifest)  # timings as they happen: a killed session keeps its share
-                bar.update(1)
+                bar.set_postfix_str(f"{method} {record.example_id} {ls}", refresh=False)
+                bar.update(len(lines))
         status = "complete"
     finally:
         bar.close()
@@ -300,7 +308,69 @@ def run_bench(
                        written=written, status=status)
         manifest["status"] = status
         write_manifest(out, manifest)
-    return RunSummary(out, written, len(groups) - len(pending), skipped, wall)
+    return RunSummary(out, written, total - pending, skipped, wall)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: a record in one source language, with the targets each method still needs.
+
+    ``index`` numbers the (record, ls) pairs of the whole run in order, so that the partition
+    into shards (``index % n``) does not depend on what a resumed run has done already.
+    """
+
+    index: int
+    record: Any
+    ls: str
+    todo: tuple[tuple[str, tuple[str, ...]], ...]  # (method, targets still missing), in run order
+
+
+Executor = Callable[[Sequence[Unit]], Iterator[tuple[str, Any, str, list[dict[str, Any]]]]]
+
+
+def plan_units(records: Sequence, sources: Sequence[str], methods: Sequence[str], targets: Sequence[str],
+               done: set, *, shard: tuple[int, int] | None = None) -> list[Unit]:
+    """The units still to run: per (record, ls) of the shard, the methods with a missing cell."""
+    units = []
+    for index, (record, ls) in enumerate((r, ls) for r in records for ls in sources):
+        if shard is not None and index % shard[1] != shard[0]:
+            continue
+        rid = _json_id(record.example_id)
+        todo = tuple((m, missing) for m in methods
+                     if (missing := tuple(lt for lt in targets if (m, rid, ls, lt) not in done)))
+        if todo:
+            units.append(Unit(index, record, ls, todo))
+    return units
+
+
+class UnitRunner:
+    """Runs units on one model: the editors, the run settings and the unedited model's cache.
+
+    One lives in the driver process of a serial run and one in every worker of a parallel
+    run; either way each (method, record, ls) edit is seeded from the run seed alone, so the
+    lines do not depend on which process ran them or in which order.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, resolved: Mapping[str, Any], *, targets: Sequence[str], seed: int,
+                 f1_unit: str, fingerprint: str) -> None:
+        self.model, self.tokenizer, self.targets = model, tokenizer, list(targets)
+        self.seed, self.f1_unit, self.fingerprint = seed, f1_unit, fingerprint
+        self.editors = {name: (None if v is None else v[0](v[1])) for name, v in resolved.items()}
+        # the unedited model's raw scores of the latest record ({"record": id, "raw": ...}): one entry, reused by the
+        # record's next source languages (its units follow one another, and without an edit ls changes nothing)
+        self.cache: dict[str, Any] = {}
+
+    def run(self, unit: Unit) -> Iterator[tuple[str, Any, str, list[dict[str, Any]]]]:
+        """Yield ``(method, record, ls, lines)`` for each method of ``unit``, as each edit finishes."""
+        for method, todo in unit.todo:
+            yield method, unit.record, unit.ls, _run_group(
+                self.model, self.tokenizer, unit.record, unit.ls, method, todo, self.targets, self.editors[method],
+                seed=self.seed, f1_unit=self.f1_unit, fingerprint=self.fingerprint, cache=self.cache)
+
+    def run_all(self, units: Sequence[Unit]) -> Iterator[tuple[str, Any, str, list[dict[str, Any]]]]:
+        """The serial executor: every unit in order, in this process."""
+        for unit in units:
+            yield from self.run(unit)
 
 
 def _json_id(example_id: Any) -> str:
