@@ -1,6 +1,7 @@
 # memla: the two set-up commands of the README.
 #   make demo   create .venv, install (CPU torch first), run `memla demo` on the embedded model
-#   make test   the same install, then the fast test suite (tiny random models)
+#   make test   the same install, then the fast test suite (tiny random models; no slow or gpu tests)
+#   make test-gpu  the tests that need CUDA (tiny models on the GPU, CPU/GPU agreement, two-GPU splits)
 # GPU users: make demo TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP := $(VENV)/bin/python -m pip
 STAMP := $(VENV)/.memla-installed
 
-.PHONY: demo test test-slow test-lmeval test-all install clean
+.PHONY: demo test test-slow test-gpu test-lmeval test-all install clean
 
 install: $(STAMP)
 
@@ -24,10 +25,14 @@ demo: install
 	$(VENV)/bin/memla demo
 
 test: install
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not gpu"
 
 test-slow: install
 	$(VENV)/bin/python -m pytest -q -m slow
+
+# needs a CUDA build of torch (TORCH_SPEC) and a GPU; the two-GPU split tests skip on one GPU
+test-gpu: install
+	$(VENV)/bin/python -m pytest -q -m gpu
 
 # the lm-evaluation-harness engine (optional extra, ~600 MB): installed here, then its adapter tests
 test-lmeval: install

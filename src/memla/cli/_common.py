@@ -1,4 +1,4 @@
-"""Helpers shared by the sub-commands: the console, the --model and --method options, tables."""
+"""Helpers shared by the sub-commands: the console, the --model, compute and --method options, tables."""
 
 from __future__ import annotations
 
@@ -11,20 +11,60 @@ from rich.table import Table
 console = Console()
 
 
+DEFAULT_DEVICE = "cpu"
+
+
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model`` (default: the embedded Gemma 3 270M) and ``--dtype``."""
+    """Add ``--model`` (default: the embedded Gemma 3 270M) and the compute options (`add_compute_arguments`)."""
     parser.add_argument(
         "--model",
         default=None,
         help="model to use: 'default' (the embedded Gemma 3 270M, used when --model is not given), "
         "a Hugging Face hub id, a local model directory or a .gguf file",
     )
+    add_compute_arguments(parser)
+
+
+def _device_name(text: str) -> str:
+    """An argparse ``type``: a device name as `memla.devices.CHOICES` lists (availability is checked later)."""
+    from memla.devices import CHOICES, is_device_name
+
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(f"expected {CHOICES}, got {text!r}")
+    return text
+
+
+def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--dtype``, ``--device`` and ``--device-map``: how the model is loaded (`memla.models.load_model`)."""
     parser.add_argument(
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16", "float16"],
         help="weight dtype (default: %(default)s)",
     )
+    parser.add_argument(
+        "--device", type=_device_name, default=DEFAULT_DEVICE, metavar="{cpu,cuda,cuda:N,auto}",
+        help="where the model runs: cpu, cuda (the current GPU), cuda:N, or auto (cuda when available, else cpu); "
+        "a CUDA device on a machine without CUDA is refused before the model loads (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device-map", choices=["auto"], default=None,
+        help="split the model's layers over every GPU with accelerate, for a model larger than one GPU "
+        "(not with an explicit --device; layers that would be offloaded to the CPU or disk are refused)",
+    )
+
+
+def check_compute_arguments(args: argparse.Namespace) -> None:
+    """Resolve ``--device auto`` and refuse a device or device map this machine cannot serve, before any work.
+
+    Raises:
+        DeviceError: ``--device cuda[:N]`` without CUDA (or without that GPU), ``--device`` together
+            with ``--device-map``, or ``--device-map`` without accelerate.
+    """
+    from memla.devices import check_device_map, resolve_device
+
+    check_device_map(args.device_map, device=args.device)
+    args.device = str(resolve_device(args.device))
 
 
 class _Deferred:
@@ -116,13 +156,13 @@ def check_texts_fit(args: argparse.Namespace, model, tokenizer, texts: Sequence[
 
 
 def load_model_from_args(args: argparse.Namespace):
-    """Load ``(model, tokenizer)`` as asked by ``--model`` / ``--dtype``."""
+    """Load ``(model, tokenizer)`` as asked by ``--model``, ``--dtype``, ``--device`` and ``--device-map``."""
     import torch
 
     from memla.models import load_model
 
     with console.status(f"loading model {args.model or 'default'} ..."):
-        return load_model(args.model, dtype=getattr(torch, args.dtype))
+        return load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device, device_map=args.device_map)
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:

@@ -72,14 +72,21 @@ def scale_flags(args: argparse.Namespace) -> list[str]:
     return [] if args.shard is None else ["--shard", args.shard]
 
 
-def make_executor(args: argparse.Namespace, *, fingerprint: str, methods: list[str], configs: dict, targets: list[str]):
-    """The `memla.evaluate.parallel.RayExecutor` asked for by ``--ray``, or None for a serial run."""
+def make_executor(args: argparse.Namespace, model, *, methods: list[str], configs: dict, targets: list[str]):
+    """The `memla.evaluate.parallel.RayExecutor` asked for by ``--ray``, or None for a serial run.
+
+    The workers load the driver's model on the driver's device (or device map) and dtype;
+    they check its weights fingerprint against the driver's.
+    """
     if args.ray is None:
         return None
     from memla.evaluate.parallel import RayExecutor, WorkerSpec
+    from memla.evaluate.store import compute_settings
+    from memla.models import model_fingerprint
 
-    spec = WorkerSpec(model=args.model or "default", dtype=args.dtype, device=getattr(args, "device", None) or "cpu",
-                      threads=args.threads_per_worker, methods=tuple(methods), configs=configs,
-                      targets=tuple(targets), seed=args.seed, f1_unit=args.f1_unit, fingerprint=fingerprint)
+    spec = WorkerSpec(model=args.model or "default", dtype=args.dtype, device=compute_settings(model)["device"],
+                      device_map=args.device_map, threads=args.threads_per_worker, methods=tuple(methods),
+                      configs=configs, targets=tuple(targets), seed=args.seed, f1_unit=args.f1_unit,
+                      fingerprint=model_fingerprint(model))
     return RayExecutor(spec, workers=args.workers, address=None if args.ray == LOCAL else args.ray,
                        gpus_per_worker=args.gpus_per_worker)

@@ -111,7 +111,8 @@ def _command(args: argparse.Namespace) -> list[str]:
         if value is not None:
             cmd += [flag, str(value)]
     cmd += ["--seed", str(args.seed), "--f1-unit", args.f1_unit, "--model", args.model or "default",
-            "--dtype", args.dtype, *sequential_flags(args), *scale_flags(args), "--out", str(args.out)]
+            "--dtype", args.dtype, "--device", str(args.device), *(["--device-map", args.device_map] if args.device_map else []),
+            *sequential_flags(args), *scale_flags(args), "--out", str(args.out)]
     return cmd
 
 
@@ -128,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
     from memla.evaluate.store import MANIFEST
     from memla.outputs import check_out_dir
     from memla.langs import resolve_langs
-    from memla.models import model_fingerprint
     from memla.report import build_report
     from memla.report.tables import overview_tables
 
@@ -166,8 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sequential is not None:
         return run_sequential_bench(args, model, tokenizer, records, methods=methods, sources=sources, targets=targets,
                                     configs=configs, command=_command(args))
-    executor = make_executor(args, fingerprint=model_fingerprint(model), methods=methods, configs=configs,
-                             targets=targets)
+    executor = make_executor(args, model, methods=methods, configs=configs, targets=targets)
     summary = run_bench(
         model, tokenizer, records,
         methods=methods, out=args.out, sources=sources, targets=targets, configs=configs, seed=args.seed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from memla.cli._common import add_method_argument, console, load_model_from_args, print_table
+from memla.cli._common import add_compute_arguments, add_method_argument, console, load_model_from_args, print_table
 
 ORDER = 1
 DEMO_RECORD = 0  # mkeb-mini record 0: the capital of France, Paris -> Rome
@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     add_method_argument(p, "--method", default="memla-local",
                         help="editing method (%(methods)s; default: memla-local; memla is the paper's, which "
                              "also changes unrelated facts of the relation)")
-    p.set_defaults(func=run, model=None, dtype="float32")
+    add_compute_arguments(p)
+    p.set_defaults(func=run, model=None)
 
 
 def run(args: argparse.Namespace) -> int:

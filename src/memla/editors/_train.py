@@ -99,7 +99,7 @@ def teacher_batch(tokenizer, items: Sequence[tuple[str, str, str]], *, device: t
     encs = [encode_pair(tokenizer, p, t, lang) for p, t, lang in items]
     ids, mask, pos = left_pad([e.prompt_ids + e.target_ids for e in encs], pad_id=pad_id(tokenizer), device=device)
     width = ids.shape[1]
-    select = torch.zeros(ids.shape, dtype=torch.bool, device=device)  # (S, T)
+    select = torch.zeros(ids.shape, dtype=torch.bool)  # (S, T), filled here and moved once
     offsets, total = [], 0
     for i, e in enumerate(encs):
         n = len(e.target_ids)
@@ -107,7 +107,7 @@ def teacher_batch(tokenizer, items: Sequence[tuple[str, str, str]], *, device: t
         offsets.append(total)
         total += n
     targets = tuple(torch.tensor(e.target_ids, device=device) for e in encs)
-    return TeacherBatch(ids, mask, pos, select, tuple(offsets), targets, tuple(e.clean for e in encs))
+    return TeacherBatch(ids, mask, pos, select.to(device), tuple(offsets), targets, tuple(e.clean for e in encs))
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from memla.devices import input_device
 from memla.editors._train import added_outputs, down_name, linear_delta_term, teacher_batch
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.editors.layers import scaled_layer
@@ -136,10 +137,9 @@ class FTEditor:
         spec = arch_spec(model)
         name = down_name(model, layer)
         weight = get_module(model, name).weight
-        device = weight.device
-        delta = torch.zeros(weight.shape, dtype=torch.float32, device=device, requires_grad=True)  # W's layout
+        delta = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device, requires_grad=True)  # W's layout
         opt = torch.optim.Adam([delta], lr=cfg.lr)
-        loss_fn = self._loss_fn(model, tokenizer, request, device)
+        loss_fn = self._loss_fn(model, tokenizer, request)
         eps = cfg.norm_constraint
         bound = None if eps is None else float32_at_most(eps)
         losses: list[float] = []
@@ -168,8 +168,9 @@ class FTEditor:
         }
         return EditResult(deltas={spec.down_weight_name(layer): delta}, info=info)
 
-    def _loss_fn(self, model: nn.Module, tokenizer, request: EditRequest, device):
-        """The training loss as a closure over the encoded request."""
+    def _loss_fn(self, model: nn.Module, tokenizer, request: EditRequest):
+        """The training loss as a closure over the encoded request (its tensors on the model's input device)."""
+        device = input_device(model)
         if self.config.objective == "target_new":
             batch = teacher_batch(tokenizer, [(request.text, request.target_new, request.lang)], device=device)
             return lambda: -batch.mean_logprob(batch.logits(model))[0]

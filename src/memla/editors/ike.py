@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from memla.data import load_dataset
+from memla.devices import input_device
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.errors import EditError
 from memla.langs import join
@@ -215,7 +216,7 @@ class IKEEditor:
     @torch.no_grad()
     def _hidden(self, model: nn.Module, tokenizer, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised mean-pooled hidden states, ``(N, d_model)`` (left-padded batches of 32)."""
-        device = next(model.parameters()).device
+        device = input_device(model)
         rows = []
         for start in range(0, len(texts), 32):
             seqs = [encode_text(tokenizer, t) for t in texts[start:start + 32]]

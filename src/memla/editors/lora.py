@@ -67,20 +67,20 @@ class MaskedLoRA(nn.Module):
         preserved key ``k``.
 
         Args:
-            keys: down-projection inputs to preserve, ``(N, d_ff)``.
+            keys: down-projection inputs to preserve, ``(N, d_ff)`` (moved to this module's device).
             rel_tol: relative singular-value cut-off in (0, 1].
 
         Returns:
             The number of preserved directions.
         """
         columns = self.mask.nonzero().squeeze(-1)  # (k,)
-        unit = torch.nn.functional.normalize(keys.float()[:, columns], dim=-1)  # (N, k)
+        unit = torch.nn.functional.normalize(keys.to(self.mask.device).float()[:, columns], dim=-1)  # (N, k)
         _, s, vh = torch.linalg.svd(unit, full_matrices=False)  # s: (min(N, k),)
         keep = s > rel_tol * s[0] if len(s) and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
-        preserved = torch.zeros(len(self.mask), int(keep.sum()))  # (d_ff, p): exactly 0 outside the neurons
-        preserved[columns.cpu()] = vh[keep].T.cpu()
-        self.preserved = preserved.to(self.A.device)
-        return int(keep.sum())
+        kept = int(keep.sum())
+        self.preserved = torch.zeros(len(self.mask), kept, device=self.mask.device)  # (d_ff, p): 0 outside the neurons
+        self.preserved[columns] = vh[keep].T
+        return kept
 
     def project(self, x: Tensor) -> Tensor:
         """``x (I − V Vᵀ)`` over the last dimension (``x`` itself when nothing is preserved)."""

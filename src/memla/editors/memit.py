@@ -130,7 +130,7 @@ class MemitEditor:
         ``spread(left) · (z − cur)`` with ``cur`` the current value at the target site.  A
         target at a down-projection output of another layer (post-FFN norm) first becomes
         its residual-stream effect ``n_L(z) − n_L(cur)`` and is then mapped through this
-        layer's norm (`residual_to_down`, identity without a norm).
+        layer's norm (`residual_to_down`, identity without a norm).  On ``v``'s device (this layer's).
         """
         spec = arch_spec(model)
         site = self.target_sites(model, last)[-1]
@@ -139,7 +139,7 @@ class MemitEditor:
         if site != spec.path(spec.mlp_down, last):  # a residual-stream target
             return residual_to_down(model, layer, v, (z - cur) * scale)
         if layer == last or spec.post_ffn_norm is None:
-            return ((z - cur) * scale).double()
+            return ((z - cur) * scale).double().to(v.device)
         return residual_to_down(model, layer, v, down_to_residual(model, last, cur, z) * scale)
 
     # ------------------------------------------------------------------ the batch edit
@@ -197,8 +197,11 @@ class MemitEditor:
                 W, b = down_weight_and_bias(model, layer)  # (d_model, d_ff)
                 v = W @ K + (0 if b is None else b[:, None])  # (d_model, n), current values at the keys
                 R = self.residuals(model, tokenizer, bare, z, layers[-1], layer, len(layers) - i, v)  # (d_model, n)
-            C_l = C[layer] if C is not None else (K.pow(2).sum(0).mean() / K.shape[0]) * torch.eye(K.shape[0])
-            delta = memit_update(R, K, C_l.to(K.device), lam)  # (d_model, d_ff)
+            if C is not None:
+                C_l = C[layer]  # (d_ff, d_ff), on the layer's device
+            else:
+                C_l = (K.pow(2).sum(0).mean() / K.shape[0]) * torch.eye(K.shape[0], device=K.device)  # (d_ff, d_ff)
+            delta = memit_update(R, K, C_l, lam)  # (d_model, d_ff)
             weight = spec.down_module(model, layer).weight
             in_layout = spec.from_linear(delta).to(dtype=weight.dtype, device=weight.device).contiguous()
             deltas[spec.down_weight_name(layer)] = in_layout

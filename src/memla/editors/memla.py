@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from memla.devices import input_device, module_device
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.editors.lora import MaskedLoRA, lora_hooks
 from memla.errors import EditError
@@ -157,8 +158,13 @@ class MemlaEditor:
 
     # ------------------------------------------------------------------ step 2: editors
     def build_editors(self, model: nn.Module, independent: NeuronSet, specific: NeuronSet) -> dict[int, dict[str, MaskedLoRA]]:
-        """The LSE / LIE modules per layer (Eq. 5–7), honouring the ablation switches."""
+        """The LSE / LIE modules per layer (Eq. 5–7), honouring the ablation switches.
+
+        Each module lives on its down-projection's device (initialised on the CPU generator first,
+        so that every device starts from the same factors).
+        """
         cfg = self.config
+        spec = arch_spec(model)
         d_model, d_ff = mlp_dims(model)
         gen = torch.Generator().manual_seed(cfg.seed)
         editors: dict[int, dict[str, MaskedLoRA]] = {}
@@ -169,7 +175,7 @@ class MemlaEditor:
             for layer, indices in neurons.by_layer().items():
                 editors.setdefault(layer, {})[kind] = MaskedLoRA(
                     d_model, d_ff, indices, rank_per_neuron=cfg.rank_per_neuron, masked=masked, generator=gen
-                )
+                ).to(module_device(spec.down_module(model, layer)))
         if not editors:
             raise EditError("MEMLA found no neurons to edit for the enabled editors (LSE/LIE); lower the threshold")
         return editors
@@ -259,8 +265,7 @@ class Anchors:
     def measure(cls, model: nn.Module, tokenizer, contexts: Sequence[tuple[str, Sequence[int]]], *, weight: float,
                 tolerance: float = math.inf, batch: int = 0) -> Anchors:
         """The anchors ``(text, token ids)`` with the model's next-token distributions as it is now."""
-        ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer),
-                                  device=next(model.parameters()).device)
+        ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer), device=input_device(model))
         with torch.no_grad():
             logits = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1]  # (N, V)
         return cls(ids, mask, pos, logits.float().log_softmax(-1), weight, tolerance, batch,
@@ -302,21 +307,26 @@ def train_lora(
     the edit that will be applied.  (The reference code trains with ``c = 1`` and scales
     afterwards, which can undo an edit that only just passed the stop threshold.)
 
+    Args:
+        model, tokenizer, request: the model, its tokenizer and the edit.
+        loras: down-projection module name -> its LoRA editors, on that module's device
+            (`MemlaEditor.build_editors`).
+        cfg: the settings.
+        anchors: locality anchors (memla-local), or None.
+
     Returns:
         ``(losses, p_new)`` per step.
     """
     new = encode_pair(tokenizer, request.text, request.target_new, request.lang)
     true = encode_pair(tokenizer, request.text, request.target_true, request.lang) if request.target_true else None
     seqs = [new] + ([true] if true is not None else [])
-    device = next(model.parameters()).device
+    device = input_device(model)
     # Right padding, no mask: causal attention keeps every real position independent of the pads after it.
     ids, _ = right_pad([s.prompt_ids + s.target_ids for s in seqs], pad_id=pad_id(tokenizer), device=device)  # (S, T)
     width = ids.shape[1]
     keep = width - min(len(s.prompt_ids) for s in seqs) + 1  # positions predicting any target token
+    targets = [torch.tensor(s.target_ids, device=device) for s in seqs]  # (n_i,) each
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]
-    for eds in loras.values():
-        for e in eds:
-            e.to(device)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     spec = arch_spec(model)
     weights = {name: spec.to_linear(get_module(model, name).weight) for name in loras}  # (d_model, d_ff)
@@ -331,9 +341,8 @@ def train_lora(
             logits = model(input_ids=ids, logits_to_keep=keep).logits.float()  # (S, keep, V)
             logp = logits.log_softmax(-1)
             mean_logp = []
-            for i, s in enumerate(seqs):
+            for i, (s, tgt) in enumerate(zip(seqs, targets)):
                 start = len(s.prompt_ids) - 1 - (width - keep)  # row of the first target prediction
-                tgt = torch.tensor(s.target_ids, device=device)
                 mean_logp.append(logp[i, start:start + len(tgt)].gather(-1, tgt[:, None]).mean())
             loss = -cfg.weight_new * mean_logp[0]
             if len(mean_logp) > 1:

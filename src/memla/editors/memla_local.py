@@ -42,6 +42,7 @@ from importlib import resources
 import torch
 from torch import nn
 
+from memla.devices import input_device
 from memla.editors.base import EditRequest, register_editor
 from memla.editors.lora import MaskedLoRA
 from memla.editors.memla import Anchors, MemlaConfig, MemlaEditor
@@ -139,7 +140,7 @@ def nearest_subjects(model: nn.Module, tokenizer, subject: str, lang: str, n: in
     if not pool:
         return []
     seqs = [encode_text(tokenizer, text) for text in (subject, *(e[lang] for e in pool))]
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids, _ = right_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (P+1, T)
     last = torch.tensor([len(s) - 1 for s in seqs], device=device)  # (P+1,)
     with torch.no_grad():
@@ -206,7 +207,8 @@ class MemlaLocalEditor(MemlaEditor):
         spec = arch_spec(model)
         names = {layer: spec.path(spec.mlp_down, layer) for layer in editors}
         enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
-        seqs = [list(row[m.bool()].tolist()) for row, m in zip(anchors.ids, anchors.mask)] + [enc.prompt_ids]
+        rows = zip(anchors.ids.tolist(), anchors.mask.tolist())  # one transfer, not one per anchor
+        seqs = [[t for t, keep in zip(ids, mask) if keep] for ids, mask in rows] + [enc.prompt_ids]
         ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=anchors.ids.device)  # (N + 1, T)
         with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False) as traces:
             forward(model, ids, mask, pos, logits_to_keep=1)

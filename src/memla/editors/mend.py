@@ -41,6 +41,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from memla.devices import input_device
 from memla.editors._train import TeacherBatch, down_name, teacher_batch
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.errors import EditError
@@ -228,8 +229,17 @@ class MendNet(nn.Module):
         self.edit_lrs = nn.Parameter(torch.full((len(self.layers),), float(edit_lr)))  # (n_layers,)
 
     def transform(self, factors: Sequence[tuple[Tensor, Tensor]]) -> list[LayerEdit]:
-        """Per edited layer, the edit ``−α_l Σ_i δ̃_i ũ_iᵀ`` from the gradient factors ``(u, δ)`` (Eq. 3)."""
-        return [LayerEdit(*g(u, d), self.edit_lrs[i]) for i, (g, (u, d)) in enumerate(zip(self.transforms, factors))]
+        """Per edited layer, the edit ``−α_l Σ_i δ̃_i ũ_iᵀ`` from the gradient factors ``(u, δ)`` (Eq. 3).
+
+        The networks run on this module's device; each edit comes back on the device of its
+        factors (its layer's), where it meets the layer's activations and weight.
+        """
+        device = self.edit_lrs.device
+        edits = []
+        for i, (g, (u, d)) in enumerate(zip(self.transforms, factors)):
+            u_t, d_t = g(u.to(device), d.to(device))  # (N, d_ff), (N, d_model)
+            edits.append(LayerEdit(u_t.to(u.device), d_t.to(d.device), self.edit_lrs[i].to(u.device)))
+        return edits
 
 
 def gradient_factors(model: nn.Module, batch: TeacherBatch, names: Sequence[str], *, rows: Sequence[int] = (0,)
@@ -322,7 +332,7 @@ class MendEditor:
                     "train one first with `memla train-mend --model <the same model>` "
                     "(or set checkpoint: DIR in the MEND config)"
                 )
-            net, meta = load_checkpoint(directory, device=next(model.parameters()).device)
+            net, meta = load_checkpoint(directory, device=input_device(model))
             if meta.get("model_fingerprint") != fingerprint:
                 raise EditError(
                     f"the MEND checkpoint in {directory} was trained for model {meta.get('model_fingerprint')}, "
@@ -346,7 +356,7 @@ class MendEditor:
         net, meta, directory = self.hypernet(model)
         spec = arch_spec(model)
         names = [down_name(model, layer) for layer in net.layers]
-        batch = teacher_batch(tokenizer, [(request.text, request.target_new, request.lang)], device=next(model.parameters()).device)
+        batch = teacher_batch(tokenizer, [(request.text, request.target_new, request.lang)], device=input_device(model))
         factors, loss, _ = gradient_factors(model, batch, names)
         deltas, norms = {}, {}
         with torch.no_grad():

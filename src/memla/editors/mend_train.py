@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from memla.config import config_to_dict
+from memla.devices import input_device
 from memla.editors._train import added_outputs, down_name, teacher_batch
 from memla.editors.mend import (
     FORMAT,
@@ -152,7 +153,7 @@ def train_mend(
     examples = _examples(records, tuple(cfg.train_langs))
     if not examples:
         raise MemlaError("no usable training records for MEND (need edit prompts with a subject in the training languages)")
-    device = next(model.parameters()).device
+    device = input_device(model)
     directory = Path(out or cfg.checkpoint or default_checkpoint_dir(model_fingerprint(model)))
     layers = resolve_layers(model, cfg.layers)
     names = [down_name(model, layer) for layer in layers]
@@ -208,7 +209,7 @@ def _step(model: nn.Module, tokenizer, net: MendNet, names: Sequence[str], recor
     """One training edit; returns the differentiable ``loss`` and float diagnostics."""
     fact = record.edit[lang]
     text = fact.filled()
-    device = next(model.parameters()).device
+    device = input_device(model)
     paraphrases = list(record.paraphrase_prompts.get(lang, ()))
     neighbours = list(zip(record.neighborhood_prompts.get(lang, ()), record.neighborhood_answers.get(lang, ())))
     equiv = [(text, fact.target_new, lang)] + [(p, fact.target_new, lang)

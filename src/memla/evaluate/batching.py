@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from memla.devices import input_device
 from memla.tokens import forward, left_pad, pad_id
 
 MAX_BATCH_TOKENS = 4096  # padded tokens per forward pass
@@ -134,7 +135,7 @@ def prompt_passes(
     Returns:
         An iterator of `PromptPass`, covering every sequence once.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     shared = shared_length(seqs) if len(seqs) > 1 else 0
     shared = shared if shared >= SHARE_MIN_TOKENS else 0
     base = None

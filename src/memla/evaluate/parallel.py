@@ -40,7 +40,8 @@ class WorkerSpec:
     Attributes:
         model: model name or path, as given to `memla.models.load_model`.
         dtype: weight dtype name ("float32", ...).
-        device: device of the worker's model ("cpu", "cuda", ...).
+        device: device(s) of the driver's model as `compute_settings` spells them ("cpu", "cuda:0", ...).
+        device_map: ``"auto"`` to split the model over the worker's GPUs (then ``device`` is only recorded).
         threads: torch threads per worker.
         methods: method names, "unedited" first.
         configs: ``{method: config dict}``.
@@ -53,6 +54,7 @@ class WorkerSpec:
     model: str
     dtype: str
     device: str
+    device_map: str | None
     threads: int
     methods: tuple[str, ...]
     configs: Mapping[str, Any]
@@ -71,7 +73,9 @@ class Worker:
         from memla.models import load_model, model_fingerprint
 
         torch.set_num_threads(spec.threads)
-        model, tokenizer = load_model(spec.model, dtype=getattr(torch, spec.dtype), device=spec.device)
+        device = "cpu" if spec.device_map else spec.device  # with a device map, accelerate places the layers
+        model, tokenizer = load_model(spec.model, dtype=getattr(torch, spec.dtype), device=device,
+                                      device_map=spec.device_map)
         if model_fingerprint(model) != spec.fingerprint:
             raise MemlaError(f"worker on {os.uname().nodename}: model {spec.model!r} differs from the driver's "
                              "(weights fingerprint); every node must see the same model files")

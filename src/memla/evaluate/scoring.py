@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from memla.devices import input_device
 from memla.evaluate.batching import MAX_BATCH_ROWS, MAX_BATCH_TOKENS, last_column, prompt_passes
-from memla.tokens import Encoded, encode_pair, encode_text, forward, pad_id, right_pad
+from memla.tokens import Encoded, encode_pair, encode_text, forward, pad_id, right_pad, select_cache_rows
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def score_encoded(
     Returns:
         One `TargetScore` per pair, in input order.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = pad_id(tokenizer)
     out: list[TargetScore | None] = [None] * len(pairs)
     # Pairs with the same prompt (target_new / target_true) share one prompt pass and its KV cache.
@@ -85,12 +86,13 @@ def score_encoded(
         first = step.logits.float()  # (B, V)
         first = first - first.logsumexp(-1, keepdim=True)  # log P(first target token | prompt)
         members = [(row, j) for row, b in enumerate(step.rows) for j in groups[heads[b]]]
-        lps = {j: [float(first[row, pairs[j].target_ids[0]])] for row, j in members}
+        at = torch.tensor([[row, pairs[j].target_ids[0]] for row, j in members], device=first.device)  # (P, 2)
+        lps = {j: [lp] for (_, j), lp in zip(members, first[at[:, 0], at[:, 1]].tolist())}  # one transfer per batch
         tails = [pairs[j].target_ids[:-1] for _, j in members]  # teacher-forced inputs after the prompt
         width = max(len(t) for t in tails)
         if width > 0:
             sel = torch.tensor([row for row, _ in members], device=device)  # (P,)
-            step.cache.batch_select_indices(sel)
+            select_cache_rows(step.cache, sel)
             # right-padded: a target token never attends to the padding after it
             tail_ids, tail_mask = right_pad(tails, pad_id=pad, device=device)  # (P, Tt) each
             tail_pos = step.pos[sel][:, -1:] + 1 + torch.arange(width, device=device)  # (P, Tt)
@@ -163,7 +165,7 @@ def greedy_generate(
     Returns:
         Generated token ids per prompt, cut at the first EOS (excluded).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     seqs = [encode_text(tokenizer, prefix + p) for p in prompts]
     cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos = set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos]) | {tokenizer.eos_token_id}
@@ -187,7 +189,7 @@ def greedy_generate(
                 break
             if len(active) < len(rows):  # drop finished rows from the batch and the KV cache
                 sel = torch.tensor(active, device=device)  # (B',)
-                cache.batch_select_indices(sel)
+                select_cache_rows(cache, sel)
                 nxt, mask, pos = nxt[sel], mask[sel], pos[sel]
                 rows = [rows[r] for r in active]
             ids = nxt[:, None]  # (B', 1)

@@ -154,8 +154,10 @@ def compute_settings(model: nn.Module) -> dict[str, Any]:
     CPU kernels split reductions by thread, so the same cell computed with 1 and with
     2 threads can differ in the last bits; a GPU or another dtype moves them further.
     """
+    from memla.devices import model_devices
+
     param = next(model.parameters())
-    return {"torch_threads": torch.get_num_threads(), "device": str(param.device),
+    return {"torch_threads": torch.get_num_threads(), "device": ", ".join(model_devices(model)),
             "dtype": str(param.dtype).removeprefix("torch.")}
 
 

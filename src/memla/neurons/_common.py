@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from memla.devices import input_device
 from memla.errors import DataError
 from memla.hooks import trace
 from memla.langs import sep
@@ -123,11 +124,12 @@ def point_module(spec: ArchSpec, point: str, layer: int) -> str:
 def replace_rows(x: Tensor, rows: Tensor, *, position: int) -> Tensor:
     """Return ``x`` with ``x[-len(rows):, position]`` replaced by ``rows`` (keeps the graph to ``rows``).
 
-    ``x`` is ``(B, T, d_ff)``; ``rows`` is ``(n, d_ff)`` with ``n <= B``.
+    ``x`` is ``(B, T, d_ff)`` (on its layer's device); ``rows`` is ``(n, d_ff)`` with ``n <= B``,
+    moved to ``x``'s device and dtype.
     """
     n = rows.shape[0]
     pos = position % x.shape[1]
-    new = torch.cat([x[-n:, :pos], rows[:, None].to(x.dtype), x[-n:, pos + 1 :]], dim=1)  # (n, T, d_ff)
+    new = torch.cat([x[-n:, :pos], rows[:, None].to(x.device, x.dtype), x[-n:, pos + 1 :]], dim=1)  # (n, T, d_ff)
     return torch.cat([x[:-n], new], dim=0) if n < x.shape[0] else new  # (B, T, d_ff)
 
 
@@ -152,12 +154,13 @@ def baseline_acts(
     per replaced position, averaged later.
 
     Returns:
-        ``(L, m, P, d_ff)`` in the model's dtype, ``P`` paths (1 for ``zero``).
+        ``(L, m, P, d_ff)`` in the model's dtype on its input device, ``P`` paths (1 for ``zero``).
     """
+    device = input_device(model)
     if baseline == "zero":
         dtype = next(model.parameters()).dtype
         return torch.zeros(len(layers), len(example.targets), 1, mlp_dims(model)[1], dtype=dtype,
-                           device=model.device)  # (L, m, 1, d_ff)
+                           device=device)  # (L, m, 1, d_ff)
     spec = arch_spec(model)
     token = replacement_token(tokenizer)
     replaced = [i for i in range(example.n_prompt) if i not in example.special]
@@ -167,13 +170,14 @@ def baseline_acts(
     out = []
     for j in range(len(example.targets)):
         pos = example.position(j)
-        ids = torch.tensor([example.ids[: pos + 1]] * len(replaced), device=model.device)  # (P, T)
-        ids[torch.arange(len(replaced)), torch.tensor(replaced)] = token
+        prefix = list(example.ids[: pos + 1])
+        rows = [prefix[:i] + [token] + prefix[i + 1:] for i in replaced]  # path p: prompt token replaced[p] swapped
+        ids = torch.tensor(rows, device=device)  # (P, T)
         with trace(model, names, retain_input=point == "down_in", retain_output=point == "mlp_in",
                    stop=True, detach=True) as tr:
             model(input_ids=ids, use_cache=False)
         field = "input" if point == "down_in" else "output"
-        out.append(torch.stack([getattr(tr[n], field)[:, -1] for n in names]))  # (L, P, d_ff)
+        out.append(torch.stack([getattr(tr[n], field)[:, -1].to(device) for n in names]))  # (L, P, d_ff)
     return torch.stack(out, dim=1)  # (L, m, P, d_ff)
 
 
@@ -217,18 +221,19 @@ class Head:
             target: the target token id.
 
         Returns:
-            ``(prob, grad)``: ``(B,)`` float32 and ``(B, d)`` in ``h``'s dtype.
+            ``(prob, grad)``: ``(B,)`` float32 on the head's device and ``(B, d)`` in ``h``'s
+            dtype and device.
         """
         probs, grads = [], []
         for start in range(0, h.shape[0], self.max_rows):
             p, g = self._rows(h[start : start + self.max_rows].detach(), target)
             probs.append(p)
             grads.append(g)
-        return torch.cat(probs), torch.cat(grads).to(h.dtype)
+        return torch.cat(probs), torch.cat(grads).to(h.device, h.dtype)
 
     def _rows(self, h: Tensor, target: int) -> tuple[Tensor, Tensor]:
         w, wb = self.weight, self.back_weight  # (V, d)
-        x = h.to(w.dtype)  # (B, d)
+        x = h.to(w.device, w.dtype)  # (B, d): the final norm and the head may sit on different devices
         maxes, sums, accs = [], [], []
         for start in range(0, w.shape[0], self.block):
             stop = min(start + self.block, w.shape[0])

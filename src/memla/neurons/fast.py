@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from memla.devices import input_device
 from memla.hooks import trace
 from memla.models import arch_spec, get_module, num_layers
 
@@ -60,20 +61,21 @@ def attribute_fast(
         progress: an optional callable, called once per chunk with its number of rows.
 
     Returns:
-        ``(L, d_ff)`` float32 scores, summed over target tokens, averaged over baseline paths.
+        ``(L, d_ff)`` float32 scores on the CPU, summed over target tokens, averaged over baseline paths.
     """
     stack = _Stack(model, point)
     hidden, act, full = stack.clean_pass(example, layers)  # (L, m, d), (L, m, d_ff), cache
     end = example.position(len(example.targets) - 1) + 1  # positions in ``full``
     bases = baseline_acts(model, tokenizer, example, layers, point, baseline)  # (L, m, P, d_ff)
     n_layers, m, n_paths, d_ff = bases.shape
-    alpha = alphas(steps).to(model.device)  # (steps,)
+    device = stack.device  # the per-row tensors live here; `replace_rows` moves each layer's rows to its layer
+    alpha = alphas(steps).to(device)  # (steps,)
     per_layer = n_paths * steps  # rows of one layer, ordered (path, step)
-    scores = torch.zeros(n_layers, d_ff, dtype=torch.float32)  # (L, d_ff)
+    scores = torch.zeros(n_layers, d_ff, dtype=torch.float32, device=device)  # (L, d_ff)
     for j, target in enumerate(example.targets):
         pos = example.position(j)
         drop = end - pos  # the prefix of target token j is everything before its position
-        grad_sum = torch.zeros(n_layers, n_paths, d_ff, dtype=torch.float32)  # (L, P, d_ff)
+        grad_sum = torch.zeros(n_layers, n_paths, d_ff, dtype=torch.float32, device=device)  # (L, P, d_ff)
         total = n_layers * per_layer
         for start in range(0, total, max_rows):
             stop = min(start + max_rows, total)
@@ -81,21 +83,21 @@ def attribute_fast(
             for li in range(start // per_layer, (stop - 1) // per_layer + 1):
                 lo = max(start, li * per_layer) - li * per_layer
                 hi = min(stop, (li + 1) * per_layer) - li * per_layer
-                r = torch.arange(lo, hi, device=model.device)
+                r = torch.arange(lo, hi, device=device)
                 base = bases[li, j, r // steps].double()  # (n, d_ff)
                 values = base + alpha[r % steps, None] * (act[li, j].double() - base)  # (n, d_ff)
                 entries[layers[li]] = (li, lo, values.to(act.dtype))
             grads = stack.run(full, drop, pos, {layer: (hidden[e[0], j], e[2]) for layer, e in entries.items()},
                               head, target)
             for layer, (li, lo, _) in entries.items():
-                g = grads[layer].float().cpu()  # (n, d_ff)
-                paths = torch.arange(lo, lo + g.shape[0]) // steps  # (n,)
+                g = grads[layer].float()  # (n, d_ff)
+                paths = torch.arange(lo, lo + g.shape[0], device=device) // steps  # (n,)
                 grad_sum[li].index_add_(0, paths, g)
             if progress is not None:
                 progress(stop - start)
-        diff = (act[:, j, None] - bases[:, j]).float().cpu()  # (L, P, d_ff)
+        diff = (act[:, j, None] - bases[:, j]).float()  # (L, P, d_ff)
         scores += (diff * grad_sum / steps).mean(dim=1)
-    return scores
+    return scores.cpu()
 
 
 class _Stack:
@@ -103,6 +105,7 @@ class _Stack:
 
     def __init__(self, model: nn.Module, point: str):
         self.model = model
+        self.device = input_device(model)  # where the token ids go and the per-layer states are gathered
         self.spec = arch_spec(model)
         self.config = model.config
         self.point = point
@@ -135,7 +138,7 @@ class _Stack:
         """
         spec, m = self.spec, len(example.targets)
         positions = [example.position(j) for j in range(m)]
-        ids = torch.tensor([example.ids[: positions[-1] + 1]], device=self.model.device)  # (1, T)
+        ids = torch.tensor([example.ids[: positions[-1] + 1]], device=self.device)  # (1, T)
         cache = DynamicCache(config=self.config)
         for layer in cache.layers:
             if hasattr(layer, "activate_past_recording"):
@@ -147,8 +150,8 @@ class _Stack:
                    detach=True) as tr:
             self.model(input_ids=ids, cache=cache, use_cache=True)
         field = "input" if self.point == "down_in" else "output"
-        hidden = torch.stack([tr[n].input[0, positions] for n in blocks])  # (L, m, d)
-        act = torch.stack([getattr(tr[n], field)[0, positions] for n in points])  # (L, m, d_ff)
+        hidden = torch.stack([tr[n].input[0, positions].to(self.device) for n in blocks])  # (L, m, d)
+        act = torch.stack([getattr(tr[n], field)[0, positions].to(self.device) for n in points])  # (L, m, d_ff)
         return hidden, act, cache
 
     def run(
@@ -190,7 +193,7 @@ class _Stack:
                 if i in entries:
                     h = entries[i][0].to(self.dtype)
                     new = h[None, None].expand(entries[i][1].shape[0], 1, -1)  # (n, 1, d)
-                    hidden = new if hidden is None else torch.cat([hidden, new], dim=0)
+                    hidden = new if hidden is None else torch.cat([hidden, new.to(hidden.device)], dim=0)
                 hidden = self._layer(i, hidden, cache, ctx)
             final = self.final_norm(hidden)[:, -1]  # (B, d)
             _, grad_h = head(final, target)  # (B, d)
@@ -200,9 +203,8 @@ class _Stack:
 
     def _context(self, cache: DynamicCache, pos: int) -> dict:
         """The per-call arguments the model's forward would give its layers, for batch 1 (they broadcast)."""
-        device = self.model.device
-        dummy = torch.zeros(1, 1, self.config.hidden_size, dtype=self.dtype, device=device)  # (1, 1, d)
-        pos_ids = torch.tensor([[pos]], device=device)  # (1, 1)
+        dummy = torch.zeros(1, 1, self.config.hidden_size, dtype=self.dtype, device=self.device)  # (1, 1, d)
+        pos_ids = torch.tensor([[pos]], device=self.device)  # (1, 1)
         mask_kwargs = dict(config=self.config, inputs_embeds=dummy, attention_mask=None, cache=cache,
                            position_ids=pos_ids)
         ctx = {"pos_ids": pos_ids, "full": create_causal_mask(**mask_kwargs)}

@@ -40,24 +40,24 @@ def attribute_reference(
         progress: an optional callable, called once per (target token, layer).
 
     Returns:
-        ``(L, d_ff)`` float32 scores, summed over target tokens, averaged over baseline paths.
+        ``(L, d_ff)`` float32 scores on the CPU, summed over target tokens, averaged over baseline paths.
     """
     spec = arch_spec(model)
     alpha = alphas(steps)  # (steps,)
-    bases = baseline_acts(model, tokenizer, example, layers, point, baseline)  # (L, m, P, d_ff)
-    scores = torch.zeros(len(layers), bases.shape[-1], dtype=torch.float32)  # (L, d_ff)
+    bases = baseline_acts(model, tokenizer, example, layers, point, baseline)  # (L, m, P, d_ff), input device
+    scores = torch.zeros(len(layers), bases.shape[-1], dtype=torch.float32, device=bases.device)  # (L, d_ff)
     for j, target in enumerate(example.targets):
         pos = example.position(j)
-        ids = torch.tensor([example.ids[: pos + 1]] * steps, device=model.device)  # (steps, T)
+        ids = torch.tensor([example.ids[: pos + 1]] * steps, device=bases.device)  # (steps, T)
         for li, layer in enumerate(layers):
             name = point_module(spec, point, layer)
             for base in bases[li, j]:
                 clean, grads = _path_grads(model, ids, name, point, base, alpha, target)
-                ig = (clean - base).float().cpu() * grads.float().cpu().mean(dim=0)  # (d_ff,)
+                ig = (clean - base).float() * grads.float().mean(dim=0)  # (d_ff,)
                 scores[li] += ig / bases.shape[2]
             if progress is not None:
                 progress()
-    return scores
+    return scores.cpu()
 
 
 def _path_grads(
@@ -66,13 +66,14 @@ def _path_grads(
     """The clean activation x and dP(target)/dx' at x' = base + alpha_k (x - base), every step k.
 
     Returns:
-        ``(x, grads)``: ``(d_ff,)`` and ``(steps, d_ff)``.
+        ``(x, grads)``: ``(d_ff,)`` and ``(steps, d_ff)``, on ``base``'s device.
     """
     seen = {}
 
-    def put(x, _name):  # x: (steps, T, d_ff), the clean activations of this layer
+    def put(x, _name):  # x: (steps, T, d_ff), the clean activations of this layer, on its device
         clean = x[0, -1].detach()  # (d_ff,)
-        scaled = base.double() + alpha[:, None].to(x.device) * (clean - base).double()  # (steps, d_ff)
+        start = base.to(x.device)  # (d_ff,)
+        scaled = start.double() + alpha[:, None].to(x.device) * (clean - start).double()  # (steps, d_ff)
         seen["x"] = clean
         seen["leaf"] = scaled.to(x.dtype).requires_grad_(True)
         return replace_rows(x, seen["leaf"], position=-1)  # (steps, T, d_ff)
@@ -82,4 +83,4 @@ def _path_grads(
         logits = model(input_ids=ids, use_cache=False).logits  # (steps, T, V)
         prob = torch.softmax(logits[:, -1].float(), dim=-1)[:, target]  # (steps,)
         (grad,) = torch.autograd.grad(prob.sum(), seen["leaf"])
-    return seen["x"], grad
+    return seen["x"].to(base.device), grad.to(base.device)

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from memla.devices import module_device
 from memla.editors.kv.keys import ROME_SEEDS
 from memla.editors.kv.stats import DTYPES, covariances
+from memla.models import arch_spec
 
 GPTJ_D_FF = 16384  # MLP width of GPT-J 6B (the reference configs' model), the scale of MEMIT's λ = 15000
 
@@ -104,8 +106,10 @@ def optimise_options(cfg: KeyValueConfig) -> dict:
 
 
 def layer_covariances(model: nn.Module, tokenizer, layers: Sequence[int], cfg: KeyValueConfig) -> dict[int, Tensor] | None:
-    """``{layer: C}`` from the statistics (``covariance="stats"``), or None for the identity."""
+    """``{layer: C}`` from the statistics (``covariance="stats"``), each on its layer's device, or None for the identity."""
     if cfg.covariance == "identity":
         return None
-    return covariances(model, tokenizer, layers, corpus=cfg.stats_corpus, samples=cfg.stats_samples,
-                       dtype=cfg.stats_dtype, progress=True)
+    found = covariances(model, tokenizer, layers, corpus=cfg.stats_corpus, samples=cfg.stats_samples,
+                        dtype=cfg.stats_dtype, progress=True)
+    spec = arch_spec(model)
+    return {layer: C.to(module_device(spec.down_module(model, layer))) for layer, C in found.items()}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from memla.devices import input_device
 from memla.editors.base import EditRequest
 from memla.hooks import output_tensor, trace
 from memla.models import cache_dir, down_param_names, model_fingerprint
@@ -228,9 +229,9 @@ def capture(
         inputs: read the first positional input (keys) instead of the output (values).
 
     Returns:
-        ``{module: (N, d)}`` in sequence order.
+        ``{module: (N, d)}`` in sequence order, float32, on each module's device.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: dict[str, list[Tensor]] = {m: [] for m in modules}
     for start in range(0, len(seqs), CAPTURE_ROWS):
         chunk = list(seqs[start:start + CAPTURE_ROWS])
@@ -240,8 +241,8 @@ def capture(
         with trace(model, list(modules), retain_input=inputs, retain_output=not inputs, stop=True) as tr:
             model(input_ids=ids, attention_mask=mask)
         for m in modules:
-            x = tr[m].input if inputs else output_tensor(tr[m].output)  # (B, T, d)
-            out[m].append(x[rows, cols].float())  # (B, d)
+            x = tr[m].input if inputs else output_tensor(tr[m].output)  # (B, T, d), on the module's device
+            out[m].append(x[rows.to(x.device), cols.to(x.device)].float())  # (B, d)
     return {m: torch.cat(v) for m, v in out.items()}
 
 

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from memla.data import load_dataset
+from memla.devices import input_device, module_device
 from memla.errors import MemlaError
 from memla.hooks import trace
 from memla.langs import join
@@ -339,10 +340,11 @@ def _meta(path: Path) -> dict:
 @torch.no_grad()
 def _compute(model, tokenizer, layers, texts: Sequence[str], *, samples: int, dtype: str, progress: bool):
     spec = arch_spec(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     names = {layer: spec.path(spec.mlp_down, layer) for layer in layers}
     d_ff = mlp_dims(model)[1]
-    acc = {layer: torch.zeros(d_ff, d_ff, dtype=torch.float64, device=device) for layer in layers}
+    acc = {layer: torch.zeros(d_ff, d_ff, dtype=torch.float64, device=module_device(spec.down_module(model, layer)))
+           for layer in layers}  # (d_ff, d_ff) each, on its layer's device
     specials = set(tokenizer.all_special_ids)
     count, batch = 0, []
     bar = tqdm(total=samples, unit="key", desc=f"key statistics L{','.join(map(str, layers))}", disable=not progress)
@@ -355,7 +357,8 @@ def _compute(model, tokenizer, layers, texts: Sequence[str], *, samples: int, dt
             model(input_ids=ids, attention_mask=mask)
         take = min(int(keep.sum()), samples - count)
         for layer, name in names.items():
-            k = tr[name].input[keep][:take].to(getattr(torch, dtype))  # (N, d_ff)
+            x = tr[name].input  # (B, T, d_ff), on the layer's device
+            k = x[keep.to(x.device)][:take].to(getattr(torch, dtype))  # (N, d_ff)
             acc[layer] += (k.T @ k).double()  # (d_ff, d_ff)
         count += take
         bar.update(take)

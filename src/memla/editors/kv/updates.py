@@ -74,9 +74,10 @@ def residual_to_down(model: nn.Module, layer: int, v: Tensor, r: Tensor) -> Tens
         r: wanted residual changes, ``(d_model, N)``.
 
     Returns:
-        ``Δv``, ``(d_model, N)`` in float64.
+        ``Δv``, ``(d_model, N)`` in float64, on ``v``'s device (the layer's; ``r`` may come from another).
     """
     spec = arch_spec(model)
+    r = r.to(v.device)
     if spec.post_ffn_norm is None:
         return r.double()
     norm = get_module(model, spec.path(spec.post_ffn_norm, layer))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
+from memla.devices import input_device, module_device
 from memla.editors.kv.keys import Row
 from memla.hooks import output_tensor, trace
 from memla.models import arch_spec, get_module
@@ -53,7 +54,7 @@ class TargetRunner:
 
     def __init__(self, model: nn.Module, tokenizer, rows: Sequence[Row]):
         self.model = model
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         pad = pad_id(tokenizer)
         self.split = [r.pos for r in rows] if min(r.pos for r in rows) >= 1 else [0] * len(rows)
         self.cache = None
@@ -76,6 +77,13 @@ class TargetRunner:
         head_len = torch.tensor(self.split, device=self.device)[:, None]  # (B, 1)
         self.position_ids = head_len + torch.arange(T, device=self.device)[None]  # (B, T)
         self.full_mask = self.mask if self.cache is None else torch.cat([self.head_mask, self.mask], dim=1)
+        self._onehots = {self.device: self.onehot}
+
+    def onehot_on(self, device: torch.device) -> Tensor:
+        """The subject-token indicator ``(B, T, 1)`` on ``device`` (a site's layer), copied once per device."""
+        if device not in self._onehots:
+            self._onehots[device] = self.onehot.to(device)
+        return self._onehots[device]
 
     def _fresh_cache(self) -> DynamicCache:
         # Cache layers replace (never modify) their tensors on update, so shallow copies
@@ -96,8 +104,8 @@ class TargetRunner:
         def add(output, name):
             if name not in sites:
                 return output
-            h = output_tensor(output)
-            h = h + self.onehot.to(h.dtype) * sites[name].to(h.dtype)  # (B, T, d)
+            h = output_tensor(output)  # (B, T, d), on the site's device
+            h = h + self.onehot_on(h.device).to(h.dtype) * sites[name].to(h.dtype)  # (B, T, d)
             return (h, *output[1:]) if isinstance(output, tuple) else h
 
         kwargs = dict(input_ids=self.ids, attention_mask=self.full_mask)
@@ -135,13 +143,16 @@ def head_logits(model: nn.Module, h: Tensor, *, dtype: torch.dtype | None = None
         h: final-norm outputs.
         dtype: compute the product in this dtype (e.g. ``torch.bfloat16``: ~3x faster on
             CPUs with bf16 units for 262k-token vocabularies); None = the head's own dtype.
+
+    Returns:
+        The logits, on the head's device.
     """
     head = get_module(model, arch_spec(model).lm_head)
     if dtype is None:
-        logits = head(h).float()  # (N, V)
+        logits = head(h.to(head.weight.device)).float()  # (N, V)
     else:
         w = _head_weight(head, dtype)  # (V, d)
-        logits = (h.to(dtype) @ w.T).float()  # (N, V)
+        logits = (h.to(w.device, dtype) @ w.T).float()  # (N, V)
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias.float()
     cap = getattr(model.config, "final_logit_softcapping", None)
@@ -182,18 +193,22 @@ def optimise_targets(
         head_dtype: dtype of the LM-head product (`head_logits`); None = the model's.
 
     Returns:
-        The `TargetResult`.
+        The `TargetResult`, each site's tensors on that site's device.
     """
     runner = TargetRunner(model, tokenizer, rows)
+    spec = arch_spec(model)
+    norm_device = module_device(get_module(model, spec.final_norm))  # where the final hidden states are
+    head_device = module_device(get_module(model, spec.lm_head))  # where the logits and the loss are
     rw = [i for i, r in enumerate(rows) if not r.kl]
     kl = [i for i, r in enumerate(rows) if r.kl]
     pick_r = [(i, runner.column(i, p)) for i in rw for p, _ in rows[i].targets]
     pick_k = [(i, runner.column(i, rows[i].pos)) for i in kl]
-    tokens = torch.tensor([t for i in rw for _, t in rows[i].targets], device=runner.device)  # (M,)
-    owner = torch.tensor([n for n, i in enumerate(rw) for _ in rows[i].targets], device=runner.device)  # (M,)
+    idx = torch.tensor(pick_r + pick_k, device=norm_device)  # (M + K, 2): (row, column) read by the loss
+    tokens = torch.tensor([t for i in rw for _, t in rows[i].targets], device=head_device)  # (M,)
+    owner = torch.tensor([n for n, i in enumerate(rw) for _ in rows[i].targets], device=head_device)  # (M,)
     counts = torch.bincount(owner, minlength=len(rw)).float()  # (R,)
     d_model = model.config.hidden_size
-    delta = {s: torch.zeros(d_model, device=runner.device, requires_grad=True) for s in sites}
+    delta = {s: torch.zeros(d_model, device=module_device(get_module(model, s)), requires_grad=True) for s in sites}
     opt = torch.optim.Adam(list(delta.values()), lr=lr)
     bare = (rw[0], runner.column(rw[0], rows[rw[0]].pos))
     init: dict[str, Tensor] = {}
@@ -204,17 +219,16 @@ def optimise_targets(
         h, outs = runner.hidden(delta)  # (B, T, d)
         if step == 0:  # δ = 0: the unedited values v₀ and output distributions
             init.update({s: outs[s][bare].detach().float() for s in sites})  # (d,) per site
-        idx = torch.tensor(pick_r + pick_k, device=runner.device)
         logp = head_logits(model, h[idx[:, 0], idx[:, 1]], dtype=head_dtype).log_softmax(-1)  # (M + K, V)
         lp_tok = logp[:len(pick_r)].gather(-1, tokens[:, None])[:, 0]  # (M,)
-        nll_each = -torch.zeros(len(rw), device=runner.device).index_add(0, owner, lp_tok) / counts  # (R,)
+        nll_each = -torch.zeros(len(rw), device=head_device).index_add(0, owner, lp_tok) / counts  # (R,)
         nll = factor * nll_each.mean()
-        kl_loss = torch.zeros((), device=runner.device)
+        kl_loss = torch.zeros((), device=head_device)
         if kl:
             cur = logp[len(pick_r):]  # (K, V)
             kl_init = cur.detach() if kl_init is None else kl_init
             kl_loss = kl_factor * (cur.exp() * (cur - kl_init)).sum(-1).mean()
-        decay = sum(weight_decay * delta[s].norm() / init[s].norm() ** 2 for s in sites)
+        decay = sum((weight_decay * delta[s].norm() / init[s].norm() ** 2).to(head_device) for s in sites)
         loss = nll + kl_loss + decay
         result.loss.append(round(loss.item(), 5))
         result.p_new.append(round(torch.exp(-nll_each.detach()).mean().item(), 5))
