@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from test_eval_support import small_records
 from tiny import save_tiny
 
@@ -104,6 +106,11 @@ CASES = [
     Case("edit-max-tokens-exceeded", ["edit", "--prompt", _prompt(20), "--subject", "France", "--new", "Rome",
                                       "--max-tokens", "8", "--model", "<model>"], "en prompt:"),
     Case("edit-max-tokens-zero", ["edit", *FACT, "--max-tokens", "0"], "argument --max-tokens: must be at least 1"),
+    Case("edit-foreign-adapter", ["edit", *FACT, "--load-adapter", "<foreign>", "--model", "<model>"],
+         "the adapter targets model.layers.9.mlp.down_proj, which this model does not have"),
+    Case("edit-prompt-and-target-beyond-context", ["edit", "--prompt", _prompt(60), "--subject", "France", "--new",
+                                                   "Rome", "--model", "<model>"],
+         "more than what the model's context of 128 tokens allows per text"),
     Case("edit-mixed-adapter-folder", ["edit", *FACT, "--load-adapter", "<mixed>", "--model", "<model>"],
          "holds both a dense edit"),
     Case("edit-pickle-only-model", ["edit", *FACT, "--model", "<pickle-model>"], "holds only pickle weights"),
@@ -126,6 +133,8 @@ CASES = [
                                           "--model", NO_MODEL], "give --subject"),
     # ---- bench
     Case("bench-out-is-file", BENCH + " --out <afile> --model NO_MODEL", "--out <afile> is a file"),
+    Case("bench-out-under-a-file", BENCH + " --out <afile>/run --model NO_MODEL",
+         "<afile> is a file, so the folder cannot be created"),
     Case("bench-out-not-a-run", BENCH + " --out <notrun> --model NO_MODEL", "holds no manifest.json"),
     Case("bench-no-methods", ["bench", "--dataset", "<small.json>", "--methods", "", "--out", "<runs/y>",
                               "--model", NO_MODEL], "--methods names no method"),
@@ -218,6 +227,11 @@ def _workspace(root: Path, model: str) -> None:
     (root / "pickle-model").mkdir()
     shutil.copy(Path(model) / "config.json", root / "pickle-model" / "config.json")
     (root / "pickle-model" / "pytorch_model.bin").write_bytes(b"\x80\x04pickled weights")
+    (root / "foreign").mkdir()
+    (root / "foreign" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1, "lora_alpha": 1}))
+    save_file({"base_model.model.model.layers.9.mlp.down_proj.lora_A.weight": torch.zeros(1, 4),
+               "base_model.model.model.layers.9.mlp.down_proj.lora_B.weight": torch.zeros(4, 1)},
+              str(root / "foreign" / "adapter_model.safetensors"))
     (root / "mixed").mkdir()
     for name in ("adapter_config.json", "deltas.safetensors"):
         (root / "mixed" / name).write_text("{}", encoding="utf-8")
@@ -351,11 +365,19 @@ def test_save_adapter_replaces_a_folder_atomically_and_load_refuses_mixed_folder
     second = sorted(p.name for p in (tmp_path / "edit").iterdir())
     assert "adapter_config.json" in second and "deltas.safetensors" not in second  # nothing of the first edit left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edit.")]  # no temporary folders left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "edit").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
     assert main(["edit", *FACT, "--model", model_dir, "--load-adapter", str(tmp_path / "edit")]) == 0
 
 
 def test_config_types_are_checked_against_the_dataclass():
     from collections.abc import Mapping
+
+    from memla.config import config_from_dict
+    from memla.editors.ft import FTConfig
+
+    assert config_from_dict(FTConfig, {"lr": "5e-3"}).lr == 0.005  # YAML 1.1 reads 5e-3 as a string
 
     assert type_problem("fast", float) == "must be a number"
     assert type_problem(3, float) is None and type_problem(True, float) == "must be a number"
@@ -376,3 +398,19 @@ def test_record_hash_follows_the_content():
     assert record_digest(a) == record_digest(load_dataset("mkeb-mini")[0]) != record_digest(b)
     a.edit["en"] = dataclasses.replace(a.edit["en"], target_new=a.edit["en"].target_new + "x")
     assert record_digest(a) != record_digest(load_dataset("mkeb-mini")[0])
+
+
+def test_a_second_writer_of_one_run_folder_is_refused(tmp_path, model_dir, capsys):
+    from memla.evaluate.runner import _lock
+
+    _workspace(tmp_path, model_dir)
+    _bench_once(tmp_path, model_dir)
+    held = _lock(tmp_path / "runs" / "x")  # another process writing the run
+    try:
+        argv = _fill([*BENCH.replace("--limit 1", "--limit 2").split(), "--out", "<runs/x>", "--model", "<model>"],
+                     tmp_path, model_dir)
+        assert _call(argv) == 2
+        assert "another memla bench is writing to this run folder" in capsys.readouterr().err
+    finally:
+        held.close()
+    assert _call(argv) == 0  # once it is done, the run resumes

@@ -92,6 +92,7 @@ def test_merge_reports_missing_and_duplicate_cells_and_refuses_mixed_runs(tmp_pa
     assert main(["bench", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 2
     out = capsys.readouterr().out
     assert "8 cell(s) missing" in " ".join(out.split())  # shard 2 of 3: 2 units x 2 methods x 2 targets
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["status"] == "incomplete"
     assert main(["bench", "merge", str(tmp_path / "s0"), str(tmp_path / "s0"), str(tmp_path / "s1"),
                  "--out", str(tmp_path / "m2")]) == 2
     assert "(8 duplicate cell(s) dropped)" in " ".join(capsys.readouterr().out.split())
@@ -106,6 +107,10 @@ def test_a_resume_must_use_the_same_shard(tmp_path, data, model_dir, capsys):
     assert bench(data, tmp_path / "s0", model_dir, "--shard", "1/2") == 2
     assert "shard '0/2' != '1/2'" in capsys.readouterr().err
     assert bench(data, tmp_path / "s0", model_dir, "--shard", "0/2") == 0  # the same shard resumes
+    assert bench(data, tmp_path / "s1", model_dir, "--shard", "1/2") == 0
+    assert main(["bench", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
+    assert bench(data, tmp_path / "m", model_dir, "--shard", "0/2") == 2  # a merged run is not a shard
+    assert "shard None != '0/2'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- Ray (a local cluster)

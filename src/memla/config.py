@@ -43,6 +43,7 @@ def config_from_dict(cls: type[C], data: dict[str, Any] | None, *, source: str =
         )
     hints = typing.get_type_hints(cls)
     for name, value in data.items():
+        value = data[name] = _yaml_float(value, hints[name])
         problem = type_problem(value, hints[name])
         if problem:
             raise MemlaError(f"{source}: {cls.__name__}.{name} {problem}, got {value!r}")
@@ -88,6 +89,19 @@ def type_problem(value: Any, hint: Any) -> str | None:
         bad = next((p for k, v in value.items() for p in (type_problem(k, args[0]), type_problem(v, args[1])) if p), None)
         return None if bad is None else f"must be a mapping ({bad.replace('must be', 'each key / value', 1)})"
     return None
+
+
+def _yaml_float(value: Any, hint: Any) -> Any:
+    """``value`` as a float when the field takes one and YAML gave a string such as ``"5e-3"``.
+
+    YAML 1.1 (PyYAML) reads exponent notation without a dot as a string; the user meant a number.
+    """
+    if isinstance(value, str) and float in (hint, *typing.get_args(hint)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _as_declared(value: Any, hint: Any) -> Any:

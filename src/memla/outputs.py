@@ -38,6 +38,9 @@ def check_out_dir(path: str | os.PathLike, *, option: str, markers: Sequence[str
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise MemlaError(f"{option} {out} is a file; give a folder (new or empty)")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if not out.exists() and parent is not None and not parent.is_dir():
+        raise MemlaError(f"{option} {out}: {parent} is a file, so the folder cannot be created")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not entries:
         return out
@@ -69,6 +72,9 @@ def replace_dir(path: str | os.PathLike) -> Iterator[Path]:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a saved folder gets the usual permissions
     try:
         yield tmp
     except BaseException:

@@ -61,6 +61,9 @@ def check_scale(args: argparse.Namespace) -> tuple[int, int] | None:
 
         if args.workers < 1 or args.threads_per_worker < 1 or args.gpus_per_worker < 0:
             raise MemlaError("--workers and --threads-per-worker must be at least 1, --gpus-per-worker at least 0")
+        on_gpu = str(getattr(args, "device", "cpu")).startswith("cuda") or getattr(args, "device_map", None)
+        if on_gpu and args.gpus_per_worker == 0:
+            raise MemlaError("--ray on GPUs needs --gpus-per-worker (Ray hides the GPUs from workers that reserve none)")
         import_ray()
     if args.sequential is not None and (args.ray is not None or shard is not None):
         raise MemlaError("--sequential edits one model in order; it cannot be spread with --ray or --shard")

@@ -84,7 +84,8 @@ def build_request(args: argparse.Namespace):
                       for k in request.langs if record.neighborhood_prompts.get(k)]
         return request, neighbours
     check_typed_texts([("--prompt", args.prompt), ("--subject", args.subject), ("--new", args.target_new),
-                       ("--old", args.target_true), *(("--translation", t) for t in args.translation)])
+                       ("--old", args.target_true),
+                       *((f"--translation #{i + 1}", part) for i, t in enumerate(args.translation) for part in t.split("|"))])
     missing = [flag for flag, v in (("--prompt", args.prompt), ("--subject", args.subject), ("--new", args.target_new))
                if not v]
     if missing:

@@ -130,33 +130,70 @@ def _write_edit(result: EditResult, model: nn.Module, out: Path) -> str:
 
 
 def load_edit(path: str | os.PathLike, model: nn.Module) -> EditResult:
-    """Read an edit saved by `save_edit` (or any PEFT LoRA adapter on ``model``) as an `EditResult`."""
+    """Read an edit saved by `save_edit` (or a PEFT LoRA adapter in safetensors on ``model``) as an `EditResult`.
+
+    Raises:
+        EditError: the folder holds no edit, two kinds of edit, an unreadable file, or
+            deltas that do not fit ``model`` (a module it lacks, another shape).
+    """
     src = Path(path)
     if (src / DENSE_WEIGHTS).is_file() and (src / ADAPTER_CONFIG).is_file():
         raise EditError(f"{src} holds both a dense edit ({DENSE_WEIGHTS}) and a LoRA adapter ({ADAPTER_CONFIG}); "
                         "it mixes two saved edits: save the edit again into a new folder")
     if (src / DENSE_WEIGHTS).is_file():
-        return EditResult(deltas=load_file(str(src / DENSE_WEIGHTS)), info=_read_info(src))
-    if not (src / ADAPTER_CONFIG).is_file():
+        deltas = _read_tensors(src / DENSE_WEIGHTS)
+    elif not (src / ADAPTER_CONFIG).is_file():
         raise EditError(f"{src}: neither {ADAPTER_CONFIG} nor {DENSE_WEIGHTS} found")
-    config = json.loads((src / ADAPTER_CONFIG).read_text())
+    else:
+        deltas = _lora_deltas(src, model)
+    params = dict(model.named_parameters())
+    for name, delta in deltas.items():
+        if name not in params:
+            raise EditError(f"{src}: the edit changes {name}, which this model does not have (an edit of another model?)")
+        if tuple(delta.shape) != tuple(params[name].shape):
+            raise EditError(f"{src}: the edit of {name} has shape {tuple(delta.shape)}, the model's weight "
+                            f"{tuple(params[name].shape)} (an edit of another model?)")
+    return EditResult(deltas=deltas, info=_read_info(src))
+
+
+def _read_tensors(file: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, or an `EditError` naming it."""
+    if not file.is_file():
+        raise EditError(f"{file} not found (memla reads adapters saved as safetensors)")
+    try:
+        return load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types for a damaged header or data
+        raise EditError(f"{file}: cannot read it as safetensors ({' '.join(str(err).split())[:200]})") from None
+
+
+def _lora_deltas(src: Path, model: nn.Module) -> dict[str, Tensor]:
+    """``{param name: B @ A · alpha / r}`` of the PEFT LoRA adapter in ``src``, in the model's weight layout."""
+    try:
+        config = json.loads((src / ADAPTER_CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EditError(f"{src / ADAPTER_CONFIG}: not valid JSON ({err})") from None
     if config.get("peft_type") != "LORA":
         raise EditError(f"{src}: only LoRA adapters can be loaded, got {config.get('peft_type')}")
-    tensors = load_file(str(src / ADAPTER_WEIGHTS))
+    tensors = _read_tensors(src / ADAPTER_WEIGHTS)
+    modules = dict(model.named_modules())
     deltas = {}
     for key, A in tensors.items():
         if not key.endswith(".lora_A.weight"):
             continue
         module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
-        B = tensors[key.replace(".lora_A.", ".lora_B.")]
+        B = tensors.get(key.replace(".lora_A.", ".lora_B."))
+        if B is None:
+            raise EditError(f"{src / ADAPTER_WEIGHTS}: {module} has lora_A but no lora_B")
+        if module not in modules or not hasattr(modules[module], "weight"):
+            raise EditError(f"{src}: the adapter targets {module}, which this model does not have "
+                            "(an adapter of another model?)")
         r = A.shape[0]
         alpha = _pattern(config.get("alpha_pattern", {}), module, config.get("lora_alpha", r))
         delta = (B.double() @ A.double()) * (alpha / r)  # (d_out, d_in)
         if config.get("fan_in_fan_out"):
             delta = delta.T
-        weight = model.get_submodule(module).weight
-        deltas[f"{module}.weight"] = delta.to(weight.dtype).contiguous()
-    return EditResult(deltas=deltas, info=_read_info(src))
+        deltas[f"{module}.weight"] = delta.to(modules[module].weight.dtype).contiguous()
+    return deltas
 
 
 def _pattern(patterns: dict, module: str, default):

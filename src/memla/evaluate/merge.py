@@ -76,6 +76,8 @@ def merge_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Mer
                 continue
             cells[key] = line
     missing = _missing(manifest, cells)
+    if missing:
+        manifest["status"] = "incomplete"
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / RESULTS)
     with store.writer():
@@ -87,18 +89,22 @@ def merge_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Mer
 
 def _merged_manifest(manifests: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
     """One manifest for the joined run: the shards' common settings, all sessions, summed timings."""
-    (first_path, first), rest = manifests[0], manifests[1:]
-    for path, m in rest:
+    (first_path, first) = manifests[0]
+    configs: dict[str, tuple[Path, Any]] = {}
+    records: dict[str, tuple[Path, str]] = {}
+    for path, m in manifests:
         for key in SAME:
             if m.get(key) != first.get(key):
                 raise MemlaError(f"{path} and {first_path} are not shards of one run: {key} "
                                  f"{m.get(key)!r} != {first.get(key)!r}")
         for name, cfg in m.get("configs", {}).items():
-            if name in first.get("configs", {}) and first["configs"][name] != cfg:
-                raise MemlaError(f"{path} and {first_path} are not shards of one run: config of {name} differs")
+            seen = configs.setdefault(name, (path, cfg))
+            if seen[1] != cfg:
+                raise MemlaError(f"{path} and {seen[0]} are not shards of one run: config of {name} differs")
         for rid, digest in m.get("records", {}).items():
-            if first.get("records", {}).get(rid, digest) != digest:
-                raise MemlaError(f"{path} and {first_path} are not shards of one run: record {rid} differs")
+            seen = records.setdefault(rid, (path, digest))
+            if seen[1] != digest:
+                raise MemlaError(f"{path} and {seen[0]} are not shards of one run: record {rid} differs")
     shards = {m.get("shard") for _, m in manifests}
     counts = {s.split("/")[1] for s in shards if s}
     if len(counts) > 1:

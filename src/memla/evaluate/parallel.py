@@ -175,9 +175,10 @@ class RayExecutor:
                 try:
                     groups = ray.get(ref)
                 except (RayActorError, WorkerCrashedError) as err:
-                    raise MemlaError(f"record {unit.record.example_id} ({unit.ls}) killed its worker {MAX_ATTEMPTS} "
-                                     f"times ({type(err).__name__}); the run stops here and resumes with the same "
-                                     "command") from None
+                    cause = " ".join(str(getattr(err, "cause", None) or err).split())[:300]
+                    raise MemlaError(f"a worker failed on record {unit.record.example_id} ({unit.ls}) after "
+                                     f"{MAX_ATTEMPTS} attempts ({type(err).__name__}: {cause}); the run stops here "
+                                     "and resumes with the same command") from None
                 if self.on_unit is not None:
                     self.on_unit(unit)
                 yield from groups

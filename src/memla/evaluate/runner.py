@@ -135,7 +135,7 @@ def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], session: Mappi
     problems = []
     for key in ("model_fingerprint", "seed", "dataset", "split", "f1_unit", "shard"):
         if old.get(key) != new[key] and (key in old or new[key] is not None):
-            problems.append(f"{key} {old[key]!r} != {new[key]!r}")
+            problems.append(f"{key} {old.get(key)!r} != {new[key]!r}")
     for name, cfg in new["configs"].items():
         if name in old.get("configs", {}) and old["configs"][name] != cfg:
             problems.append(f"config of {name} differs")
@@ -265,10 +265,11 @@ def run_bench(
     timings: dict[str, dict[str, float]] = (old or {}).get("timings", {})
     manifest["timings"] = timings
     manifest["status"] = "running"
+    store = ResultStore(out / RESULTS)
+    done = {cell_key(line) for line in store.load()}  # a corrupt file is refused before this session is recorded
+    lock = _lock(out)  # noqa: F841  (held until the function returns: one writer per run folder)
     write_manifest(out, manifest)
 
-    store = ResultStore(out / RESULTS)
-    done = {cell_key(line) for line in store.load()}
     units = plan_units(records, sources, list(resolved), targets, done, shard=shard)
     pairs = range(len(records) * len(sources))  # the (record, ls) units of the whole run
     total = len(resolved) * sum(1 for i in pairs if shard is None or i % shard[1] == shard[0])
@@ -373,6 +374,34 @@ class UnitRunner:
             yield from self.run(unit)
 
 
+def _check_restored(model: nn.Module, fingerprint: str, method: str, record) -> None:
+    """Stop the run if ``method`` left the model's weights changed (editors must not modify their model)."""
+    if model_fingerprint(model) != fingerprint:
+        raise RuntimeError(f"method {method!r} left the model's weights changed after record {record.example_id}; "
+                           "editors must not modify the model they are given")
+
+
+def _lock(out: Path):
+    """An exclusive lock on ``out/.lock`` for this process (released when the returned file is closed).
+
+    Two `memla bench` processes writing one run folder would both append the same cells;
+    the second is refused.  Where ``fcntl`` does not exist (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise MemlaError(f"{out}: another memla bench is writing to this run folder; wait for it or use another --out") \
+            from None
+    return handle
+
+
 def _json_id(example_id: Any) -> str:
     """A record id as `cell_key` spells it (``1`` and ``"1"`` stay distinct)."""
     return json.dumps(example_id)
@@ -421,6 +450,7 @@ def _run_group(
             result = editor.edit(model, tokenizer, request)
         except EditError as err:
             log.info("%s skipped record %s (%s): %s", method, record.example_id, ls, err)
+            _check_restored(model, fingerprint, method, record)
             return lines + [_line(method, record, ls, lt, "skipped", reason=str(err)) for lt in todo if lt in present]
         edit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -433,9 +463,7 @@ def _run_group(
         if editor is None:
             cache.update(record=rid, raw=raw)
     eval_s = time.perf_counter() - t0
-    if model_fingerprint(model) != fingerprint:
-        raise RuntimeError(f"method {method!r} left the model's weights changed after record {record.example_id} ({ls}); "
-                           "editors must not modify the model they are given")
+    _check_restored(model, fingerprint, method, record)
     info = jsonable(dict(result.info))
     # the edit's info goes on one fixed line (the monolingual cell if present), also when resumed
     info_lt = ls if ls in present else present[0]
