@@ -272,7 +272,7 @@ def run_bench(
 
     units = plan_units(records, sources, list(resolved), targets, done, shard=shard)
     pairs = range(len(records) * len(sources))  # the (record, ls) units of the whole run
-    total = len(resolved) * sum(1 for i in pairs if shard is None or i % shard[1] == shard[0])
+    total = len(resolved) * sum(1 for i in pairs if in_shard(i, shard))
     pending = sum(len(u.todo) for u in units)
     written = skipped = 0
     # one bar for the whole run, in cells (tqdm shows cells/s and the ETA), whichever executor runs the units
@@ -329,12 +329,17 @@ class Unit:
 Executor = Callable[[Sequence[Unit]], Iterator[tuple[str, Any, str, list[dict[str, Any]]]]]
 
 
+def in_shard(index: int, shard: tuple[int, int] | None) -> bool:
+    """Whether unit ``index`` belongs to ``shard`` = ``(i, n)`` (``index % n == i``); every unit when None."""
+    return shard is None or index % shard[1] == shard[0]
+
+
 def plan_units(records: Sequence, sources: Sequence[str], methods: Sequence[str], targets: Sequence[str],
                done: set, *, shard: tuple[int, int] | None = None) -> list[Unit]:
     """The units still to run: per (record, ls) of the shard, the methods with a missing cell."""
     units = []
     for index, (record, ls) in enumerate((r, ls) for r in records for ls in sources):
-        if shard is not None and index % shard[1] != shard[0]:
+        if not in_shard(index, shard):
             continue
         rid = _json_id(record.example_id)
         todo = tuple((m, missing) for m in methods
