@@ -26,6 +26,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(map(frozenset, (
     {"memla.editors"},
     {"memla.evaluate"},
     {"memla.report", "memla.compare"},
+    {"memla.explore"},
     {"memla.cli"},
     {"memla.__main__"},
 )))

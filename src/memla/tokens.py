@@ -12,8 +12,8 @@
 * `forward`: one pass with explicit position ids (for models that take them) and an
   optional KV cache; `select_cache_rows`: drop finished rows from a cache whose layers may
   sit on several devices.
-* `context_length` / `check_token_lengths`: the model's longest sequence, and the check
-  that user texts fit a token budget before any work starts.
+* `context_length` / `check_token_lengths` / `check_texts_fit`: the model's longest sequence,
+  and the checks that user texts fit a token budget (and the context) before any work starts.
 * `sample_texts`: top-k continuations of seed texts (ROME's context prefixes, the
   covariance statistics' built-in corpus).
 """
@@ -69,6 +69,36 @@ def check_token_lengths(tokenizer, texts: Sequence[tuple[str, str]], *, max_toke
     for (label, _), n in zip(texts, lengths):
         if n > max_tokens:
             raise DataError(f"{label}: {n} tokens, more than {limit_name} ({max_tokens} tokens)")
+
+
+GENERATED_TOKENS = 16  # the longest greedy continuation memla reads (the fluency metric's)
+
+
+def check_texts_fit(model: nn.Module, tokenizer, texts: Sequence[tuple[str, str]], *, max_tokens: int,
+                    limit_name: str = "--max-tokens") -> None:
+    """Refuse any ``(label, text)`` longer than ``max_tokens``, or than the model's context allows, before any work.
+
+    The model reads a prompt and a target (or a prompt and its greedy continuation) in one
+    sequence, with a BOS token: so that every such pair fits, each text may take at most half
+    of the context left after `GENERATED_TOKENS` and the BOS.
+
+    Args:
+        model: the model the texts are for (its context length).
+        tokenizer: its tokenizer.
+        texts: ``(label, text)`` pairs, as `check_token_lengths` takes them.
+        max_tokens: the user's budget.
+        limit_name: what the budget is called in the message (e.g. ``"--max-tokens"``).
+
+    Raises:
+        DataError: the first text over the budget.
+    """
+    context = context_length(model)
+    room = None if context is None else (context - GENERATED_TOKENS - 1) // 2
+    if room is not None and room < max_tokens:
+        check_token_lengths(tokenizer, texts, max_tokens=room,
+                            limit_name=f"what the model's context of {context} tokens allows per text")
+    else:
+        check_token_lengths(tokenizer, texts, max_tokens=max_tokens, limit_name=limit_name)
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

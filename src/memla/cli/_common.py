@@ -144,25 +144,11 @@ def check_typed_texts(texts: Iterable[tuple[str, str | None]]) -> None:
             raise DataError(f"{option}: {len(text)} characters, more than the limit of {MAX_TEXT_CHARS} (MAX_TEXT_CHARS)")
 
 
-GENERATED_TOKENS = 16  # the longest greedy continuation memla reads (the fluency metric's)
-
-
 def check_texts_fit(args: argparse.Namespace, model, tokenizer, texts: Sequence[tuple[str, str]]) -> None:
-    """Refuse any ``(label, text)`` longer than ``--max-tokens``, or than the model's context allows, before any work.
+    """Refuse any ``(label, text)`` longer than ``--max-tokens``, or than the model's context allows (`memla.tokens.check_texts_fit`)."""
+    from memla.tokens import check_texts_fit as check
 
-    The model reads a prompt and a target (or a prompt and its greedy continuation) in one
-    sequence, with a BOS token: so that every such pair fits, each text may take at most half
-    of the context left after `GENERATED_TOKENS` and the BOS.
-    """
-    from memla.tokens import check_token_lengths, context_length
-
-    context = context_length(model)
-    room = None if context is None else (context - GENERATED_TOKENS - 1) // 2
-    if room is not None and room < args.max_tokens:
-        check_token_lengths(tokenizer, texts, max_tokens=room,
-                            limit_name=f"what the model's context of {context} tokens allows per text")
-    else:
-        check_token_lengths(tokenizer, texts, max_tokens=args.max_tokens, limit_name="--max-tokens")
+    check(model, tokenizer, texts, max_tokens=args.max_tokens)
 
 
 def load_model_from_args(args: argparse.Namespace):

@@ -44,8 +44,8 @@ def matrix(stats: Sequence[Stat], *, method: str, metric: str, sources: Sequence
 
 
 def heatmap_png(values: np.ndarray, *, sources: Sequence[str], targets: Sequence[str], title: str,
-                vmax: float = 100.0) -> bytes:
-    """Render a ``ls × lt`` matrix as an annotated heatmap.
+                vmax: float = 100.0, xlabel: str = "target language (lt)", ylabel: str = "source (ls)") -> bytes:
+    """Render a ``ls × lt`` matrix (or any rows × languages matrix) as an annotated heatmap.
 
     Args:
         values: ``(S, L)`` values, percentages unless ``vmax`` says otherwise (NaN = no data).
@@ -53,6 +53,8 @@ def heatmap_png(values: np.ndarray, *, sources: Sequence[str], targets: Sequence
         targets: column labels.
         title: figure title.
         vmax: the top of the colour scale (the bottom is 0).
+        xlabel: what the columns are.
+        ylabel: what the rows are.
 
     Returns:
         PNG bytes.
@@ -68,8 +70,8 @@ def heatmap_png(values: np.ndarray, *, sources: Sequence[str], targets: Sequence
     image = ax.imshow(masked, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(targets)), labels=list(targets))
     ax.set_yticks(range(len(sources)), labels=list(sources))
-    ax.set_xlabel("target language (lt)")
-    ax.set_ylabel("source (ls)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
