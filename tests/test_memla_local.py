@@ -38,6 +38,35 @@ def test_anchor_kl_is_zero_unedited_and_grows_with_a_weight_change(tiny2):
     assert float(anchors.kl(model)) > 1e-3
 
 
+def test_anchor_divergence_directions_match_hand_computed_kl(tiny2, monkeypatch):
+    """forward = KL(p0 || q), reverse = KL(q || p0), both = their sum, on a fixed pair of distributions."""
+    model, tok = tiny2
+    text = "The capital of Japan is"
+    base = Anchors.measure(model, tok, [(text, encode_text(tok, text))], weight=1.0)
+    vocab = base.logp.shape[-1]
+    p0 = torch.full((1, vocab), 0.1 / (vocab - 2))
+    p0[0, 0], p0[0, 1] = 0.6, 0.3  # the unedited model: answer 0 ("Tokyo"), some mass on 1
+    q = p0.clone()
+    q[0, 0], q[0, 2] = 0.3, 0.3 + 0.1 / (vocab - 2)  # the edited model: half of answer 0 moved to token 2 ("Rome")
+    base = Anchors(base.ids, base.mask, base.pos, p0.log(), 1.0)
+
+    class Out:
+        logits = q.log()[:, None, :]  # (1, 1, V)
+
+    monkeypatch.setattr("memla.editors.memla.forward", lambda *a, **k: Out)
+    fwd = 0.6 * torch.log(torch.tensor(0.6 / 0.3)) + (0.1 / (vocab - 2)) * torch.log(
+        torch.tensor((0.1 / (vocab - 2)) / (0.3 + 0.1 / (vocab - 2))))
+    rev = 0.3 * torch.log(torch.tensor(0.3 / 0.6)) + (0.3 + 0.1 / (vocab - 2)) * torch.log(
+        torch.tensor((0.3 + 0.1 / (vocab - 2)) / (0.1 / (vocab - 2))))
+    got = {d: float(Anchors(base.ids, base.mask, base.pos, base.logp, 1.0, divergence=d).kl(model))
+           for d in ("forward", "reverse", "both")}
+    assert got["forward"] == pytest.approx(float(fwd), rel=1e-4)
+    assert got["reverse"] == pytest.approx(float(rev), rel=1e-4)
+    assert got["both"] == pytest.approx(float(fwd + rev), rel=1e-4)
+    # new mass where the unedited model put almost none weighs far more in the reverse direction
+    assert got["reverse"] > 3 * got["forward"]
+
+
 def test_local_edit_flips_keeps_anchors_closer_and_restores_exactly(tiny2):
     model, tok = tiny2
     req = france_request()
@@ -107,7 +136,7 @@ def test_template_of_untemplated_prompts():
 
 
 @pytest.mark.parametrize("bad", [{"anchor_weight": -1.0}, {"anchor_subjects": -2}, {"anchor_tolerance": 0.0},
-                                 {"anchor_batch": -1}])
+                                 {"anchor_batch": -1}, {"anchor_divergence": "sideways"}])
 def test_config_rejects_bad_anchor_values(bad):
     with pytest.raises(Exception, match="anchor"):
         get_editor("memla-local", bad)

@@ -250,6 +250,9 @@ class Anchors:
         tolerance: training stops only once the KL is below this (and P(new) above ``stop_prob``).
         batch: anchors drawn (seeded, without replacement) for each training step; 0 = all.
         texts: the anchor texts (for the edit's info).
+        divergence: ``"forward"`` = ``KL(p_0 ‖ p_θ)`` (mass the unedited model put somewhere must
+            stay there), ``"reverse"`` = ``KL(p_θ ‖ p_0)`` (no new mass where the unedited model
+            put little: catches "The capital of Japan is → Rome" directly), ``"both"`` = their sum.
     """
 
     ids: Tensor
@@ -260,29 +263,32 @@ class Anchors:
     tolerance: float = math.inf
     batch: int = 0
     texts: tuple[str, ...] = ()
+    divergence: str = "forward"
 
     @classmethod
     def measure(cls, model: nn.Module, tokenizer, contexts: Sequence[tuple[str, Sequence[int]]], *, weight: float,
-                tolerance: float = math.inf, batch: int = 0) -> Anchors:
+                tolerance: float = math.inf, batch: int = 0, divergence: str = "forward") -> Anchors:
         """The anchors ``(text, token ids)`` with the model's next-token distributions as it is now."""
         ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer), device=input_device(model))
         with torch.no_grad():
             logits = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1]  # (N, V)
         return cls(ids, mask, pos, logits.float().log_softmax(-1), weight, tolerance, batch,
-                   tuple(text for text, _ in contexts))
+                   tuple(text for text, _ in contexts), divergence)
 
     def kl(self, model: nn.Module, rows: Tensor | None = None) -> Tensor:
-        """``mean_a KL(p_unedited(·|a) ‖ p_model(·|a))`` over the anchors (or the given ``rows`` of them),
-        for the model as it is now (differentiable)."""
+        """``mean_a D(p_unedited(·|a), p_model(·|a))`` over the anchors (or the given ``rows`` of them),
+        for the model as it is now (differentiable); ``D`` is the KL direction of ``divergence``."""
         ids, mask, pos, logp = (self.ids, self.mask, self.pos, self.logp) if rows is None else \
             (self.ids[rows], self.mask[rows], self.pos[rows], self.logp[rows])
         logq = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)  # (n, V)
-        return (logp.exp() * (logp - logq)).sum(-1).mean()
+        forward_kl = (logp.exp() * (logp - logq)).sum(-1)  # (n,)
+        reverse_kl = (logq.exp() * (logq - logp)).sum(-1)  # (n,)
+        return {"forward": forward_kl, "reverse": reverse_kl, "both": forward_kl + reverse_kl}[self.divergence].mean()
 
     def describe(self) -> dict[str, object]:
         """What the edit's info records about the anchors."""
         return {"n": len(self.ids), "weight": self.weight, "tolerance": self.tolerance, "batch": self.batch,
-                "texts": list(self.texts)}
+                "divergence": self.divergence, "texts": list(self.texts)}
 
 
 def train_lora(

@@ -81,6 +81,8 @@ class MemlaLocalConfig(MemlaConfig):
         mask_lse / mask_lie: off by default: the LoRA reads the whole intermediate layer of
             each layer with neurons (MEMLA's layers and ranks), under the null-space projection.
         anchor_weight: ``λ``, the weight of the KL term.
+        anchor_divergence: the KL direction on the anchors (`memla.editors.memla.Anchors`):
+            ``"forward"`` ``KL(p_0 ‖ p_θ)``, ``"reverse"`` ``KL(p_θ ‖ p_0)`` or ``"both"``.
         anchor_tolerance: training goes on after P(new) > ``stop_prob`` until the mean KL
             over the anchors is below this (nats), up to ``max_steps``.
         anchor_batch: anchors per training step (a seeded draw; 0 = all of them every step).
@@ -100,6 +102,7 @@ class MemlaLocalConfig(MemlaConfig):
     mask_lse: bool = False
     mask_lie: bool = False
     anchor_weight: float = 20.0
+    anchor_divergence: str = "forward"
     anchor_tolerance: float = 0.05
     anchor_batch: int = 8
     anchor_subjects: int = 16
@@ -115,6 +118,8 @@ class MemlaLocalConfig(MemlaConfig):
             raise ValueError("null_space_tol must be in (0, 1]")
         if self.anchor_weight < 0 or self.anchor_subjects < 0 or self.anchor_batch < 0 or self.anchor_tolerance <= 0:
             raise ValueError("anchor_weight, anchor_subjects and anchor_batch must be >= 0, anchor_tolerance > 0")
+        if self.anchor_divergence not in ("forward", "reverse", "both"):
+            raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if isinstance(self.anchor_langs, str):
             object.__setattr__(self, "anchor_langs", (self.anchor_langs,))
 
@@ -191,7 +196,7 @@ class MemlaLocalEditor(MemlaEditor):
         if not texts:
             return None
         return Anchors.measure(model, tokenizer, texts, weight=cfg.anchor_weight, tolerance=cfg.anchor_tolerance,
-                               batch=cfg.anchor_batch)
+                               batch=cfg.anchor_batch, divergence=cfg.anchor_divergence)
 
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
