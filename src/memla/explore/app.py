@@ -183,7 +183,7 @@ def build_app(explorer: Explorer, datasets: Mapping[str, Sequence[Record]], *, m
                                    elem_id="explore-summary")
             heatmap = gr.Image(type="pil", label="languages × methods", interactive=False, elem_id="explore-heatmap")
             results = gr.Dataframe(headers=list(views.RESULT_COLUMNS), interactive=False, wrap=True,
-                                   max_height=4000, label="per language: P = per-token probability, as ES compares",
+                                   max_height=4000, column_widths=list(views.RESULT_WIDTHS), label="per language: P = per-token probability, as ES compares",
                                    elem_id="explore-results")
         with gr.Tab("Neighbourhood"):
             neighbourhood = gr.Dataframe(headers=list(views.NEIGHBOUR_COLUMNS), interactive=False, wrap=True,

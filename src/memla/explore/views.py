@@ -27,6 +27,7 @@ NEIGHBOUR_COLUMNS = ("method", "lang", "prompt", "answer", "before", "after", "a
 FLUENCY_COLUMNS = ("method", "lang", "continuation before", "continuation after", "entropy before → after (bits)",
                    "repeats of new")
 NEURON_COLUMNS = ("method", "lang", "rank", "layer", "neuron", "IG score", "relative", "kind")
+RESULT_WIDTHS = ("9%", "4%", "17%", "9%", "9%", "9%", "4%", "19%", "20%")
 STATUS_COLUMNS = ("method", "status", "edit s")
 FLIP = {True: "yes", False: "no", None: "n/a"}
 
@@ -34,6 +35,13 @@ FLIP = {True: "yes", False: "no", None: "n/a"}
 def pct(value: float | None) -> str:
     """A share as a percentage ("–" when unknown)."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def prob(value: float | None) -> str:
+    """A probability as a percentage, with two significant digits below 1% (P(new) often starts near 0)."""
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}%" if value >= 0.01 or value == 0 else f"{100 * value:.2g}%"
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -72,7 +80,7 @@ def summary_rows(runs: Sequence[MethodRun]) -> list[list[str]]:
 def result_rows(runs: Sequence[MethodRun]) -> list[list[str]]:
     """One row per method and language: P(new), P(old) before → after, the flip, greedy completions."""
     return [[run.method, e.lang, e.prompt, f"{e.target_new} / {e.target_true or '–'}",
-             _arrow(pct(e.p_new_before), pct(e.p_new_after)), _arrow(pct(e.p_old_before), pct(e.p_old_after)),
+             _arrow(prob(e.p_new_before), prob(e.p_new_after)), _arrow(prob(e.p_old_before), prob(e.p_old_after)),
              FLIP[e.flipped], e.completion_before, e.completion_after]
             for run in runs for e in run.effects]
 
