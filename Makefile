@@ -49,7 +49,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && fc-list | grep -qi wqy \
 		&& fc-list | grep -qi garuda; then echo "browser: chromium, chromedriver and fonts are installed"; \
-	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	else $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		$(BROWSER_PACKAGES) >/dev/null; fi
 
 # `memla explore` in a real browser (the ui extra: gradio, selenium); the browser comes from apt, not from a download

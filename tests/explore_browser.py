@@ -124,7 +124,7 @@ def open_page(driver, url: str, *, timeout: float = 60.0) -> None:
 
 def message(driver) -> str:
     """The inline message box's text ("" when empty)."""
-    found = driver.find_elements(By.ID, "explore-message")
+    found = driver.find_elements(By.CSS_SELECTOR, "#explore-message [data-testid=markdown]")  # not the timer
     return found[0].text.strip() if found else ""
 
 
@@ -171,11 +171,13 @@ def run_edit(driver, methods: Sequence[str], *, timeout: float) -> list[list[str
         AssertionError: the page showed a message instead (bad input or an error).
         TimeoutError: not finished within ``timeout`` seconds.
     """
+    stale = message(driver)  # an earlier message (e.g. "Cancelled") until the edit's first update clears it
     click(driver, "explore-run")
 
     def finished(d):
-        if message(d):
-            raise AssertionError(f"the page says: {message(d)}")
+        said = message(d)
+        if said and said != stale:
+            raise AssertionError(f"the page says: {said}")
         rows = table_rows(d, "explore-status")
         ok = [r for r in rows if len(r) > 1 and r[1] in FINISHED]
         return rows if len(ok) == len(methods) and {r[0] for r in ok} == set(methods) else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import threading
 import zipfile
 
 import pytest
@@ -217,6 +218,20 @@ def test_an_editor_that_changes_the_weights_stops_the_explorer(explorer, fact, m
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(saved[n])
+
+
+def test_a_stop_ends_the_run_before_the_next_stage(explorer, tiny, fact):
+    before = model_fingerprint(tiny[0])
+    stop = threading.Event()
+    seen = []
+    for update in explorer.iter_run(fact, METHODS, stop=stop):
+        seen.append((update.method, update.stage))
+        if update.stage == "measuring" and update.method == "memla":
+            stop.set()  # the measuring under way finishes; the neurons stage does not start
+    assert seen == [("ft", "editing"), ("ft", "measuring"), ("ft", "done"), ("memla", "editing"),
+                    ("memla", "measuring"), ("memla", "cancelled"), ("ike", "cancelled")]
+    assert model_fingerprint(tiny[0]) == before
+    assert [r.method for r in explorer.run(fact, ["ft"])] == ["ft"]  # the lock was released
 
 
 def test_bad_methods_are_refused_before_any_edit(explorer, fact):

@@ -7,7 +7,10 @@ temporary folder (pytest's ``tmp_path``).
 
 from __future__ import annotations
 
+import io
 import os
+import urllib.request
+import zipfile
 
 import pytest
 from tiny import save_tiny
@@ -17,6 +20,7 @@ from memla.langs import LANGS
 pytestmark = pytest.mark.ui
 
 METHODS = ["ft", "memla"]
+CANCELLED = ["memla", "memla-local", "memla-wo-lie", "memla-wo-lse", "memla-wo-lsm"]  # cancelled after the first
 RUN_TIMEOUT = 240.0  # seconds for both edits on the tiny model (about 5 s on the development machine)
 
 
@@ -25,6 +29,7 @@ def test_edit_a_fact_with_two_methods_in_a_browser(tmp_path):
         pytest.importorskip(extra, reason="the ui extra is not installed (make test-ui installs it)")
     from explore_browser import (chrome, choose_methods, click, full_screenshot, message, open_page, open_tab,
                                  run_edit, serving, set_cell, table_rows, wait)
+    from selenium.webdriver.common.by import By
 
     model_dir = save_tiny("llama", tmp_path / "model")
     env = {**os.environ, "MEMLA_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
@@ -44,6 +49,16 @@ def test_edit_a_fact_with_two_methods_in_a_browser(tmp_path):
         click(driver, "explore-load")
         wait(driver, lambda d: table_rows(d, "explore-facts")[0][1] == "The capital of {} is" and not message(d),
              timeout=30, what="the record's prompt back in the fact table")
+
+        # cancel: the methods not finished are marked, and the next edit still runs (from pristine weights)
+        choose_methods(driver, CANCELLED)
+        click(driver, "explore-run")
+        wait(driver, lambda d: any(r[1] == "done" for r in table_rows(d, "explore-status")), timeout=RUN_TIMEOUT,
+             what="the first method to finish")
+        click(driver, "explore-cancel")
+        wait(driver, lambda d: "cancelled" in [r[1] for r in table_rows(d, "explore-status")], timeout=30,
+             what="the cancelled methods")
+
         set_cell(driver, "explore-facts", 0, 3, "Berlin")
         choose_methods(driver, METHODS)
         status = run_edit(driver, METHODS, timeout=RUN_TIMEOUT)
@@ -64,6 +79,12 @@ def test_edit_a_fact_with_two_methods_in_a_browser(tmp_path):
         command = wait(driver, lambda d: d.find_element("id", "explore-command").text, timeout=30,
                        what="the reproduce commands")
         assert "--new Berlin" in command and "--method memla" in command
+        click(driver, "explore-adapter-button")  # the first method with weights: ft (dense deltas)
+        link = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#explore-adapter-file a[href]"), timeout=60,
+                    what="the adapter's download link")[0]
+        with urllib.request.urlopen(link.get_attribute("href"), timeout=30) as response:
+            names = zipfile.ZipFile(io.BytesIO(response.read())).namelist()
+        assert "memla_edit.json" in names, names
         open_tab(driver, "Results")
         shot = full_screenshot(driver, tmp_path / "explore.png")
     assert shot.stat().st_size > 10_000

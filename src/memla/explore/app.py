@@ -5,13 +5,15 @@ the page is built.  The callbacks are thin: they turn the page's inputs into a `
 the explorer, and lay out `memla.explore.views` rows and charts.  Bad input shows as an
 inline message (and a toast), never a traceback; elements carry stable ``elem_id`` values
 (``explore-...``) for browser tests.  Edits run one at a time (``concurrency_limit=1`` on
-the edit event, and the explorer's lock around every use of the model).
+the edit event, and the explorer's lock around every use of the model); Cancel asks the
+visitor's own edit to stop before its next stage.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations` here: Gradio recognises the `gr.Request` parameters of the
+# callbacks by their annotation objects, and `gr` is imported inside `build_app`
 import io
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -99,23 +101,30 @@ def build_app(explorer: Explorer, datasets: Mapping[str, Sequence[Record]], *, m
     def on_clear():
         return [[k, "", "", "", ""] for k in LANGS], [[k, "", ""] for k in LANGS], None, ""
 
-    def on_run(rows, neighbours, source, chosen, configs, picked):
+    stops: dict[str, threading.Event] = {}  # per visitor (session): set by Cancel, read between stages
+
+    def on_run(rows, neighbours, source, chosen, configs, picked, request: gr.Request):
         status = {m: ("queued", None) for m in chosen or ()}
         runs: list[MethodRun] = []
+        stop = stops[request.session_hash] = threading.Event()
         yield {message: "", status_table: _table(views.status_rows(status), views.STATUS_COLUMNS)}
         try:
             fact = fact_from_rows(source, rows, neighbours, picked=picked)
             parsed = parse_configs(configs, chosen or ())
-            for update in explorer.iter_run(fact, chosen or (), parsed):
+            for update in explorer.iter_run(fact, chosen or (), parsed, stop=stop):
                 status[update.method] = (update.stage, update.run.seconds if update.run else None)
                 out = {status_table: _table(views.status_rows(status), views.STATUS_COLUMNS)}
                 if update.run is not None:
                     runs.append(update.run)
                     out.update(_results(fact, runs))
+                if update.stage == "cancelled":
+                    out[message] = "Cancelled."
                 yield out
         except Exception as err:  # every failure is a message on the page, never a traceback
             gr.Warning(str(err))
             yield {message: _error(err)}
+        finally:
+            stops.pop(request.session_hash, None)
 
     def _results(fact: Fact, runs: list[MethodRun]) -> dict:
         done = [r for r in runs if r.error is None]
@@ -134,6 +143,13 @@ def build_app(explorer: Explorer, datasets: Mapping[str, Sequence[Record]], *, m
             adapter_method: gr.update(choices=savable, value=savable[0] if savable else None),
             runs_state: runs,
         }
+
+    def on_cancel(request: gr.Request):
+        stop = stops.get(request.session_hash)
+        if stop is None:
+            return "Nothing to cancel."
+        stop.set()
+        return "Cancelling: the stage under way finishes first."
 
     def on_adapter(method: str | None, runs: list[MethodRun]):
         run = next((r for r in runs or () if r.method == method), None)
@@ -171,8 +187,8 @@ def build_app(explorer: Explorer, datasets: Mapping[str, Sequence[Record]], *, m
                 with gr.Row():
                     run = gr.Button("Edit", variant="primary", elem_id="explore-run")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="explore-cancel")
-                status_table = gr.Dataframe(headers=list(views.STATUS_COLUMNS), label="progress", interactive=False,
-                                            elem_id="explore-status")
+                status_table = gr.Dataframe(headers=list(views.STATUS_COLUMNS), type="array", label="progress",
+                                            interactive=False, elem_id="explore-status")
             with gr.Column(scale=1):
                 configs = gr.Code(configs_text(methods), language="yaml", interactive=True, lines=12, max_lines=24,
                                   label="configs of the chosen methods (editable)", elem_id="explore-configs")
@@ -215,9 +231,8 @@ def build_app(explorer: Explorer, datasets: Mapping[str, Sequence[Record]], *, m
         chosen.change(configs_text, [chosen, configs], configs)
         outputs = [message, status_table, summary, heatmap, results, neighbourhood, fluency, neuron_image,
                    neuron_table, command, adapter_method, runs_state]
-        edit_event = run.click(on_run, [facts, neighbours, source_pick, chosen, configs, picked], outputs,
-                               concurrency_limit=1, concurrency_id="model")
-        cancel.click(lambda: "Cancelled: the method running now finishes in the background; the next edit waits "
-                     "for it.", None, message, cancels=[edit_event])
+        run.click(on_run, [facts, neighbours, source_pick, chosen, configs, picked], outputs,
+                               concurrency_limit=1, concurrency_id="model", show_progress_on=status_table)
+        cancel.click(on_cancel, None, message)
         adapter_button.click(on_adapter, [adapter_method, runs_state], [adapter_file, message])
     return app

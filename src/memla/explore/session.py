@@ -6,7 +6,7 @@ chosen method edits it (`memla.editors`), measures the edit in every language of
 `memla.evaluate.cells.score_cells`: the neighbourhood prompts' NS-margin and NS-keep and the
 fluency of the edit prompt's continuation, via `memla.evaluate.metrics`), and for MEMLA-family
 methods shows the knowledge neurons (`memla.neurons`).  It yields an `Update` at every stage,
-so the page can show progress per method and stop between stages.
+so the page can show progress per method, and stops between stages when asked (Cancel).
 
 Every use of the model holds one lock, and every edit is applied only inside
 ``with apply(model, result):`` and checked afterwards with the model fingerprint: each edit
@@ -186,7 +186,7 @@ class MethodRun:
 
 @dataclass(frozen=True)
 class Update:
-    """Progress of one method: ``stage`` is "editing", "measuring", "neurons", "done" or "failed"."""
+    """Progress of one method: ``stage`` is "editing", "measuring", "neurons", "done", "failed" or "cancelled"."""
 
     method: str
     stage: str
@@ -286,16 +286,19 @@ class Explorer:
         """The fact's edit request, after the checks ``memla edit`` makes (`memla.explore.fact.check_fact`)."""
         return check_fact(fact, self.model, self.tokenizer, max_tokens=self.settings.max_tokens)
 
-    def iter_run(self, fact: Fact, methods: Sequence[str], configs: Mapping[str, Any] | None = None) -> Iterator[Update]:
+    def iter_run(self, fact: Fact, methods: Sequence[str], configs: Mapping[str, Any] | None = None, *,
+                 stop: threading.Event | None = None) -> Iterator[Update]:
         """Edit ``fact`` with each method in turn, each from the pristine weights; yield progress and results.
 
         Args:
             fact: the fact.
             methods: registry names, in the order to run.
             configs: per method, a config (dataclass, dict or None for the defaults).
+            stop: once set, the stage under way finishes and no other starts (the page's Cancel).
 
         Yields:
-            `Update` per stage; the "done" / "failed" one carries the method's `MethodRun`.
+            `Update` per stage; the "done" / "failed" one carries the method's `MethodRun`; after a
+            stop, a "cancelled" one for every method not finished.
 
         Raises:
             MemlaError: bad input (the fact, a method name or a config), before any edit.
@@ -311,39 +314,53 @@ class Explorer:
         cells = [(record, lt, LOCALITY_METRICS) for lt in fact.langs]
         with self.lock:
             before = score_cells(self.model, self.tokenizer, cells)
+        finished = set()
         for method, editor in editors.items():
-            yield Update(method, "editing")
-            try:
-                with self.lock:
-                    t0 = time.perf_counter()
-                    try:
-                        result = editor.edit(self.model, self.tokenizer, request)
-                    finally:
-                        self._check_pristine(method)
-                    seconds = time.perf_counter() - t0
-            except MemlaError as err:  # the method cannot serve this fact (e.g. no neurons found): the others go on
-                yield Update(method, "failed", MethodRun(method, editor.config, error=str(err)))
-                continue
-            yield Update(method, "measuring")
+            steps = self._run_method(method, editor, request, fact, cells, before)
+            for update in steps:
+                if update.run is None and stop is not None and stop.is_set():  # before the stage's work starts
+                    steps.close()
+                    break
+                yield update
+                if update.run is not None:
+                    finished.add(method)
+        for method in (m for m in editors if m not in finished):
+            yield Update(method, "cancelled")
+
+    def _run_method(self, method: str, editor, request: EditRequest, fact: Fact, cells: list,
+                    before: list) -> Iterator[Update]:
+        """One method's stages: each update is yielded before its stage runs; the last carries the `MethodRun`."""
+        yield Update(method, "editing")
+        try:
             with self.lock:
-                effects, _ = compare(self.model, self.tokenizer, request, result)
-                with apply(self.model, result):
-                    after = score_cells(self.model, self.tokenizer, cells, prefix=result.prefix)
-                self._check_pristine(method)
-            neighbours, fluency, locality = [], [], {}
-            for lt, b, a in zip(fact.langs, before, after):
-                n, f = _checks(self.tokenizer, lt, b, a)
-                neighbours += n
-                fluency += f
-                locality[lt] = lang_locality(b, a)
-            neurons = None
-            if isinstance(editor, MemlaEditor):
-                yield Update(method, "neurons")
-                with self.lock:
-                    neurons = neuron_view(self.model, self.tokenizer, editor, request, result)
-            run = MethodRun(method, editor.config, result, seconds, tuple(effects), locality, tuple(neighbours),
-                            tuple(fluency), neurons)
-            yield Update(method, "done", run)
+                t0 = time.perf_counter()
+                try:
+                    result = editor.edit(self.model, self.tokenizer, request)
+                finally:
+                    self._check_pristine(method)
+                seconds = time.perf_counter() - t0
+        except MemlaError as err:  # the method cannot serve this fact (e.g. no neurons found): the others go on
+            yield Update(method, "failed", MethodRun(method, editor.config, error=str(err)))
+            return
+        yield Update(method, "measuring")
+        with self.lock:
+            effects, _ = compare(self.model, self.tokenizer, request, result)
+            with apply(self.model, result):
+                after = score_cells(self.model, self.tokenizer, cells, prefix=result.prefix)
+            self._check_pristine(method)
+        neighbours, fluency, locality = [], [], {}
+        for lt, b, a in zip(fact.langs, before, after):
+            n, f = _checks(self.tokenizer, lt, b, a)
+            neighbours += n
+            fluency += f
+            locality[lt] = lang_locality(b, a)
+        neurons = None
+        if isinstance(editor, MemlaEditor):
+            yield Update(method, "neurons")
+            with self.lock:
+                neurons = neuron_view(self.model, self.tokenizer, editor, request, result)
+        yield Update(method, "done", MethodRun(method, editor.config, result, seconds, tuple(effects), locality,
+                                               tuple(neighbours), tuple(fluency), neurons))
 
     def run(self, fact: Fact, methods: Sequence[str], configs: Mapping[str, Any] | None = None) -> list[MethodRun]:
         """`iter_run` to the end: one `MethodRun` per method."""
