@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import subprocess
+import sys
 import urllib.request
 import zipfile
 
@@ -89,3 +92,21 @@ def test_edit_a_fact_with_two_methods_in_a_browser(tmp_path):
         shot = full_screenshot(driver, tmp_path / "explore.png")
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
+    pytest.importorskip("gradio", reason="the ui extra is not installed (make test-ui installs it)")
+    model_dir = save_tiny("llama", tmp_path / "model")
+    env = {**os.environ, "MEMLA_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "memla", "explore", "--model", model_dir, "--port", str(port)],
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"memla explore: error: cannot serve on 127.0.0.1:{port}: the port is in use or the address is not this "
+        "machine's (choose another --port or --host)")
+    assert "Traceback" not in done.stderr

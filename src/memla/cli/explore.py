@@ -24,13 +24,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "explore",
         help="open a local web page to edit a fact, watch it in 12 languages, compare methods and see the neurons",
-        description="Load the model once and serve a web page (Gradio; pip install 'memla[ui]') on which you pick a "
-        "fact from a dataset or type one in (prompt with {}, subject, new and old object, per language), run one or "
-        "several editing methods with editable configs, and see per language and method P(new) and P(old) before → "
-        "after and the flip (table and heatmap), greedy completions, the neighbourhood prompts kept or broken "
-        "(NS-margin, NS-keep), the fluency of the edited continuation, MEMLA's knowledge neurons per layer and "
-        "language, the edit as a PEFT adapter to download and the `memla edit` command that reproduces it. Every "
-        "edit starts from the pristine weights; edits are queued, so two visitors never see each other's edits.",
+        description="Load the model once and serve a web page (Gradio; pip install 'memla[ui]') on which you:\n"
+        "  - pick a fact from a dataset or type one in (prompt with {}, subject, new and old object, per language);\n"
+        "  - run one or several editing methods, with their configs shown and editable;\n"
+        "  - see per language and method P(new) and P(old) before -> after and the flip (table and heatmap), the\n"
+        "    greedy completions, the neighbourhood prompts kept or broken (NS-margin, NS-keep) and the fluency of\n"
+        "    the edited continuation, and MEMLA's knowledge neurons per layer and language;\n"
+        "  - download the edit as a PEFT adapter and copy the `memla edit` command that reproduces it.\n"
+        "Every edit starts from the pristine weights; edits are queued, so two visitors never see each other's "
+        "edits.\nBad input is a message on the page (the --max-tokens limit included), never a traceback.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  memla explore                                  # the embedded Gemma 3 270M, http://127.0.0.1:7860\n"
@@ -87,11 +89,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         app = build_app(explorer, datasets, methods=methods)
         app.queue()
-        console.print(f"memla explore: http://{args.host}:{args.port} (Ctrl-C to stop)")
         try:
-            app.launch(server_name=args.host, server_port=args.port, ssr_mode=False, quiet=True, show_error=False)
-        except OSError as err:  # the port is taken, or the address is not this machine's
-            raise MemlaError(f"cannot serve on {args.host}:{args.port}: {err}") from None
+            app.launch(server_name=args.host, server_port=args.port, ssr_mode=False, quiet=True, show_error=False,
+                       prevent_thread_lock=True)
+        except OSError:  # Gradio's own message names its environment variables; say it in this command's terms
+            raise MemlaError(f"cannot serve on {args.host}:{args.port}: the port is in use or the address is not "
+                             "this machine's (choose another --port or --host)") from None
+        console.print(f"memla explore: http://{args.host}:{args.port} (Ctrl-C to stop)")
+        app.block_thread()  # until Ctrl-C
     finally:
         explorer.close()
     return 0
