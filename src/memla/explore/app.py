@@ -135,7 +135,7 @@ def build_app(explorer: Explorer, datasets: Mapping[str, Sequence[Record]], *, m
             summary: _table(views.summary_rows(runs), views.SUMMARY_COLUMNS),
             heatmap: _image(views.flip_heatmap(runs)),
             results: _table(views.result_rows(runs), views.RESULT_COLUMNS),
-            neighbourhood: _table(views.neighbour_rows(runs), views.NEIGHBOUR_COLUMNS),
+            neighbourhood: _table(views.neighbour_rows(runs), views.NEIGHBOURHOOD_COLUMNS),
             fluency: _table(views.fluency_rows(runs), views.FLUENCY_COLUMNS),
             neuron_image: _image(views.neuron_chart(runs)),
             neuron_table: _table(views.neuron_rows(runs), views.NEURON_COLUMNS),
@@ -202,7 +202,7 @@ def build_app(explorer: Explorer, datasets: Mapping[str, Sequence[Record]], *, m
                                    max_height=4000, column_widths=list(views.RESULT_WIDTHS), label="per language: P = per-token probability, as ES compares",
                                    elem_id="explore-results")
         with gr.Tab("Neighbourhood"):
-            neighbourhood = gr.Dataframe(headers=list(views.NEIGHBOUR_COLUMNS), interactive=False, wrap=True,
+            neighbourhood = gr.Dataframe(headers=list(views.NEIGHBOURHOOD_COLUMNS), interactive=False, wrap=True,
                                          max_height=4000, label="unrelated prompts: continuation before → after, "
                                          "NS-margin (✓ = own answer beats the new object) and NS-keep",
                                          elem_id="explore-neighbourhood")
