@@ -22,8 +22,8 @@ SUMMARY_COLUMNS = ("method", "flipped", "NS-margin before → after", "NS-keep",
                    "repeats of new", "edit s", "note")
 RESULT_COLUMNS = ("method", "lang", "prompt", "new / old", "P(new) before → after", "P(old) before → after", "flip",
                   "completion before", "completion after")
-NEIGHBOURHOOD_COLUMNS = ("method", "lang", "prompt", "answer", "before", "after", "answer beats new (before → after)",
-                     "NS-keep")
+NEIGHBOURHOOD_COLUMNS = ("method", "lang", "prompt", "answer", "before", "after",
+                         "answer beats new (before → after)", "NS-keep")
 FLUENCY_COLUMNS = ("method", "lang", "continuation before", "continuation after", "entropy before → after (bits)",
                    "repeats of new")
 NEURON_COLUMNS = ("method", "lang", "rank", "layer", "neuron", "IG score", "relative", "kind")
