@@ -8,6 +8,11 @@ repeated edits free (MEMLA's attribution cache) are disabled.
 
     python benchmarks/edit_speed.py                      # all registered methods
     python benchmarks/edit_speed.py --methods memla,rome --edits 5
+    python benchmarks/edit_speed.py --methods memla,memla-local --config cfg.yaml
+
+``--config`` takes the file ``memla bench --config`` takes (``{method: {field: value}}``);
+methods it does not name keep their defaults, so memla measured beside a reconfigured
+memla-local is still the baseline of the ratio.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import subprocess
 import sys
 import time
 
-def worker(method: str, edits: int, lang: str) -> dict:
+def worker(method: str, edits: int, lang: str, overrides: dict) -> dict:
     import torch
 
     from memla import load_model
@@ -35,8 +40,8 @@ def worker(method: str, edits: int, lang: str) -> dict:
     torch.manual_seed(0)
     model, tok = load_model()
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB)
-    no_cache = {"ig_cache": False} if "ig_cache" in {f.name for f in fields(editor_entry(method).config_cls)} else None
-    editor = get_editor(method, no_cache)  # MEMLA's attribution cache off: every edit pays its attribution
+    no_cache = {"ig_cache": False} if "ig_cache" in {f.name for f in fields(editor_entry(method).config_cls)} else {}
+    editor = get_editor(method, {**overrides, **no_cache})  # MEMLA's attribution cache off: every edit pays its attribution
     records = load_dataset("mkeb-mini", split="test")[:edits]
     times, skipped = [], None
     for record in records:
@@ -58,25 +63,38 @@ def main() -> None:
     parser.add_argument("--methods", help="comma-separated methods (default: all registered)")
     parser.add_argument("--edits", type=int, default=3, help="edits per method; the median is reported (default: 3)")
     parser.add_argument("--lang", default="en", help="source language (default: en)")
+    parser.add_argument("--config", help="YAML/JSON file {method: {field: value}} of config overrides (as memla bench)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.edits, args.lang)))
+        print(json.dumps(worker(args.worker, args.edits, args.lang, json.loads(args.overrides))))
         return
+    from memla.config import read_config_file
     from memla.editors import registry
+    from memla.errors import MemlaError
 
     methods = args.methods.split(",") if args.methods else list(registry())
+    try:
+        configs = read_config_file(args.config) if args.config else {}
+    except MemlaError as err:
+        parser.error(str(err))
+    unknown = sorted(set(configs) - set(methods))
+    if unknown:
+        parser.error(f"--config names methods not measured here: {', '.join(unknown)}")
     rows = []
     for method in methods:
-        out = subprocess.run([sys.executable, __file__, "--worker", method, "--edits", str(args.edits),
-                              "--lang", args.lang], capture_output=True, text=True, env=os.environ)
+        out = subprocess.run([sys.executable, __file__, "--worker", method, "--edits", str(args.edits), "--lang", args.lang,
+                              "--overrides", json.dumps(configs.get(method) or {})], capture_output=True, text=True,
+                             env=os.environ)
         if out.returncode != 0:
             rows.append({"method": method, "error": out.stderr.strip().splitlines()[-1]})
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     ref = next((statistics.median(r["times"]) for r in rows if r.get("method") == "memla" and r.get("times")), None)
     print(f"edit speed on the default model (Gemma 3 270M, fp32, CPU), {args.edits} edits of mkeb-mini test "
-          f"records in {args.lang}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
+          f"records in {args.lang}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+          + (f"; config overrides {json.dumps(configs)}" if configs else "") + "\n")
     print("| method | median s/edit | min | max | ratio vs memla | RSS after load (GiB) | peak RSS (GiB) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
