@@ -233,3 +233,55 @@ def test_without_kl_the_null_space_still_uses_the_anchors(tiny2):
     cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "null_space_tol": 1e-4}
     result = get_editor("memla-local-wo-kl", cfg).edit(model, tok, france_request())
     assert result.info["preserved"] and result.info["anchors"]["weight"] == 0.0
+
+
+def test_sequence_anchors_the_earlier_edits_and_preserves_their_keys(tiny2):
+    """Inside `sequence()` the second edit anchors the first edit's prompt (null space + KL); outside, no memory."""
+    from memla.editors import SequenceEditor, apply_, pristine
+    from memla.evaluate.sequential import edit_sequentially
+    from memla.hooks import trace
+    from memla.models import arch_spec
+    from memla.tokens import encode_pair, forward
+
+    model, tok = tiny2
+    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 2, "null_space_tol": 1e-4}
+    first = france_request()
+    second = EditRequest(prompt="The capital of {} is", subject="Spain", target_new="Oslo", target_true="Madrid", lang="en")
+    editor = get_editor("memla-local", cfg)
+    assert isinstance(editor, SequenceEditor) and not isinstance(get_editor("memla", FAST), SequenceEditor)
+    alone = editor.edit(model, tok, second)
+    assert first.text not in alone.info["anchors"]["texts"] and editor.earlier is None
+    with pristine(model):
+        steps = []
+        for step in edit_sequentially(model, tok, editor, [first, second], progress=False):
+            steps.append(step)
+            assert step[0] == 0 or editor.earlier == [first, second][:step[0]]
+    assert editor.earlier is None  # the run is over: the next edit is independent again
+    (_, events), = [s for s in steps if s[0] == 2]
+    info = events[-1].info
+    assert info["anchors"]["texts"][-1] == first.text and info["anchors"]["n"] == alone.info["anchors"]["n"] + 1
+    # replay: the second edit's update leaves the first edit's key (last prompt token) alone
+    with pristine(model), editor.sequence():
+        apply_(model, editor.edit(model, tok, first))
+        result = editor.edit(model, tok, second)
+        spec = arch_spec(model)
+        layers = sorted({int(k.split(".")[0]) for k in result.info["preserved"]})
+        modules = [spec.path(spec.mlp_down, layer) for layer in layers]
+        assert modules and len(modules) == len({n.rsplit(".", 1)[0] for n in result.deltas})
+        ids = torch.tensor([encode_pair(tok, first.text, first.target_new, "en").prompt_ids])
+        with torch.no_grad(), trace(model, modules, retain_input=True, retain_output=False) as traces:
+            forward(model, ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], logits_to_keep=1)
+        for module in modules:
+            (name,) = [n for n in result.deltas if n.startswith(module + ".")]
+            key = traces[module].input[0, -1].float()  # (d_ff,)
+            delta = spec.to_linear(result.deltas[name]).float()  # (d_model, d_ff)
+            assert float((delta @ key).norm()) <= 1e-3 * float(delta.norm() * key.norm()) + 1e-6
+
+
+def test_anchor_earlier_zero_forgets_the_run(tiny2):
+    model, tok = tiny2
+    editor = get_editor("memla-local-wo-earlier", {**FAST, "anchor_subjects": 2})
+    with editor.sequence():
+        editor.edit(model, tok, france_request())
+        texts = editor.anchors(model, tok, france_request()).texts
+    assert france_request().text not in texts

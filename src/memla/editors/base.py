@@ -14,7 +14,7 @@ import difflib
 import importlib
 import pkgutil
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -144,6 +144,18 @@ class Editor(Protocol):
     name: str
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult: ...
+
+
+@runtime_checkable
+class SequenceEditor(Protocol):
+    """An editor that takes the earlier edits of a sequential run into account (memla-local).
+
+    ``with editor.sequence():`` opens a run (`memla.evaluate.sequential.edit_sequentially`);
+    each edit made inside it may protect the ones made before it.  Outside the block the
+    editor keeps no state between edits, so independent edits never see each other.
+    """
+
+    def sequence(self) -> AbstractContextManager[None]: ...
 
 
 @runtime_checkable

@@ -29,12 +29,17 @@ The anchors (none of them from an evaluation record):
   country is anchored by other countries;
 - **generic anchors**: a few everyday prompts per language;
 - **after-target anchor**: the edit prompt followed by ``target_new``, so the next token
-  after the new object stays what the unedited model would say there (no "Rome Rome").
+  after the new object stays what the unedited model would say there (no "Rome Rome");
+- **earlier edits** (sequential runs only, `memla.editors.SequenceEditor`): the prompts of the
+  edits made before this one in the run, so that their keys are preserved by the null space
+  and their new answers kept by the KL term (AlphaEdit's protection of earlier edits).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -43,7 +48,7 @@ import torch
 from torch import nn
 
 from memla.devices import input_device
-from memla.editors.base import EditRequest, register_editor
+from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.editors.lora import MaskedLoRA
 from memla.editors.memla import Anchors, MemlaConfig, MemlaEditor
 from memla.hooks import trace
@@ -97,6 +102,9 @@ class MemlaLocalConfig(MemlaConfig):
             down-projection inputs (`memla.editors.lora.MaskedLoRA.preserve`, AlphaEdit-style),
             so ``Δ k ≈ 0`` on the anchors' last tokens by construction.
         null_space_tol: singular values above this share of the largest span the preserved space.
+        anchor_earlier: in a sequential run (``with editor.sequence():``), the prompts of up to
+            this many earlier edits of the run (the latest ones) are anchors too (0 = none);
+            single edits are not affected.
     """
 
     mask_lse: bool = False
@@ -111,13 +119,16 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_langs: tuple[str, ...] = ("source",)
     null_space: bool = True
     null_space_tol: float = 0.05
+    anchor_earlier: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 < self.null_space_tol <= 1.0:
             raise ValueError("null_space_tol must be in (0, 1]")
-        if self.anchor_weight < 0 or self.anchor_subjects < 0 or self.anchor_batch < 0 or self.anchor_tolerance <= 0:
-            raise ValueError("anchor_weight, anchor_subjects and anchor_batch must be >= 0, anchor_tolerance > 0")
+        if min(self.anchor_weight, self.anchor_subjects, self.anchor_batch, self.anchor_earlier) < 0 \
+                or self.anchor_tolerance <= 0:
+            raise ValueError("anchor_weight, anchor_subjects, anchor_batch and anchor_earlier must be >= 0, "
+                             "anchor_tolerance > 0")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if isinstance(self.anchor_langs, str):
@@ -164,6 +175,23 @@ class MemlaLocalEditor(MemlaEditor):
 
     def __init__(self, config: MemlaLocalConfig | None = None):
         super().__init__(config or MemlaLocalConfig())
+        self.earlier: list[EditRequest] | None = None  # the requests edited so far inside `sequence()`
+
+    @contextmanager
+    def sequence(self) -> Iterator[None]:
+        """A sequential run: every edit inside the block anchors the prompts of the edits before it."""
+        self.earlier = []
+        try:
+            yield
+        finally:
+            self.earlier = None
+
+    def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
+        """MEMLA's edit with the anchors (`MemlaEditor.edit`); inside `sequence()` the request is remembered."""
+        result = super().edit(model, tokenizer, request)
+        if self.earlier is not None:
+            self.earlier.append(request)
+        return result
 
     def anchor_langs(self, request: EditRequest) -> list[str]:
         """Source language first, then the other anchor languages the request has."""
@@ -172,8 +200,8 @@ class MemlaLocalEditor(MemlaEditor):
         return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
 
     def anchors(self, model: nn.Module, tokenizer, request: EditRequest) -> Anchors | None:
-        """The relation, generic and after-target anchors with the unedited model's distributions
-        (None when neither the KL term nor the null-space projection uses them)."""
+        """The relation, generic, after-target and earlier-edit anchors with the distributions of the
+        model as it is before this edit (None when neither the KL term nor the null space uses them)."""
         cfg = self.config
         if cfg.anchor_weight == 0 and not cfg.null_space:
             return None
@@ -193,6 +221,9 @@ class MemlaLocalEditor(MemlaEditor):
         if cfg.anchor_after_target:
             enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
             texts.append((request.text + " → " + request.target_new, enc.prompt_ids + enc.target_ids))
+        if self.earlier and cfg.anchor_earlier:
+            texts += [(done.text, encode_pair(tokenizer, done.text, done.target_new, done.lang).prompt_ids)
+                      for done in self.earlier[-cfg.anchor_earlier:]]
         if not texts:
             return None
         return Anchors.measure(model, tokenizer, texts, weight=cfg.anchor_weight, tolerance=cfg.anchor_tolerance,
@@ -237,6 +268,7 @@ LOCAL_ABLATIONS = {
     "memla-local-wo-subjects": ({"anchor_subjects": 0}, "w/o relation anchors: everyday and after-target anchors only"),
     "memla-local-wo-after": ({"anchor_after_target": False}, "w/o the after-target anchor"),
     "memla-local-masked": ({"mask_lse": True, "mask_lie": True}, "with MEMLA's neuron masks (LoRA on the located neurons only)"),
+    "memla-local-wo-earlier": ({"anchor_earlier": 0}, "w/o earlier-edit anchors (sequential runs)"),
 }
 
 

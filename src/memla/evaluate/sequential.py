@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from memla.config import config_to_dict, load_config
-from memla.editors.base import BatchEditor, EditRequest, apply_, editor_entry, pristine
+from memla.editors.base import BatchEditor, EditRequest, SequenceEditor, apply_, editor_entry, pristine
 from memla.errors import EditError, MemlaError
 from memla.evaluate.cells import score_cells
 from memla.evaluate.downstream import compare, evaluate_tasks
@@ -86,6 +87,8 @@ def edit_sequentially(
 
     Each edit is computed on the model as the previous edits left it and applied
     permanently (`apply_`).  The caller restores the model (``with pristine(model):``).
+    An editor that can protect earlier edits (`SequenceEditor`, memla-local) edits inside
+    its ``sequence()`` block, so it sees the requests edited before each one.
 
     Args:
         model: the model to edit (changed in place).
@@ -113,7 +116,8 @@ def edit_sequentially(
     yield 0, []
     events: list[EditEvent] = []
     step = 0
-    with tqdm(total=len(requests), unit="edit", desc=f"sequential {getattr(editor, 'name', '')}", disable=not progress,
+    memory = editor.sequence() if isinstance(editor, SequenceEditor) else nullcontext()  # earlier edits kept in mind
+    with memory, tqdm(total=len(requests), unit="edit", desc=f"sequential {getattr(editor, 'name', '')}", disable=not progress,
               dynamic_ncols=True) as bar:
         while step < len(requests):
             size = min(batch_size, every - step % every, len(requests) - step)
