@@ -70,22 +70,21 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.edits, args.lang, json.loads(args.overrides))))
         return
-    from memla.config import read_config_file
+    from memla.config import read_method_configs
     from memla.editors import registry
     from memla.errors import MemlaError
+    from memla.evaluate.runner import resolve_methods
 
     methods = args.methods.split(",") if args.methods else list(registry())
     try:
-        configs = read_config_file(args.config) if args.config else {}
+        configs = read_method_configs(args.config)
+        resolve_methods(methods, configs)  # unknown methods or fields fail here, before any worker starts
     except MemlaError as err:
         parser.error(str(err))
-    unknown = sorted(set(configs) - set(methods))
-    if unknown:
-        parser.error(f"--config names methods not measured here: {', '.join(unknown)}")
     rows = []
     for method in methods:
         out = subprocess.run([sys.executable, __file__, "--worker", method, "--edits", str(args.edits), "--lang", args.lang,
-                              "--overrides", json.dumps(configs.get(method) or {})], capture_output=True, text=True,
+                              "--overrides", json.dumps(configs.get(method, {}))], capture_output=True, text=True,
                              env=os.environ)
         if out.returncode != 0:
             rows.append({"method": method, "error": out.stderr.strip().splitlines()[-1]})

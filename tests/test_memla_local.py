@@ -171,20 +171,26 @@ def test_null_space_edit_leaves_anchor_keys_alone(tiny2):
     assert preserved and all(v["directions"] >= 1 and 0.0 <= v["edit_key_share"] <= 1.0 for v in preserved.values())
     # the down-projection inputs of the anchors see (almost) no change from the merged update
     anchors = editor.anchors(model, tok, france_request())
-    spec_names = {name for name in result.deltas}
+    assert_update_spares_keys(model, result, anchors.ids, anchors.mask, anchors.pos)
+
+
+def assert_update_spares_keys(model, result, ids, mask, pos) -> list[str]:
+    """Each preserved layer's merged update maps the down-projection inputs at the last token of ``ids`` to ≈ 0;
+    returns the checked down-projection modules."""
     from memla.hooks import trace
     from memla.models import arch_spec
     from memla.tokens import forward
     spec = arch_spec(model)
-    layers = sorted({int(k.split(".")[0]) for k in preserved})
+    layers = sorted({int(k.split(".")[0]) for k in result.info["preserved"]})
     modules = [spec.path(spec.mlp_down, layer) for layer in layers]
     with torch.no_grad(), trace(model, modules, retain_input=True, retain_output=False) as traces:
-        forward(model, anchors.ids, anchors.mask, anchors.pos, logits_to_keep=1)
-    for layer, module in zip(layers, modules):
-        (name,) = [n for n in spec_names if n.startswith(module + ".")]
+        forward(model, ids, mask, pos, logits_to_keep=1)
+    for module in modules:
+        (name,) = [n for n in result.deltas if n.startswith(module + ".")]
         keys = traces[module].input[:, -1].float()  # (N, d_ff)
         delta = spec.to_linear(result.deltas[name]).float()  # (d_model, d_ff)
         assert float((keys @ delta.T).norm()) <= 1e-3 * float(delta.norm() * keys.norm()) + 1e-6
+    return modules
 
 
 def test_demo_rejects_an_unknown_method_before_loading_the_model(monkeypatch):
@@ -239,9 +245,7 @@ def test_sequence_anchors_the_earlier_edits_and_preserves_their_keys(tiny2):
     """Inside `sequence()` the second edit anchors the first edit's prompt (null space + KL); outside, no memory."""
     from memla.editors import SequenceEditor, apply_, pristine
     from memla.evaluate.sequential import edit_sequentially
-    from memla.hooks import trace
-    from memla.models import arch_spec
-    from memla.tokens import encode_pair, forward
+    from memla.tokens import encode_pair
 
     model, tok = tiny2
     cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 2, "null_space_tol": 1e-4}
@@ -264,18 +268,9 @@ def test_sequence_anchors_the_earlier_edits_and_preserves_their_keys(tiny2):
     with pristine(model), editor.sequence():
         apply_(model, editor.edit(model, tok, first))
         result = editor.edit(model, tok, second)
-        spec = arch_spec(model)
-        layers = sorted({int(k.split(".")[0]) for k in result.info["preserved"]})
-        modules = [spec.path(spec.mlp_down, layer) for layer in layers]
+        ids = torch.tensor([encode_pair(tok, first.text, first.target_new, "en").prompt_ids])  # (1, T)
+        modules = assert_update_spares_keys(model, result, ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None])
         assert modules and len(modules) == len({n.rsplit(".", 1)[0] for n in result.deltas})
-        ids = torch.tensor([encode_pair(tok, first.text, first.target_new, "en").prompt_ids])
-        with torch.no_grad(), trace(model, modules, retain_input=True, retain_output=False) as traces:
-            forward(model, ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], logits_to_keep=1)
-        for module in modules:
-            (name,) = [n for n in result.deltas if n.startswith(module + ".")]
-            key = traces[module].input[0, -1].float()  # (d_ff,)
-            delta = spec.to_linear(result.deltas[name]).float()  # (d_model, d_ff)
-            assert float((delta @ key).norm()) <= 1e-3 * float(delta.norm() * key.norm()) + 1e-6
 
 
 def test_anchor_earlier_zero_forgets_the_run(tiny2):

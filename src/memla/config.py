@@ -133,6 +133,17 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def read_method_configs(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
+    """``{method: {field: value}}`` from a ``--config`` file (``memla bench``, benchmarks/edit_speed.py); {} without one."""
+    if path is None:
+        return {}
+    data = read_config_file(path)
+    for name, value in data.items():
+        if value is not None and not isinstance(value, dict):
+            raise MemlaError(f"{path}: the config of {name!r} must be a mapping, got {type(value).__name__}")
+    return {name: value or {} for name, value in data.items()}
+
+
 def load_config(cls: type[C], source: str | os.PathLike | dict[str, Any] | C | None) -> C:
     """A config of type ``cls`` from an instance, a dict, a YAML/JSON path or ``None`` (defaults)."""
     if isinstance(source, cls):

@@ -87,19 +87,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.set_defaults(func=run_merge)
 
 
-def _read_configs(path: str | None) -> dict:
-    from memla.config import read_config_file
-    from memla.errors import MemlaError
-
-    if path is None:
-        return {}
-    data = read_config_file(path)
-    for name, value in data.items():
-        if value is not None and not isinstance(value, dict):
-            raise MemlaError(f"{path}: the config of {name!r} must be a mapping, got {type(value).__name__}")
-    return {name: value or {} for name, value in data.items()}
-
-
 def _command(args: argparse.Namespace) -> list[str]:
     """The canonical command line of this run (every option spelled out, defaults included)."""
     from memla.cli._scale import scale_flags
@@ -120,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark as asked by the parsed arguments; returns the exit status."""
     from memla.cli._scale import check_scale, make_executor
     from memla.cli._sequential import check_sequential, run_sequential_bench
+    from memla.config import read_method_configs
     from memla.data import load_dataset, stratified_sample
     from memla.editors.base import editor_entry
     from memla.errors import MemlaError
@@ -146,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             editor_entry(method)
     check_out_dir(args.out, option="--out", markers=(MANIFEST, SEQUENTIAL))
     sources, targets = resolve_langs(args.source), resolve_langs(args.targets)
-    configs = _read_configs(args.config)
+    configs = read_method_configs(args.config)
     for flag, value in (("--limit", args.limit), ("--sample", args.sample)):
         if value is not None and value < 1:
             raise MemlaError(f"{flag} must be at least 1")
