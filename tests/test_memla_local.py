@@ -65,6 +65,13 @@ def test_anchor_divergence_directions_match_hand_computed_kl(tiny2, monkeypatch)
     assert got["both"] == pytest.approx(float(fwd + rev), rel=1e-4)
     # new mass where the unedited model put almost none weighs far more in the reverse direction
     assert got["reverse"] > 3 * got["forward"]
+    # the rise term: token 2 ("Rome") rose from 0.1/(V-2) to 0.3 + 0.1/(V-2); token 0 fell, which costs nothing
+    avoid = Anchors(base.ids, base.mask, base.pos, base.logp, 1.0, avoid=torch.tensor([2, 0]), avoid_weight=1.0)
+    kl, rise = avoid.terms(model)
+    assert float(kl) == pytest.approx(got["forward"], rel=1e-6)
+    assert float(rise) == pytest.approx(float(torch.log(torch.tensor((0.3 + 0.1 / (vocab - 2)) / (0.1 / (vocab - 2))))),
+                                        rel=1e-4)
+    assert float(base.terms(model)[1]) == 0.0 and "avoid" not in base.describe()
 
 
 def test_local_edit_flips_keeps_anchors_closer_and_restores_exactly(tiny2):
@@ -91,6 +98,24 @@ def test_local_edit_flips_keeps_anchors_closer_and_restores_exactly(tiny2):
     if result.info["steps"] < cfg["max_steps"]:  # stopped by the rule: P(new) > stop_prob and anchor KL < tolerance
         assert result.info["p_new"][-1] > local.config.stop_prob
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_avoid_new_weight_keeps_the_new_object_from_rising_on_the_anchors(tiny2):
+    """With ``avoid_new_weight`` the anchors' probability of target_new's first token rises less; the edit holds."""
+    model, tok = tiny2
+    req = france_request()
+    cfg = {**FAST, "scale_constant": 1.0, "max_steps": 30, "anchor_subjects": 4, "anchor_batch": 0, "null_space": False}
+    plain = get_editor("memla-local", cfg).edit(model, tok, req)
+    avoiding = get_editor("memla-local", {**cfg, "avoid_new_weight": 5.0})
+    result = avoiding.edit(model, tok, req)
+    anchors = avoiding.anchors(model, tok, req)
+    assert result.info["anchors"]["avoid"] == anchors.avoid.tolist() and len(anchors.avoid) == 1
+    with apply(model, plain):
+        rise_plain = float(anchors.terms(model)[1])
+    with apply(model, result):
+        rise_avoiding = float(anchors.terms(model)[1])
+        assert mean_logp(model, tok, req.text, "Tokyo") > mean_logp(model, tok, req.text, "Paris")
+    assert rise_plain > 0 and rise_avoiding < rise_plain
 
 
 def test_zero_weight_with_masks_is_the_paper_memla(tiny2):
@@ -135,7 +160,7 @@ def test_template_of_untemplated_prompts():
     assert template_of(odd) is None
 
 
-@pytest.mark.parametrize("bad", [{"anchor_weight": -1.0}, {"anchor_subjects": -2}, {"anchor_tolerance": 0.0},
+@pytest.mark.parametrize("bad", [{"anchor_weight": -1.0}, {"avoid_new_weight": -1.0}, {"anchor_subjects": -2}, {"anchor_tolerance": 0.0},
                                  {"anchor_batch": -1}, {"anchor_divergence": "sideways"}])
 def test_config_rejects_bad_anchor_values(bad):
     with pytest.raises(Exception, match="anchor"):

@@ -253,6 +253,9 @@ class Anchors:
         divergence: ``"forward"`` = ``KL(p_0 ‖ p_θ)`` (mass the unedited model put somewhere must
             stay there), ``"reverse"`` = ``KL(p_θ ‖ p_0)`` (no new mass where the unedited model
             put little: catches "The capital of Japan is → Rome" directly), ``"both"`` = their sum.
+        avoid: token ids whose log-probability must not rise on any anchor, ``(m,)`` (memla-local:
+            the first token of ``target_new``), or None.
+        avoid_weight: ``μ`` of the rise term ``mean_a Σ_t max(0, log p_θ(t|a) − log p_0(t|a))``.
     """
 
     ids: Tensor
@@ -264,31 +267,47 @@ class Anchors:
     batch: int = 0
     texts: tuple[str, ...] = ()
     divergence: str = "forward"
+    avoid: Tensor | None = None
+    avoid_weight: float = 0.0
 
     @classmethod
     def measure(cls, model: nn.Module, tokenizer, contexts: Sequence[tuple[str, Sequence[int]]], *, weight: float,
-                tolerance: float = math.inf, batch: int = 0, divergence: str = "forward") -> Anchors:
+                tolerance: float = math.inf, batch: int = 0, divergence: str = "forward",
+                avoid: Sequence[int] = (), avoid_weight: float = 0.0) -> Anchors:
         """The anchors ``(text, token ids)`` with the model's next-token distributions as it is now."""
-        ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer), device=input_device(model))
+        device = input_device(model)
+        ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer), device=device)
         with torch.no_grad():
             logits = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1]  # (N, V)
         return cls(ids, mask, pos, logits.float().log_softmax(-1), weight, tolerance, batch,
-                   tuple(text for text, _ in contexts), divergence)
+                   tuple(text for text, _ in contexts), divergence,
+                   torch.tensor(list(avoid), device=device) if avoid else None, avoid_weight)
 
-    def kl(self, model: nn.Module, rows: Tensor | None = None) -> Tensor:
-        """``mean_a D(p_unedited(·|a), p_model(·|a))`` over the anchors (or the given ``rows`` of them),
-        for the model as it is now (differentiable); ``D`` is the KL direction of ``divergence``."""
+    def terms(self, model: nn.Module, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(D, R)`` over the anchors (or the given ``rows`` of them) for the model as it is now
+        (differentiable, one forward pass): ``D = mean_a KL`` in the direction of ``divergence``, and
+        the rise of the avoided tokens ``R = mean_a Σ_t max(0, log p_model(t|a) − log p_unedited(t|a))``
+        (0 without ``avoid``)."""
         ids, mask, pos, logp = (self.ids, self.mask, self.pos, self.logp) if rows is None else \
             (self.ids[rows], self.mask[rows], self.pos[rows], self.logp[rows])
         logq = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)  # (n, V)
         forward_kl = (logp.exp() * (logp - logq)).sum(-1)  # (n,)
         reverse_kl = (logq.exp() * (logq - logp)).sum(-1)  # (n,)
-        return {"forward": forward_kl, "reverse": reverse_kl, "both": forward_kl + reverse_kl}[self.divergence].mean()
+        kl = {"forward": forward_kl, "reverse": reverse_kl, "both": forward_kl + reverse_kl}[self.divergence].mean()
+        if self.avoid is None:
+            return kl, logq.new_zeros(())
+        rise = (logq[:, self.avoid] - logp[:, self.avoid]).clamp_min(0).sum(-1).mean()  # (n, m) -> ()
+        return kl, rise
+
+    def kl(self, model: nn.Module, rows: Tensor | None = None) -> Tensor:
+        """``mean_a D(p_unedited(·|a), p_model(·|a))`` (`terms`' first part)."""
+        return self.terms(model, rows)[0]
 
     def describe(self) -> dict[str, object]:
         """What the edit's info records about the anchors."""
         return {"n": len(self.ids), "weight": self.weight, "tolerance": self.tolerance, "batch": self.batch,
-                "divergence": self.divergence, "texts": list(self.texts)}
+                "divergence": self.divergence, "texts": list(self.texts),
+                **({} if self.avoid is None else {"avoid": self.avoid.tolist(), "avoid_weight": self.avoid_weight})}
 
 
 def train_lora(
@@ -306,8 +325,8 @@ def train_lora(
     over the target tokens, with teacher forcing; Adam on ``A`` and ``B`` only.  With
     ``anchors`` the loss adds ``λ · KL(p_unedited ‖ p_edited)`` on the anchor positions
     (`Anchors.kl`; memla-local; a seeded mini-batch of them per step when ``anchors.batch``
-    is set), computed in a second forward pass, and training stops only once that KL is
-    also below the anchors' tolerance.  The
+    is set) and ``μ · R``, the rise of the avoided tokens on the anchors (`Anchors.terms`), computed
+    in a second forward pass, and training stops only once that KL is also below the anchors' tolerance.  The
     forward pass adds ``c(Δ, W) · Δ x`` with the same ``c`` as the final update (Eq. 8,
     recomputed each step, not differentiated), so that the early stop on P(new) judges
     the edit that will be applied.  (The reference code trains with ``c = 1`` and scales
@@ -355,12 +374,12 @@ def train_lora(
                 loss = loss + cfg.weight_true * mean_logp[1].exp()
             p_new = float(mean_logp[0].detach().exp())
             done = p_new > cfg.stop_prob
-            if anchors is not None and anchors.weight > 0:
+            if anchors is not None and anchors.weight + anchors.avoid_weight > 0:
                 rows = None if not 0 < anchors.batch < len(anchors.ids) else \
                     torch.randperm(len(anchors.ids), generator=draw)[:anchors.batch].to(device)  # (batch,)
-                kl = anchors.kl(model, rows)
-                done = done and kl.item() < anchors.tolerance
-                loss = loss + anchors.weight * kl
+                kl, rise = anchors.terms(model, rows)
+                done = done and (anchors.weight == 0 or kl.item() < anchors.tolerance)
+                loss = loss + anchors.weight * kl + anchors.avoid_weight * rise
             losses.append(round(loss.item(), 5))
             probs.append(round(p_new, 5))
             if done or losses[-1] < cfg.stop_loss:

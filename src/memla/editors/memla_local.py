@@ -17,9 +17,11 @@ memla-local keeps MEMLA's locating (Eq. 1–4), its layers, its LSE / LIE LoRA r
    onto the null space of the anchors' down-projection inputs, so ``Δ k ≈ 0`` for the
    last-token key of every anchor by construction.
 2. **Locality term**: ``loss = w_new · NLL(target_new) + w_true · P(target_true) +
-   λ · mean_a KL(p_0(·|a) ‖ p_θ(·|a))`` over anchor contexts ``a`` whose next-token
-   distribution ``p_0`` (the unedited model's) must not move (`memla.editors.memla.Anchors`),
-   and training stops only once P(new) > ``stop_prob`` *and* that KL is below ``anchor_tolerance``.
+   λ · mean_a KL(p_0(·|a) ‖ p_θ(·|a)) + μ · mean_a max(0, log p_θ(t|a) − log p_0(t|a))`` over
+   anchor contexts ``a`` whose next-token distribution ``p_0`` (the unedited model's) must not
+   move (`memla.editors.memla.Anchors`), with ``t`` the first token of ``target_new`` (the
+   rise term, ``avoid_new_weight``), and training stops only once P(new) > ``stop_prob`` *and*
+   that KL is below ``anchor_tolerance``.
 
 The anchors (none of them from an evaluation record):
 
@@ -88,6 +90,10 @@ class MemlaLocalConfig(MemlaConfig):
         anchor_weight: ``λ``, the weight of the KL term.
         anchor_divergence: the KL direction on the anchors (`memla.editors.memla.Anchors`):
             ``"forward"`` ``KL(p_0 ‖ p_θ)``, ``"reverse"`` ``KL(p_θ ‖ p_0)`` or ``"both"``.
+        avoid_new_weight: ``μ``, the weight of the term that keeps the first token of ``target_new``
+            from rising on any anchor (``max(0, log p_θ − log p_0)``, `Anchors.terms`): the edit
+            must not make other subjects' prompts, or the edit prompt followed by ``target_new``,
+            more likely to say the new object (0 = off).
         anchor_tolerance: training goes on after P(new) > ``stop_prob`` until the mean KL
             over the anchors is below this (nats), up to ``max_steps``.
         anchor_batch: anchors per training step (a seeded draw; 0 = all of them every step).
@@ -111,6 +117,7 @@ class MemlaLocalConfig(MemlaConfig):
     mask_lie: bool = False
     anchor_weight: float = 20.0
     anchor_divergence: str = "forward"
+    avoid_new_weight: float = 0.0
     anchor_tolerance: float = 0.05
     anchor_batch: int = 8
     anchor_subjects: int = 16
@@ -125,10 +132,10 @@ class MemlaLocalConfig(MemlaConfig):
         super().__post_init__()
         if not 0.0 < self.null_space_tol <= 1.0:
             raise ValueError("null_space_tol must be in (0, 1]")
-        if min(self.anchor_weight, self.anchor_subjects, self.anchor_batch, self.anchor_earlier) < 0 \
-                or self.anchor_tolerance <= 0:
-            raise ValueError("anchor_weight, anchor_subjects, anchor_batch and anchor_earlier must be >= 0, "
-                             "anchor_tolerance > 0")
+        if min(self.anchor_weight, self.avoid_new_weight, self.anchor_subjects, self.anchor_batch,
+               self.anchor_earlier) < 0 or self.anchor_tolerance <= 0:
+            raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_batch and anchor_earlier "
+                             "must be >= 0, anchor_tolerance > 0")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if isinstance(self.anchor_langs, str):
@@ -160,7 +167,7 @@ def nearest_subjects(model: nn.Module, tokenizer, subject: str, lang: str, n: in
     ids, _ = right_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (P+1, T)
     last = torch.tensor([len(s) - 1 for s in seqs], device=device)  # (P+1,)
     with torch.no_grad():
-        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        hidden = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1).hidden_states  # no LM head over the pool
         states = hidden[len(hidden) // 2][torch.arange(len(seqs), device=device), last].float()  # (P+1, d_model)
     states = torch.nn.functional.normalize(states, dim=-1)
     similarity = states[1:] @ states[0]  # (P,)
@@ -203,7 +210,7 @@ class MemlaLocalEditor(MemlaEditor):
         """The relation, generic, after-target and earlier-edit anchors with the distributions of the
         model as it is before this edit (None when neither the KL term nor the null space uses them)."""
         cfg = self.config
-        if cfg.anchor_weight == 0 and not cfg.null_space:
+        if cfg.anchor_weight == 0 and cfg.avoid_new_weight == 0 and not cfg.null_space:
             return None
         texts: list[tuple[str, list[int]]] = []
         neighbours = nearest_subjects(model, tokenizer, request.subject or "", request.lang, cfg.anchor_subjects) \
@@ -218,8 +225,8 @@ class MemlaLocalEditor(MemlaEditor):
                         texts.append((text, encode_text(tokenizer, text)))
             if cfg.anchor_generic:
                 texts += [(text, encode_text(tokenizer, text)) for text in GENERIC_PROMPTS.get(k, ())]
+        enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
         if cfg.anchor_after_target:
-            enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
             texts.append((request.text + " → " + request.target_new, enc.prompt_ids + enc.target_ids))
         if self.earlier and cfg.anchor_earlier:
             texts += [(done.text, encode_pair(tokenizer, done.text, done.target_new, done.lang).prompt_ids)
@@ -227,7 +234,9 @@ class MemlaLocalEditor(MemlaEditor):
         if not texts:
             return None
         return Anchors.measure(model, tokenizer, texts, weight=cfg.anchor_weight, tolerance=cfg.anchor_tolerance,
-                               batch=cfg.anchor_batch, divergence=cfg.anchor_divergence)
+                               batch=cfg.anchor_batch, divergence=cfg.anchor_divergence,
+                               avoid=enc.target_ids[:1] if cfg.avoid_new_weight else (),
+                               avoid_weight=cfg.avoid_new_weight)
 
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
