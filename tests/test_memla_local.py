@@ -199,6 +199,34 @@ def test_null_space_edit_leaves_anchor_keys_alone(tiny2):
     assert_update_spares_keys(model, result, anchors.ids, anchors.mask, anchors.pos)
 
 
+@pytest.mark.parametrize("null_space", [False, True])
+def test_align_langs_makes_the_update_act_alike_in_every_locating_language(tiny2, null_space):
+    """``align_langs``: the merged update maps the fact's key in zh and fr to what it maps the English key to."""
+    from memla.editors.memla_local import last_token_keys
+    from memla.models import arch_spec
+    from memla.tokens import encode_pair
+
+    model, tok = tiny2
+    req = france_request()
+    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "null_space": null_space, "null_space_tol": 1e-4,
+           "align_langs": True}
+    editor = get_editor("memla-local", cfg)
+    result = editor.edit(model, tok, req)
+    facts = [req.in_lang(k) for k in editor.locating_langs(req)]
+    assert [f.lang for f in facts] == ["en", "zh", "fr"]
+    layers = sorted({int(k.split(".")[0]) for k in result.info["preserved"]})
+    keys = last_token_keys(model, tok, [encode_pair(tok, f.text, f.target_true, f.lang).prompt_ids for f in facts], layers)
+    spec = arch_spec(model)
+    for layer in layers:
+        delta = spec.to_linear(result.deltas[spec.down_weight_name(layer)]).float()  # (d_model, d_ff)
+        moved = keys[layer] @ delta.T  # (3, d_model): Δ k_en, Δ k_zh, Δ k_fr
+        gaps = keys[layer][1:] - keys[layer][:1]  # (2, d_ff)
+        assert float((moved[1:] - moved[:1]).norm()) <= 1e-3 * float(delta.norm() * gaps.norm()) + 1e-6
+        assert float(moved[0].norm()) > 1e-3 * float(delta.norm() * keys[layer][0].norm())
+    with apply(model, result):
+        assert mean_logp(model, tok, req.text, "Tokyo") > mean_logp(model, tok, req.text, "Paris")
+
+
 def assert_update_spares_keys(model, result, ids, mask, pos) -> list[str]:
     """Each preserved layer's merged update maps the down-projection inputs at the last token of ``ids`` to ≈ 0;
     returns the checked down-projection modules."""

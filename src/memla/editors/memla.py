@@ -130,6 +130,13 @@ class MemlaEditor:
         self.config = config or MemlaConfig()
 
     # ------------------------------------------------------------------ step 1: neurons
+    def locating_langs(self, request: EditRequest) -> list[str]:
+        """The languages neurons are located in: the source language first, then the
+        ``locate_langs`` the request has."""
+        wanted = self.config.locate_langs
+        wanted = request.langs if wanted == ("all",) else wanted
+        return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
+
     def locate(self, model: nn.Module, tokenizer, request: EditRequest) -> tuple[dict[str, NeuronSet], NeuronSet, NeuronSet]:
         """Per-language knowledge neurons and the split ``(I, S)`` (Eq. 1–4).
 
@@ -139,10 +146,8 @@ class MemlaEditor:
         cfg = self.config
         if request.target_true is None:
             raise EditError("MEMLA locates the fact's neurons with target_true; the request has none")
-        wanted = request.langs if cfg.locate_langs == ("all",) else cfg.locate_langs
-        langs = [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
         per_language = {}
-        for k in langs:
+        for k in self.locating_langs(request):
             fact = request.in_lang(k)
             if fact.target_true is None:
                 continue

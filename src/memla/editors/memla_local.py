@@ -111,6 +111,11 @@ class MemlaLocalConfig(MemlaConfig):
         anchor_earlier: in a sequential run (``with editor.sequence():``), the prompts of up to
             this many earlier edits of the run (the latest ones) are anchors too (0 = none);
             single edits are not affected.
+        align_langs: cross-lingual key alignment: also preserve the differences ``k_j − k_0``
+            between the fact's key in each other locating language ``j`` (the prompts MEMLA already
+            locates with; no ``target_new`` of another language is used) and in the source
+            language, so that ``Δ k_j = Δ k_0``: the update adds to the residual stream after
+            "法国的首都是" what it adds after "The capital of France is".
     """
 
     mask_lse: bool = False
@@ -127,6 +132,7 @@ class MemlaLocalConfig(MemlaConfig):
     null_space: bool = True
     null_space_tol: float = 0.05
     anchor_earlier: int = 64
+    align_langs: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -203,7 +209,9 @@ class MemlaLocalEditor(MemlaEditor):
     def anchor_langs(self, request: EditRequest) -> list[str]:
         """Source language first, then the other anchor languages the request has."""
         cfg = self.config
-        wanted = {("locate",): cfg.locate_langs, ("source",): (), ("all",): request.langs}.get(cfg.anchor_langs, cfg.anchor_langs)
+        if cfg.anchor_langs == ("locate",):
+            return self.locating_langs(request)
+        wanted = {("source",): (), ("all",): request.langs}.get(cfg.anchor_langs, cfg.anchor_langs)
         return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
 
     def anchors(self, model: nn.Module, tokenizer, request: EditRequest) -> Anchors | None:
@@ -240,32 +248,47 @@ class MemlaLocalEditor(MemlaEditor):
 
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
-        """With ``null_space``: preserve the anchors' keys in every LoRA (`MaskedLoRA.preserve`).
+        """Preserve keys in every LoRA (`MaskedLoRA.preserve`): with ``null_space`` the anchors' keys,
+        with ``align_langs`` the language differences ``k_j − k_0`` of the fact's own key.
 
         Returns:
             Per layer and editor, the preserved directions and the share of the edit key's
             norm left after the projection (near 0: that editor can hardly move the fact).
         """
         cfg = self.config
-        if not cfg.null_space or anchors is None:
+        anchored = cfg.null_space and anchors is not None
+        facts = [f for f in map(request.in_lang, self.locating_langs(request)[1:]) if f.target_true is not None] \
+            if cfg.align_langs else []
+        if not anchored and not facts:
             return {}
-        spec = arch_spec(model)
-        names = {layer: spec.path(spec.mlp_down, layer) for layer in editors}
-        enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
-        rows = zip(anchors.ids.tolist(), anchors.mask.tolist())  # one transfer, not one per anchor
-        seqs = [[t for t, keep in zip(ids, mask) if keep] for ids, mask in rows] + [enc.prompt_ids]
-        ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=anchors.ids.device)  # (N + 1, T)
-        with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False) as traces:
-            forward(model, ids, mask, pos, logits_to_keep=1)
+        seqs = []
+        if anchored:
+            rows = zip(anchors.ids.tolist(), anchors.mask.tolist())  # one transfer, not one per anchor
+            seqs += [[t for t, keep in zip(ids, mask) if keep] for ids, mask in rows]
+        seqs += [encode_pair(tokenizer, f.text, f.target_true or f.target_new, f.lang).prompt_ids for f in [request, *facts]]
+        per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
+        n_anchor = len(seqs) - 1 - len(facts)  # rows: the anchors, the edit prompt, its other locating languages
         out: dict[str, object] = {}
         for layer, eds in editors.items():
-            keys = traces[names[layer]].input[:, -1].float()  # (N + 1, d_ff): the anchors, then the edit prompt
+            keys = per_layer[layer]
+            edit_key = keys[n_anchor]  # (d_ff,)
+            preserved = torch.cat([keys[:n_anchor], keys[n_anchor + 1:] - edit_key])  # (n_anchor + J, d_ff)
             for kind, lora in eds.items():
-                kept = lora.preserve(keys[:-1], rel_tol=cfg.null_space_tol)
-                edit_key = keys[-1] * lora.mask  # (d_ff,)
-                share = float(lora.project(edit_key).norm() / edit_key.norm().clamp_min(1e-12))
+                kept = lora.preserve(preserved, rel_tol=cfg.null_space_tol)
+                masked_key = edit_key * lora.mask  # (d_ff,)
+                share = float(lora.project(masked_key).norm() / masked_key.norm().clamp_min(1e-12))
                 out[f"{layer}.{kind}"] = {"directions": kept, "edit_key_share": round(share, 4)}
         return out
+
+
+def last_token_keys(model: nn.Module, tokenizer, seqs: list[list[int]], layers) -> dict[int, torch.Tensor]:
+    """The down-projection inputs at the last token of each sequence, per layer: ``(N, d_ff)`` each."""
+    spec = arch_spec(model)
+    names = {layer: spec.path(spec.mlp_down, layer) for layer in layers}
+    ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=input_device(model))  # (N, T)
+    with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False) as traces:
+        forward(model, ids, mask, pos, logits_to_keep=1)
+    return {layer: traces[name].input[:, -1].float() for layer, name in names.items()}
 
 
 # --------------------------------------------------------------------------- ablations of memla-local's parts
