@@ -40,7 +40,7 @@ The anchors (none of them from an evaluation record):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -237,7 +237,7 @@ class MemlaLocalEditor(MemlaEditor):
         if cfg.anchor_after_target:
             texts.append((request.text + " → " + request.target_new, enc.prompt_ids + enc.target_ids))
         if self.earlier and cfg.anchor_earlier:
-            texts += [(done.text, encode_pair(tokenizer, done.text, done.target_new, done.lang).prompt_ids)
+            texts += [(done.text, encode_text(tokenizer, done.text))
                       for done in self.earlier[-cfg.anchor_earlier:]]
         if not texts:
             return None
@@ -265,7 +265,7 @@ class MemlaLocalEditor(MemlaEditor):
         if anchored:
             rows = zip(anchors.ids.tolist(), anchors.mask.tolist())  # one transfer, not one per anchor
             seqs += [[t for t, keep in zip(ids, mask) if keep] for ids, mask in rows]
-        seqs += [encode_pair(tokenizer, f.text, f.target_true or f.target_new, f.lang).prompt_ids for f in [request, *facts]]
+        seqs += [encode_text(tokenizer, f.text) for f in [request, *facts]]  # the prompts as training encodes them
         per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
         n_anchor = len(seqs) - 1 - len(facts)  # rows: the anchors, the edit prompt, its other locating languages
         out: dict[str, object] = {}
@@ -281,7 +281,7 @@ class MemlaLocalEditor(MemlaEditor):
         return out
 
 
-def last_token_keys(model: nn.Module, tokenizer, seqs: list[list[int]], layers) -> dict[int, torch.Tensor]:
+def last_token_keys(model: nn.Module, tokenizer, seqs: list[list[int]], layers: Iterable[int]) -> dict[int, torch.Tensor]:
     """The down-projection inputs at the last token of each sequence, per layer: ``(N, d_ff)`` each."""
     spec = arch_spec(model)
     names = {layer: spec.path(spec.mlp_down, layer) for layer in layers}
