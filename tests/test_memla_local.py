@@ -333,3 +333,49 @@ def test_anchor_earlier_zero_forgets_the_run(tiny2):
         editor.edit(model, tok, france_request())
         texts = editor.anchors(model, tok, france_request()).texts
     assert france_request().text not in texts
+
+
+def test_null_space_langs_source_preserves_only_the_source_language_anchors(tiny2):
+    """``null_space_langs: source``: the other languages' anchors stay in the KL term but leave the projection."""
+    model, tok = tiny2
+    req = france_request()
+    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "null_space_tol": 1e-4, "anchor_langs": ("locate",)}
+    every = get_editor("memla-local", cfg)
+    source = get_editor("memla-local", {**cfg, "null_space_langs": "source"})
+    anchors = source.anchors(model, tok, req)
+    assert anchors.labels[0] == "en" and {"zh", "fr", "after"} <= set(anchors.labels)
+    assert len(anchors.labels) == len(anchors.texts) == every.anchors(model, tok, req).ids.shape[0]
+    result = source.edit(model, tok, req)
+    assert result.info["anchors"]["n"] == len(anchors.labels)  # all of them in the KL term
+    kept = {k: v["directions"] for k, v in result.info["preserved"].items()}
+    more = {k: v["directions"] for k, v in every.edit(model, tok, req).info["preserved"].items()}
+    assert kept.keys() == more.keys() and all(kept[k] < more[k] for k in kept)
+    rows = torch.tensor([label in ("en", "after") for label in anchors.labels])
+    assert_update_spares_keys(model, result, anchors.ids[rows], anchors.mask[rows], anchors.pos[rows])
+
+
+def test_anchor_labels_must_match_the_anchors(tiny2):
+    model, tok = tiny2
+    with pytest.raises(ValueError, match="labels"):
+        Anchors.measure(model, tok, [("The weather today is", encode_text(tok, "The weather today is"))],
+                        weight=1.0, labels=["en", "zh"])
+    with pytest.raises(Exception, match="null_space_langs"):
+        get_editor("memla-local", {"null_space_langs": "target"})
+
+
+def test_anchor_patience_ends_training_that_waits_for_an_unreachable_kl(tiny2):
+    """With a tolerance no KL reaches, training runs to max_steps, unless ``anchor_patience`` ends it
+    that many steps after P(new) first passes ``stop_prob``."""
+    model, tok = tiny2
+    req = france_request()
+    cfg = {**FAST, "scale_constant": 1.0, "max_steps": 30, "anchor_subjects": 2, "null_space": False,
+           "anchor_tolerance": 1e-12, "stop_loss": 0.0}
+    waiting = get_editor("memla-local", cfg).edit(model, tok, req).info
+    assert waiting["steps"] == 30
+    stop_prob = sorted(waiting["p_new"])[10]  # a tiny random model: a P(new) the training passes early on
+    first = next(i for i, p in enumerate(waiting["p_new"]) if p > stop_prob)
+    patient = get_editor("memla-local", {**cfg, "anchor_patience": 3, "stop_prob": stop_prob}).edit(model, tok, req).info
+    assert patient["anchors"]["patience"] == 3 and first < patient["steps"] <= first + 4
+    assert patient["p_new"] == waiting["p_new"][:patient["steps"]]  # the same training, cut short
+    with pytest.raises(Exception, match="anchor_patience"):
+        get_editor("memla-local", {"anchor_patience": -1})

@@ -261,6 +261,10 @@ class Anchors:
         avoid: token ids whose log-probability must not rise on any anchor, ``(m,)`` (memla-local:
             the first token of ``target_new``), or None.
         avoid_weight: ``μ`` of the rise term ``mean_a Σ_t max(0, log p_θ(t|a) − log p_0(t|a))``.
+        patience: once P(new) is above ``stop_prob``, training waits at most this many more
+            steps for the KL to fall below ``tolerance`` (0 = up to ``max_steps``).
+        labels: what each anchor is (memla-local: its language code, ``"after"`` or ``"earlier"``),
+            one per row, or empty.
     """
 
     ids: Tensor
@@ -274,19 +278,24 @@ class Anchors:
     divergence: str = "forward"
     avoid: Tensor | None = None
     avoid_weight: float = 0.0
+    patience: int = 0
+    labels: tuple[str, ...] = ()
 
     @classmethod
     def measure(cls, model: nn.Module, tokenizer, contexts: Sequence[tuple[str, Sequence[int]]], *, weight: float,
                 tolerance: float = math.inf, batch: int = 0, divergence: str = "forward",
-                avoid: Sequence[int] = (), avoid_weight: float = 0.0) -> Anchors:
+                avoid: Sequence[int] = (), avoid_weight: float = 0.0, patience: int = 0,
+                labels: Sequence[str] = ()) -> Anchors:
         """The anchors ``(text, token ids)`` with the model's next-token distributions as it is now."""
+        if labels and len(labels) != len(contexts):
+            raise ValueError(f"{len(labels)} labels for {len(contexts)} anchors")
         device = input_device(model)
         ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer), device=device)
         with torch.no_grad():
             logits = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1]  # (N, V)
         return cls(ids, mask, pos, logits.float().log_softmax(-1), weight, tolerance, batch,
                    tuple(text for text, _ in contexts), divergence,
-                   torch.tensor(list(avoid), device=device) if avoid else None, avoid_weight)
+                   torch.tensor(list(avoid), device=device) if avoid else None, avoid_weight, patience, tuple(labels))
 
     def terms(self, model: nn.Module, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(D, R)`` over the anchors (or the given ``rows`` of them) for the model as it is now
@@ -310,7 +319,8 @@ class Anchors:
 
     def describe(self) -> dict[str, object]:
         """What the edit's info records about the anchors."""
-        return {"n": len(self.ids), "weight": self.weight, "tolerance": self.tolerance, "batch": self.batch,
+        return {"n": len(self.ids), "weight": self.weight, "tolerance": self.tolerance, "patience": self.patience,
+                "batch": self.batch,
                 "divergence": self.divergence, "texts": list(self.texts),
                 **({} if self.avoid is None else {"avoid": self.avoid.tolist(), "avoid_weight": self.avoid_weight})}
 
@@ -331,7 +341,8 @@ def train_lora(
     ``anchors`` the loss adds ``λ · KL(p_unedited ‖ p_edited)`` on the anchor positions
     (`Anchors.kl`; memla-local; a seeded mini-batch of them per step when ``anchors.batch``
     is set) and ``μ · R``, the rise of the avoided tokens on the anchors (`Anchors.terms`), computed
-    in a second forward pass, and training stops only once that KL is also below the anchors' tolerance.  The
+    in a second forward pass, and training stops only once that KL is also below the anchors' tolerance (or
+    P(new) has been above ``stop_prob`` for more than the anchors' patience).  The
     forward pass adds ``c(Δ, W) · Δ x`` with the same ``c`` as the final update (Eq. 8,
     recomputed each step, not differentiated), so that the early stop on P(new) judges
     the edit that will be applied.  (The reference code trains with ``c = 1`` and scales
@@ -363,6 +374,7 @@ def train_lora(
     scales: dict[str, float] = {}
     draw = torch.Generator().manual_seed(cfg.seed)  # anchor mini-batches
     losses, probs = [], []
+    waited = 0  # steps with P(new) > stop_prob so far (the anchors' patience)
     with lora_hooks(model, loras, scales=scales):
         for _ in range(cfg.max_steps):
             with torch.no_grad():
@@ -379,11 +391,12 @@ def train_lora(
                 loss = loss + cfg.weight_true * mean_logp[1].exp()
             p_new = float(mean_logp[0].detach().exp())
             done = p_new > cfg.stop_prob
+            waited += done
             if anchors is not None and anchors.weight + anchors.avoid_weight > 0:
                 rows = None if not 0 < anchors.batch < len(anchors.ids) else \
                     torch.randperm(len(anchors.ids), generator=draw)[:anchors.batch].to(device)  # (batch,)
                 kl, rise = anchors.terms(model, rows)
-                done = done and (anchors.weight == 0 or kl.item() < anchors.tolerance)
+                done = done and (anchors.weight == 0 or kl.item() < anchors.tolerance or 0 < anchors.patience < waited)
                 loss = loss + anchors.weight * kl + anchors.avoid_weight * rise
             losses.append(round(loss.item(), 5))
             probs.append(round(p_new, 5))

@@ -53,8 +53,8 @@ from memla.devices import input_device
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.editors.lora import MaskedLoRA
 from memla.editors.memla import Anchors, MemlaConfig, MemlaEditor
-from memla.hooks import trace
-from memla.models import arch_spec
+from memla.hooks import output_tensor, trace
+from memla.models import arch_spec, num_layers
 from memla.tokens import encode_pair, encode_text, forward, left_pad, pad_id, right_pad
 
 GENERIC_PROMPTS: dict[str, tuple[str, ...]] = {
@@ -96,6 +96,9 @@ class MemlaLocalConfig(MemlaConfig):
             more likely to say the new object (0 = off).
         anchor_tolerance: training goes on after P(new) > ``stop_prob`` until the mean KL
             over the anchors is below this (nats), up to ``max_steps``.
+        anchor_patience: once P(new) > ``stop_prob``, at most this many more steps wait for the
+            KL to fall below ``anchor_tolerance`` (0 = up to ``max_steps``): where the anchors'
+            KL only oscillates, training ends instead of running to ``max_steps``.
         anchor_batch: anchors per training step (a seeded draw; 0 = all of them every step).
         anchor_subjects: relation anchors per language: the pool subjects nearest to the
             edited subject (0 = none).
@@ -108,6 +111,10 @@ class MemlaLocalConfig(MemlaConfig):
             down-projection inputs (`memla.editors.lora.MaskedLoRA.preserve`, AlphaEdit-style),
             so ``Δ k ≈ 0`` on the anchors' last tokens by construction.
         null_space_tol: singular values above this share of the largest span the preserved space.
+        null_space_langs: whose anchor keys the null space preserves: ``"anchor"`` = every anchor's,
+            ``"source"`` = only the source language's relation and everyday anchors (with the
+            after-target and earlier-edit anchors); the anchors in other languages then act through
+            the KL and rise terms only, so the projection leaves the update room to transfer.
         anchor_earlier: in a sequential run (``with editor.sequence():``), the prompts of up to
             this many earlier edits of the run (the latest ones) are anchors too (0 = none);
             single edits are not affected.
@@ -124,6 +131,7 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_divergence: str = "forward"
     avoid_new_weight: float = 0.0
     anchor_tolerance: float = 0.05
+    anchor_patience: int = 0
     anchor_batch: int = 8
     anchor_subjects: int = 16
     anchor_generic: bool = True
@@ -131,6 +139,7 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_langs: tuple[str, ...] = ("source",)
     null_space: bool = True
     null_space_tol: float = 0.05
+    null_space_langs: str = "anchor"
     anchor_earlier: int = 64
     align_langs: bool = False
 
@@ -139,11 +148,13 @@ class MemlaLocalConfig(MemlaConfig):
         if not 0.0 < self.null_space_tol <= 1.0:
             raise ValueError("null_space_tol must be in (0, 1]")
         if min(self.anchor_weight, self.avoid_new_weight, self.anchor_subjects, self.anchor_batch,
-               self.anchor_earlier) < 0 or self.anchor_tolerance <= 0:
-            raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_batch and anchor_earlier "
-                             "must be >= 0, anchor_tolerance > 0")
+               self.anchor_earlier, self.anchor_patience) < 0 or self.anchor_tolerance <= 0:
+            raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_batch, anchor_earlier and "
+                             "anchor_patience must be >= 0, anchor_tolerance > 0")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
+        if self.null_space_langs not in ("anchor", "source"):
+            raise ValueError(f"null_space_langs must be anchor or source, got {self.null_space_langs!r}")
         if isinstance(self.anchor_langs, str):
             object.__setattr__(self, "anchor_langs", (self.anchor_langs,))
 
@@ -172,9 +183,11 @@ def nearest_subjects(model: nn.Module, tokenizer, subject: str, lang: str, n: in
     device = input_device(model)
     ids, _ = right_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (P+1, T)
     last = torch.tensor([len(s) - 1 for s in seqs], device=device)  # (P+1,)
-    with torch.no_grad():
-        hidden = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1).hidden_states  # no LM head over the pool
-        states = hidden[len(hidden) // 2][torch.arange(len(seqs), device=device), last].float()  # (P+1, d_model)
+    spec = arch_spec(model)
+    block = f"{spec.layers}.{(num_layers(model) + 1) // 2 - 1}"  # hidden_states[(L + 1) // 2]
+    with torch.no_grad(), trace(model, block, stop=True) as traces:  # the forward ends there: no upper layers, no LM head
+        model(input_ids=ids)
+    states = output_tensor(traces[block].output)[torch.arange(len(seqs), device=device), last].float()  # (P+1, d_model)
     states = torch.nn.functional.normalize(states, dim=-1)
     similarity = states[1:] @ states[0]  # (P,)
     order = similarity.argsort(descending=True)[:n].tolist()
@@ -221,30 +234,29 @@ class MemlaLocalEditor(MemlaEditor):
         if cfg.anchor_weight == 0 and cfg.avoid_new_weight == 0 and not cfg.null_space:
             return None
         texts: list[tuple[str, list[int]]] = []
+        labels: list[str] = []  # per anchor: its language, "after" or "earlier"
         neighbours = nearest_subjects(model, tokenizer, request.subject or "", request.lang, cfg.anchor_subjects) \
             if request.subject else []
         for k in self.anchor_langs(request):
-            fact = request.in_lang(k)
-            template = template_of(fact)
-            if template is not None:
-                for entry in neighbours:
-                    if k in entry:
-                        text = template.replace("{}", entry[k])
-                        texts.append((text, encode_text(tokenizer, text)))
-            if cfg.anchor_generic:
-                texts += [(text, encode_text(tokenizer, text)) for text in GENERIC_PROMPTS.get(k, ())]
+            template = template_of(request.in_lang(k))
+            prompts = [template.replace("{}", entry[k]) for entry in neighbours if k in entry] if template else []
+            prompts += GENERIC_PROMPTS.get(k, ()) if cfg.anchor_generic else ()
+            texts += [(text, encode_text(tokenizer, text)) for text in prompts]
+            labels += [k] * len(prompts)
         enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
         if cfg.anchor_after_target:
             texts.append((request.text + " → " + request.target_new, enc.prompt_ids + enc.target_ids))
+            labels.append("after")
         if self.earlier and cfg.anchor_earlier:
-            texts += [(done.text, encode_text(tokenizer, done.text))
-                      for done in self.earlier[-cfg.anchor_earlier:]]
+            earlier = self.earlier[-cfg.anchor_earlier:]
+            texts += [(done.text, encode_text(tokenizer, done.text)) for done in earlier]
+            labels += ["earlier"] * len(earlier)
         if not texts:
             return None
         return Anchors.measure(model, tokenizer, texts, weight=cfg.anchor_weight, tolerance=cfg.anchor_tolerance,
                                batch=cfg.anchor_batch, divergence=cfg.anchor_divergence,
                                avoid=enc.target_ids[:1] if cfg.avoid_new_weight else (),
-                               avoid_weight=cfg.avoid_new_weight)
+                               avoid_weight=cfg.avoid_new_weight, patience=cfg.anchor_patience, labels=labels)
 
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
@@ -263,8 +275,9 @@ class MemlaLocalEditor(MemlaEditor):
             return {}
         seqs = []
         if anchored:
-            rows = zip(anchors.ids.tolist(), anchors.mask.tolist())  # one transfer, not one per anchor
-            seqs += [[t for t, keep in zip(ids, mask) if keep] for ids, mask in rows]
+            others = set(self.anchor_langs(request)[1:]) if cfg.null_space_langs == "source" else set()
+            rows = zip(anchors.ids.tolist(), anchors.mask.tolist(), anchors.labels)  # one transfer, not one per anchor
+            seqs += [[t for t, keep in zip(ids, mask) if keep] for ids, mask, label in rows if label not in others]
         seqs += [encode_text(tokenizer, f.text) for f in [request, *facts]]  # the prompts as training encodes them
         per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
         n_anchor = len(seqs) - 1 - len(facts)  # rows: the anchors, the edit prompt, its other locating languages
@@ -286,8 +299,8 @@ def last_token_keys(model: nn.Module, tokenizer, seqs: list[list[int]], layers: 
     spec = arch_spec(model)
     names = {layer: spec.path(spec.mlp_down, layer) for layer in layers}
     ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=input_device(model))  # (N, T)
-    with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False) as traces:
-        forward(model, ids, mask, pos, logits_to_keep=1)
+    with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False, stop=True) as traces:
+        forward(model, ids, mask, pos, logits_to_keep=1)  # ends after the last traced layer
     return {layer: traces[name].input[:, -1].float() for layer, name in names.items()}
 
 
