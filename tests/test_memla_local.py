@@ -50,10 +50,7 @@ def test_anchor_divergence_directions_match_hand_computed_kl(tiny2, monkeypatch)
     q[0, 0], q[0, 2] = 0.3, 0.3 + 0.1 / (vocab - 2)  # the edited model: half of answer 0 moved to token 2 ("Rome")
     base = Anchors(base.ids, base.mask, base.pos, p0.log(), 1.0)
 
-    class Out:
-        logits = q.log()[:, None, :]  # (1, 1, V)
-
-    monkeypatch.setattr("memla.editors.memla.forward", lambda *a, **k: Out)
+    monkeypatch.setattr("memla.editors.memla.next_token_logits", lambda *a, **k: q.log())  # (1, V)
     fwd = 0.6 * torch.log(torch.tensor(0.6 / 0.3)) + (0.1 / (vocab - 2)) * torch.log(
         torch.tensor((0.1 / (vocab - 2)) / (0.3 + 0.1 / (vocab - 2))))
     rev = 0.3 * torch.log(torch.tensor(0.3 / 0.6)) + (0.3 + 0.1 / (vocab - 2)) * torch.log(

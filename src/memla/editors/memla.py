@@ -30,7 +30,7 @@ from memla.editors.lora import MaskedLoRA, lora_hooks
 from memla.errors import EditError
 from memla.models import arch_spec, get_module, mlp_dims
 from memla.neurons import NeuronSet, knowledge_neurons, split_language_neurons
-from memla.tokens import encode_pair, forward, left_pad, pad_id, right_pad
+from memla.tokens import encode_pair, forward, last_columns, left_pad, next_token_logits, pad_id, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class Anchors:
         device = input_device(model)
         ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer), device=device)
         with torch.no_grad():
-            logits = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1]  # (N, V)
+            logits = next_token_logits(model, ids, mask, pos)  # (N, V)
         return cls(ids, mask, pos, logits.float().log_softmax(-1), weight, tolerance, batch,
                    tuple(text for text, _ in contexts), divergence,
                    torch.tensor(list(avoid), device=device) if avoid else None, avoid_weight, patience, tuple(labels))
@@ -304,7 +304,7 @@ class Anchors:
         (0 without ``avoid``)."""
         ids, mask, pos, logp = (self.ids, self.mask, self.pos, self.logp) if rows is None else \
             (self.ids[rows], self.mask[rows], self.pos[rows], self.logp[rows])
-        logq = forward(model, ids, mask, pos, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)  # (n, V)
+        logq = next_token_logits(model, ids, mask, pos).float().log_softmax(-1)  # (n, V)
         forward_kl = (logp.exp() * (logp - logq)).sum(-1)  # (n,)
         reverse_kl = (logq.exp() * (logq - logp)).sum(-1)  # (n,)
         kl = {"forward": forward_kl, "reverse": reverse_kl, "both": forward_kl + reverse_kl}[self.divergence].mean()
@@ -366,6 +366,8 @@ def train_lora(
     ids, _ = right_pad([s.prompt_ids + s.target_ids for s in seqs], pad_id=pad_id(tokenizer), device=device)  # (S, T)
     width = ids.shape[1]
     keep = width - min(len(s.prompt_ids) for s in seqs) + 1  # positions predicting any target token
+    columns = last_columns(ids, keep)  # (S, T): the fast LM-head path
+    ones, pos = torch.ones_like(ids), torch.arange(width, device=device).expand_as(ids)  # (S, T): no mask needed
     targets = [torch.tensor(s.target_ids, device=device) for s in seqs]  # (n_i,) each
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -380,7 +382,7 @@ def train_lora(
             with torch.no_grad():
                 for name, eds in loras.items():
                     scales[name] = edit_scale(cfg, sum(e.delta() for e in eds), weights[name])
-            logits = model(input_ids=ids, logits_to_keep=keep).logits.float()  # (S, keep, V)
+            logits = forward(model, ids, ones, pos, logits_to_keep=columns).logits.float().view(len(seqs), keep, -1)  # (S, keep, V)
             logp = logits.log_softmax(-1)
             mean_logp = []
             for i, (s, tgt) in enumerate(zip(seqs, targets)):

@@ -14,9 +14,7 @@ last prompt token.
   exact length, without padding, because padding between the shared part and a
   remainder would shift sliding-window attention (Gemma 2/3).
 - The LM head only sees the positions asked for, through a boolean
-  ``logits_to_keep``: slicing ``(B, T, d)`` to its last column (``logits_to_keep=1``)
-  leaves a non-contiguous tensor that the head multiplies through a broadcast bmm
-  over a per-row copy of the ``(V, d)`` weight — very slow for a 262k vocabulary.
+  ``logits_to_keep`` (`memla.tokens.last_columns` says why).
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from memla.devices import input_device
-from memla.tokens import forward, left_pad, pad_id
+from memla.tokens import forward, left_pad, next_token_logits, pad_id
 
 MAX_BATCH_TOKENS = 4096  # padded tokens per forward pass
 MAX_BATCH_ROWS = 64
@@ -72,13 +70,6 @@ def plan_batches(
         width, head_rows = w, h
     if batch:
         yield batch
-
-
-def last_column(ids: torch.Tensor) -> torch.Tensor:
-    """Boolean ``logits_to_keep`` selecting each row's last column: ``(B, T)``."""
-    keep = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)  # (B, T)
-    keep[:, -1] = True
-    return keep
 
 
 def shared_length(seqs: Sequence[Sequence[int]]) -> int:
@@ -165,5 +156,5 @@ def prompt_passes(
             mask = torch.cat([mask.new_ones((len(batch), shared)), mask], dim=-1)  # (B, S + T)
             pos = pos + shared  # (B, T)
             pos = torch.cat([torch.arange(shared, device=device).expand(len(batch), shared), pos], dim=-1)  # (B, S + T)
-        logits = forward(model, ids, mask, pos[:, -ids.shape[1]:], logits_to_keep=last_column(ids), cache=cache).logits
+        logits = next_token_logits(model, ids, mask, pos[:, -ids.shape[1]:], cache=cache)
         yield PromptPass(list(batch), cache, mask, pos, logits)  # logits: (B, V)

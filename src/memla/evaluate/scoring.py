@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from memla.devices import input_device
-from memla.evaluate.batching import MAX_BATCH_ROWS, MAX_BATCH_TOKENS, last_column, prompt_passes
-from memla.tokens import Encoded, encode_pair, encode_text, forward, pad_id, right_pad, select_cache_rows
+from memla.evaluate.batching import MAX_BATCH_ROWS, MAX_BATCH_TOKENS, prompt_passes
+from memla.tokens import Encoded, encode_pair, encode_text, forward, next_token_logits, pad_id, right_pad, select_cache_rows
 
 
 @dataclass(frozen=True)
@@ -195,5 +195,5 @@ def greedy_generate(
             ids = nxt[:, None]  # (B', 1)
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)  # (B', T + 1)
             pos = torch.cat([pos, pos[:, -1:] + 1], dim=-1)  # (B', T + 1)
-            logits = forward(model, ids, mask, pos[:, -1:], logits_to_keep=last_column(ids), cache=cache).logits  # (B', V)
+            logits = next_token_logits(model, ids, mask, pos[:, -1:], cache=cache)  # (B', V)
     return out
