@@ -88,7 +88,7 @@ def test_option_help_lists_library_choices(capsys, monkeypatch):
     from memla.evaluate.downstream import ENGINES
     from memla.evaluate.metrics import F1_UNITS
 
-    monkeypatch.setenv("COLUMNS", "400")  # no line breaks inside hyphenated names
+    monkeypatch.setenv("COLUMNS", "2000")  # no line breaks inside hyphenated names
     for argv in (["edit", "--help"], ["bench", "--help"], ["downstream", "--help"]):
         with pytest.raises(SystemExit) as exit_:
             main(argv)

@@ -14,14 +14,20 @@ memla-local keeps MEMLA's locating (Eq. 1–4), its layers, its LSE / LIE LoRA r
 
 1. **Null-space projection** (AlphaEdit-style, `memla.editors.lora.MaskedLoRA.preserve`):
    each LoRA reads the whole intermediate layer (``mask_lse`` / ``mask_lie`` off), projected
-   onto the null space of the anchors' down-projection inputs, so ``Δ k ≈ 0`` for the
-   last-token key of every anchor by construction.
-2. **Locality term**: ``loss = w_new · NLL(target_new) + w_true · P(target_true) +
+   onto the null space of the source-language anchors' down-projection inputs, so ``Δ k ≈ 0``
+   for the last-token key of each of them by construction.
+2. **Cross-lingual key alignment** (``align_langs``): the projection also keeps the differences
+   ``k_j − k_0`` between the fact's key in each other locating language and in the source
+   language, so ``Δ k_zh = Δ k_en``: the update adds after "法国的首都是" what it adds after
+   "The capital of France is" (transfer without any ``target_new`` of another language).
+3. **Locality term**: ``loss = w_new · NLL(target_new) + w_true · P(target_true) +
    λ · mean_a KL(p_0(·|a) ‖ p_θ(·|a)) + μ · mean_a max(0, log p_θ(t|a) − log p_0(t|a))`` over
-   anchor contexts ``a`` whose next-token distribution ``p_0`` (the unedited model's) must not
-   move (`memla.editors.memla.Anchors`), with ``t`` the first token of ``target_new`` (the
-   rise term, ``avoid_new_weight``), and training stops only once P(new) > ``stop_prob`` *and*
-   that KL is below ``anchor_tolerance``.
+   anchor contexts ``a`` in every locating language whose next-token distribution ``p_0`` (the
+   unedited model's) must not move (`memla.editors.memla.Anchors`), with ``t`` the first token
+   of ``target_new`` (the rise term, ``avoid_new_weight``), and training stops once P(new) >
+   ``stop_prob`` and that KL is below ``anchor_tolerance`` (or after ``anchor_patience`` more
+   steps).  The other languages' anchors act through this term only (``null_space_langs``):
+   in the projection they would leave the aligned update too little room to transfer.
 
 The anchors (none of them from an evaluation record):
 
@@ -129,19 +135,19 @@ class MemlaLocalConfig(MemlaConfig):
     mask_lie: bool = False
     anchor_weight: float = 20.0
     anchor_divergence: str = "forward"
-    avoid_new_weight: float = 0.0
+    avoid_new_weight: float = 1.0
     anchor_tolerance: float = 0.05
-    anchor_patience: int = 0
+    anchor_patience: int = 10
     anchor_batch: int = 8
     anchor_subjects: int = 16
     anchor_generic: bool = True
     anchor_after_target: bool = True
-    anchor_langs: tuple[str, ...] = ("source",)
+    anchor_langs: tuple[str, ...] = ("locate",)
     null_space: bool = True
     null_space_tol: float = 0.05
-    null_space_langs: str = "anchor"
+    null_space_langs: str = "source"
     anchor_earlier: int = 64
-    align_langs: bool = False
+    align_langs: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -195,7 +201,7 @@ def nearest_subjects(model: nn.Module, tokenizer, subject: str, lang: str, n: in
 
 
 @register_editor("memla-local", config=MemlaLocalConfig,
-                 summary="memla-local: MEMLA with locality anchors (KL on same-relation, generic and after-target contexts)")
+                 summary="memla-local: MEMLA with cross-lingual key alignment and locality anchors (null space, KL and rise terms)")
 class MemlaLocalEditor(MemlaEditor):
     """MEMLA trained to keep the unedited next-token distributions on locality anchors (module docstring)."""
 
@@ -308,12 +314,18 @@ def last_token_keys(model: nn.Module, tokenizer, seqs: list[list[int]], layers: 
 # Registered like MEMLA's Table 5 ablations, so that one bench run compares them
 # (`memla bench --methods memla-local,memla-local-wo-kl,memla-local-wo-null,...`).
 LOCAL_ABLATIONS = {
+    "memla-local-wo-align": ({"align_langs": False}, "w/o cross-lingual key alignment"),
+    "memla-local-wo-avoid": ({"avoid_new_weight": 0.0}, "w/o the rise term on target_new's first token"),
+    "memla-local-source-anchors": ({"anchor_langs": ("source",)}, "relation and everyday anchors in the source language only"),
     "memla-local-wo-kl": ({"anchor_weight": 0.0}, "w/o KL: no locality term (null-space projection only)"),
     "memla-local-wo-null": ({"null_space": False}, "w/o null space: the KL term only (LoRA over the whole layer)"),
     "memla-local-wo-subjects": ({"anchor_subjects": 0}, "w/o relation anchors: everyday and after-target anchors only"),
     "memla-local-wo-after": ({"anchor_after_target": False}, "w/o the after-target anchor"),
     "memla-local-masked": ({"mask_lse": True, "mask_lie": True}, "with MEMLA's neuron masks (LoRA on the located neurons only)"),
     "memla-local-wo-earlier": ({"anchor_earlier": 0}, "w/o earlier-edit anchors (sequential runs)"),
+    "memla-local-v1": ({"align_langs": False, "avoid_new_weight": 0.0, "anchor_langs": ("source",),
+                        "null_space_langs": "anchor", "anchor_patience": 0},
+                       "the first defaults (source-language anchors, all in the null space; no alignment, no rise term)"),
 }
 
 
