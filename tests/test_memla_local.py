@@ -352,6 +352,21 @@ def test_null_space_langs_source_preserves_only_the_source_language_anchors(tiny
     assert kept.keys() == more.keys() and all(kept[k] < more[k] for k in kept)
     rows = torch.tensor([label in ("en", "after") for label in anchors.labels])
     assert_update_spares_keys(model, result, anchors.ids[rows], anchors.mask[rows], anchors.pos[rows])
+    # "means": the source anchors one by one and one mean key per other language
+    means = get_editor("memla-local", {**cfg, "null_space_langs": "means"}).edit(model, tok, req)
+    kept_means = {k: v["directions"] for k, v in means.info["preserved"].items()}
+    assert all(kept[k] < kept_means[k] <= kept[k] + 2 for k in kept)
+    from memla.editors.memla_local import last_token_keys
+    from memla.models import arch_spec
+    spec = arch_spec(model)
+    seqs = [[t for t, keep in zip(ids, mask) if keep] for ids, mask in zip(anchors.ids.tolist(), anchors.mask.tolist())]
+    layers = sorted({int(k.split(".")[0]) for k in means.info["preserved"]})
+    keys = last_token_keys(model, tok, seqs, layers)
+    for layer in layers:
+        delta = spec.to_linear(means.deltas[spec.down_weight_name(layer)]).float()  # (d_model, d_ff)
+        for lang in ("zh", "fr"):
+            mean = keys[layer][torch.tensor([label == lang for label in anchors.labels])].mean(0)  # (d_ff,)
+            assert float((delta @ mean).norm()) <= 1e-3 * float(delta.norm() * mean.norm()) + 1e-6
 
 
 def test_anchor_labels_must_match_the_anchors(tiny2):

@@ -120,7 +120,9 @@ class MemlaLocalConfig(MemlaConfig):
         null_space_langs: whose anchor keys the null space preserves: ``"anchor"`` = every anchor's,
             ``"source"`` = only the source language's relation and everyday anchors (with the
             after-target and earlier-edit anchors); the anchors in other languages then act through
-            the KL and rise terms only, so the projection leaves the update room to transfer.
+            the KL and rise terms only, so the projection leaves the update room to transfer;
+            ``"means"`` = the source language's anchors one by one and, per other language, the
+            mean key of its anchors (the direction its prompts share, e.g. the template's).
         anchor_earlier: in a sequential run (``with editor.sequence():``), the prompts of up to
             this many earlier edits of the run (the latest ones) are anchors too (0 = none);
             single edits are not affected.
@@ -159,8 +161,8 @@ class MemlaLocalConfig(MemlaConfig):
                              "anchor_patience must be >= 0, anchor_tolerance > 0")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
-        if self.null_space_langs not in ("anchor", "source"):
-            raise ValueError(f"null_space_langs must be anchor or source, got {self.null_space_langs!r}")
+        if self.null_space_langs not in ("anchor", "source", "means"):
+            raise ValueError(f"null_space_langs must be anchor, source or means, got {self.null_space_langs!r}")
         if isinstance(self.anchor_langs, str):
             object.__setattr__(self, "anchor_langs", (self.anchor_langs,))
 
@@ -279,19 +281,30 @@ class MemlaLocalEditor(MemlaEditor):
             if cfg.align_langs else []
         if not anchored and not facts:
             return {}
-        seqs = []
+        seqs: list[list[int]] = []
+        groups: list[list[int]] = []  # anchor rows whose mean key is preserved: one row, or one language's rows
         if anchored:
-            others = set(self.anchor_langs(request)[1:]) if cfg.null_space_langs == "source" else set()
+            others = set(self.anchor_langs(request)[1:]) if cfg.null_space_langs != "anchor" else set()
+            by_lang: dict[str, list[int]] = {}
             rows = zip(anchors.ids.tolist(), anchors.mask.tolist(), anchors.labels)  # one transfer, not one per anchor
-            seqs += [[t for t, keep in zip(ids, mask) if keep] for ids, mask, label in rows if label not in others]
+            for ids, mask, label in rows:
+                if label in others and cfg.null_space_langs == "source":
+                    continue
+                seqs.append([t for t, keep in zip(ids, mask) if keep])
+                if label in others:
+                    by_lang.setdefault(label, []).append(len(seqs) - 1)
+                else:
+                    groups.append([len(seqs) - 1])
+            groups += by_lang.values()
+        n_anchor = len(seqs)  # rows: the anchors, the edit prompt, its other locating languages
         seqs += [encode_text(tokenizer, f.text) for f in [request, *facts]]  # the prompts as training encodes them
         per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
-        n_anchor = len(seqs) - 1 - len(facts)  # rows: the anchors, the edit prompt, its other locating languages
         out: dict[str, object] = {}
         for layer, eds in editors.items():
             keys = per_layer[layer]
             edit_key = keys[n_anchor]  # (d_ff,)
-            preserved = torch.cat([keys[:n_anchor], keys[n_anchor + 1:] - edit_key])  # (n_anchor + J, d_ff)
+            anchor_keys = [keys[g].mean(0) for g in groups]  # (d_ff,) each
+            preserved = torch.stack([*anchor_keys, *(keys[n_anchor + 1:] - edit_key)])  # (G + J, d_ff)
             for kind, lora in eds.items():
                 kept = lora.preserve(preserved, rel_tol=cfg.null_space_tol)
                 masked_key = edit_key * lora.mask  # (d_ff,)
