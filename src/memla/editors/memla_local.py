@@ -195,7 +195,8 @@ def nearest_subjects(model: nn.Module, tokenizer, subject: str, lang: str, n: in
     block = f"{spec.layers}.{(num_layers(model) + 1) // 2 - 1}"  # hidden_states[(L + 1) // 2]
     with torch.no_grad(), trace(model, block, stop=True) as traces:  # the forward ends there: no upper layers, no LM head
         model(input_ids=ids)
-    states = output_tensor(traces[block].output)[torch.arange(len(seqs), device=device), last].float()  # (P+1, d_model)
+    hidden = output_tensor(traces[block].output)  # (P+1, T, d_model), on that block's device
+    states = hidden[torch.arange(len(seqs), device=hidden.device), last.to(hidden.device)].float()  # (P+1, d_model)
     states = torch.nn.functional.normalize(states, dim=-1)
     similarity = states[1:] @ states[0]  # (P,)
     order = similarity.argsort(descending=True)[:n].tolist()
