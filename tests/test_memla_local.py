@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from test_memla_editor import FAST, mean_logp
@@ -394,3 +396,24 @@ def test_anchor_patience_ends_training_that_waits_for_an_unreachable_kl(tiny2):
     assert patient["p_new"] == waiting["p_new"][:patient["steps"]]  # the same training, cut short
     with pytest.raises(Exception, match="anchor_patience"):
         get_editor("memla-local", {"anchor_patience": -1})
+
+
+def test_context_prefixes_average_the_new_term_over_prefixed_prompts(tiny2):
+    """With ``context_lengths`` the first step's loss (LoRA ``B = 0``: the unedited model) is
+    ``−w_new · mean_j log P(new | prefix_j + prompt) + w_true · P(true | prompt)``, and P(new) is the bare prompt's."""
+    model, tok = tiny2
+    req = france_request()
+    cfg = {**FAST, "anchor_weight": 0.0, "avoid_new_weight": 0.0, "null_space": False, "align_langs": False,
+           "context_lengths": [[3, 2]]}
+    editor = get_editor("memla-local", cfg)
+    prefixes = editor.prefixes(model, tok)
+    assert len(prefixes) == 3 and prefixes[0] == "" and all(p.strip() for p in prefixes[1:])
+    info = editor.edit(model, tok, req).info
+    new = [mean_logp(model, tok, p + req.text, req.target_new) for p in prefixes]
+    expected = -2.5 * sum(new) / len(new) + 2.0 * math.exp(mean_logp(model, tok, req.text, req.target_true))
+    assert info["loss"][0] == pytest.approx(expected, abs=1e-4)
+    assert info["p_new"][0] == pytest.approx(math.exp(new[0]), abs=1e-4)
+    bare = get_editor("memla-local", {**cfg, "context_lengths": []}).edit(model, tok, req).info
+    assert bare["p_new"][0] == pytest.approx(info["p_new"][0], abs=1e-5) and bare["loss"][0] != pytest.approx(info["loss"][0])
+    with pytest.raises(Exception, match="context_lengths"):
+        get_editor("memla-local", {"context_lengths": [[0, 2]]})

@@ -30,7 +30,7 @@ from memla.editors.lora import MaskedLoRA, lora_hooks
 from memla.errors import EditError
 from memla.models import arch_spec, get_module, mlp_dims
 from memla.neurons import NeuronSet, knowledge_neurons, split_language_neurons
-from memla.tokens import encode_pair, forward, last_columns, left_pad, next_token_logits, pad_id, right_pad
+from memla.tokens import encode_pair, forward, left_pad, next_token_logits, pad_id, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,10 @@ class MemlaEditor:
         """Locality anchors for training (none in the paper's MEMLA; see `memla.editors.memla_local`)."""
         return None
 
+    def prefixes(self, model: nn.Module, tokenizer) -> tuple[str, ...]:
+        """Texts put before the edit prompt in training, the first ``""`` (the paper's MEMLA: the bare prompt only)."""
+        return ("",)
+
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
         """Constrain the editors before training (nothing in the paper's MEMLA; see `memla.editors.memla_local`).
@@ -211,7 +215,8 @@ class MemlaEditor:
         anchors = self.anchors(model, tokenizer, request)
         preserved = self.constrain(model, tokenizer, request, editors, anchors)
         losses, probs = train_lora(
-            model, tokenizer, request, {names[l]: list(e.values()) for l, e in editors.items()}, cfg, anchors=anchors
+            model, tokenizer, request, {names[l]: list(e.values()) for l, e in editors.items()}, cfg, anchors=anchors,
+            prefixes=self.prefixes(model, tokenizer),
         )
         deltas, scales = {}, {}
         for layer, eds in editors.items():
@@ -333,6 +338,7 @@ def train_lora(
     cfg: MemlaConfig,
     *,
     anchors: Anchors | None = None,
+    prefixes: Sequence[str] = ("",),
 ) -> tuple[list[float], list[float]]:
     """Optimise the LoRA factors on the source-language edit prompt (§4.2, training objective).
 
@@ -347,6 +353,9 @@ def train_lora(
     recomputed each step, not differentiated), so that the early stop on P(new) judges
     the edit that will be applied.  (The reference code trains with ``c = 1`` and scales
     afterwards, which can undo an edit that only just passed the stop threshold.)
+    With ``prefixes`` (memla-local's ``context_lengths``) the NLL term is the mean over
+    ``prefix + prompt`` rows, as ROME's v* objective (ROME Eq. 4, first term); P(new) for the
+    stop is the first prefix's row (``""``: the bare prompt).
 
     Args:
         model, tokenizer, request: the model, its tokenizer and the edit.
@@ -354,21 +363,24 @@ def train_lora(
             (`MemlaEditor.build_editors`).
         cfg: the settings.
         anchors: locality anchors (memla-local), or None.
+        prefixes: texts put before the prompt in the ``target_new`` rows, the first one ``""``.
 
     Returns:
         ``(losses, p_new)`` per step.
     """
-    new = encode_pair(tokenizer, request.text, request.target_new, request.lang)
+    new = [encode_pair(tokenizer, prefix + request.text, request.target_new, request.lang) for prefix in prefixes]
     true = encode_pair(tokenizer, request.text, request.target_true, request.lang) if request.target_true else None
-    seqs = [new] + ([true] if true is not None else [])
+    seqs = new + ([true] if true is not None else [])
     device = input_device(model)
     # Right padding, no mask: causal attention keeps every real position independent of the pads after it.
     ids, _ = right_pad([s.prompt_ids + s.target_ids for s in seqs], pad_id=pad_id(tokenizer), device=device)  # (S, T)
-    width = ids.shape[1]
-    keep = width - min(len(s.prompt_ids) for s in seqs) + 1  # positions predicting any target token
-    columns = last_columns(ids, keep)  # (S, T): the fast LM-head path
-    ones, pos = torch.ones_like(ids), torch.arange(width, device=device).expand_as(ids)  # (S, T): no mask needed
+    select = torch.zeros(ids.shape, dtype=torch.bool)  # (S, T): the positions predicting a target token
+    for i, s in enumerate(seqs):
+        select[i, len(s.prompt_ids) - 1:len(s.prompt_ids) - 1 + len(s.target_ids)] = True
+    select = select.to(device)  # the LM head runs on these rows only, gathered contiguously (N = Σ n_i)
+    ones, pos = torch.ones_like(ids), torch.arange(ids.shape[1], device=device).expand_as(ids)  # (S, T): no mask needed
     targets = [torch.tensor(s.target_ids, device=device) for s in seqs]  # (n_i,) each
+    offsets = torch.tensor([0, *(len(t) for t in targets)]).cumsum(0).tolist()  # row i's logits: offsets[i]:offsets[i+1]
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     spec = arch_spec(model)
@@ -382,15 +394,11 @@ def train_lora(
             with torch.no_grad():
                 for name, eds in loras.items():
                     scales[name] = edit_scale(cfg, sum(e.delta() for e in eds), weights[name])
-            logits = forward(model, ids, ones, pos, logits_to_keep=columns).logits.float().view(len(seqs), keep, -1)  # (S, keep, V)
-            logp = logits.log_softmax(-1)
-            mean_logp = []
-            for i, (s, tgt) in enumerate(zip(seqs, targets)):
-                start = len(s.prompt_ids) - 1 - (width - keep)  # row of the first target prediction
-                mean_logp.append(logp[i, start:start + len(tgt)].gather(-1, tgt[:, None]).mean())
-            loss = -cfg.weight_new * mean_logp[0]
-            if len(mean_logp) > 1:
-                loss = loss + cfg.weight_true * mean_logp[1].exp()
+            logp = forward(model, ids, ones, pos, logits_to_keep=select).logits.float().log_softmax(-1)  # (N, V)
+            mean_logp = [logp[offsets[i]:offsets[i + 1]].gather(-1, tgt[:, None]).mean() for i, tgt in enumerate(targets)]
+            loss = -cfg.weight_new * torch.stack(mean_logp[:len(new)]).mean()
+            if true is not None:
+                loss = loss + cfg.weight_true * mean_logp[-1].exp()
             p_new = float(mean_logp[0].detach().exp())
             done = p_new > cfg.stop_prob
             waited += done

@@ -57,6 +57,7 @@ from torch import nn
 
 from memla.devices import input_device
 from memla.editors.base import EditRequest, EditResult, register_editor
+from memla.editors.kv import context_prefixes
 from memla.editors.lora import MaskedLoRA
 from memla.editors.memla import Anchors, MemlaConfig, MemlaEditor
 from memla.hooks import output_tensor, trace
@@ -131,6 +132,10 @@ class MemlaLocalConfig(MemlaConfig):
             locates with; no ``target_new`` of another language is used) and in the source
             language, so that ``Δ k_j = Δ k_0``: the update adds to the residual stream after
             "法国的首都是" what it adds after "The capital of France is".
+        context_lengths: ``(tokens, count)`` pairs of model-generated prefixes (ROME's context
+            templates, `memla.editors.kv.context_prefixes`): the ``target_new`` term is averaged
+            over the prompt and ``prefix + prompt`` for each of them (ROME Eq. 4, first term),
+            so the edit holds in other contexts than the bare prompt (() = the bare prompt only).
     """
 
     mask_lse: bool = False
@@ -150,6 +155,7 @@ class MemlaLocalConfig(MemlaConfig):
     null_space_langs: str = "source"
     anchor_earlier: int = 64
     align_langs: bool = True
+    context_lengths: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -165,6 +171,10 @@ class MemlaLocalConfig(MemlaConfig):
             raise ValueError(f"null_space_langs must be anchor, source or means, got {self.null_space_langs!r}")
         if isinstance(self.anchor_langs, str):
             object.__setattr__(self, "anchor_langs", (self.anchor_langs,))
+        lengths = tuple(tuple(int(v) for v in pair) for pair in self.context_lengths)
+        if any(len(pair) != 2 or min(pair) < 1 for pair in lengths):
+            raise ValueError(f"context_lengths must be (tokens, count) pairs of positive integers, got {self.context_lengths!r}")
+        object.__setattr__(self, "context_lengths", lengths)
 
 
 def template_of(request: EditRequest) -> str | None:
@@ -227,6 +237,11 @@ class MemlaLocalEditor(MemlaEditor):
         if self.earlier is not None:
             self.earlier.append(request)
         return result
+
+    def prefixes(self, model: nn.Module, tokenizer) -> tuple[str, ...]:
+        """``""`` and the model-generated prefixes of ``context_lengths`` (memoised per model, `context_prefixes`)."""
+        lengths = self.config.context_lengths
+        return context_prefixes(model, tokenizer, lengths, seed=self.config.seed) if lengths else ("",)
 
     def anchor_langs(self, request: EditRequest) -> list[str]:
         """Source language first, then the other anchor languages the request has."""
