@@ -12,6 +12,7 @@ from memla.editors import EditRequest, apply, get_editor
 from memla.editors.ike import DEMO_TEMPLATE, CharTfidf, IKEConfig, IKEEditor, kind_counts
 from memla.errors import EditError, MemlaError
 from memla.langs import join
+from memla.tokens import encode_text
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,22 @@ def test_hidden_state_retriever_leaves_weights_alone(mkeb_test_records):
     assert result.info["retriever"] == "hidden" and result.info["k"] == 6
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert editor.edit(model, tok, req).prefix == result.prefix  # cached pool embeddings, deterministic
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_hidden_embeddings_of_a_padded_batch_are_each_text_alone(arch):
+    """`IKEEditor._hidden`: the L2-normalised mean of layer ``hidden_layer``'s states over each
+    text's own tokens, whatever the other texts of its left-padded batch."""
+    model, tok = tiny_model(arch)
+    texts = ["The capital of Japan is Tokyo.", "Rome", "Le temps aujourd'hui est beau, et demain aussi."]
+    editor = IKEEditor(IKEConfig(retriever="hidden"))
+    batch = editor._hidden(model, tok, texts)  # (3, d_model)
+    for i, text in enumerate(texts):
+        ids = torch.tensor([encode_text(tok, text)])
+        with torch.no_grad():
+            states = model(input_ids=ids, output_hidden_states=True).hidden_states[editor.config.hidden_layer][0]
+        alone = torch.nn.functional.normalize(states.float().mean(0), dim=-1).numpy()
+        assert abs(batch[i] - alone).max() < 1e-4
 
 
 def test_pool_exclusion_and_small_pools(tmp_path, mkeb_test_records):

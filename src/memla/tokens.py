@@ -233,7 +233,8 @@ def accepts_position_ids(model: nn.Module) -> bool:
     return _forward_takes_position_ids(type(model))
 
 
-def forward(model: nn.Module, ids, mask, pos, *, logits_to_keep: int | torch.Tensor, cache=None):
+def forward(model: nn.Module, ids, mask, pos, *, logits_to_keep: int | torch.Tensor, cache=None,
+            output_hidden_states: bool = False):
     """One forward pass with explicit position ids (when the model takes them) and an optional KV cache.
 
     Args:
@@ -244,11 +245,14 @@ def forward(model: nn.Module, ids, mask, pos, *, logits_to_keep: int | torch.Ten
         logits_to_keep: how many last positions (int) or which positions (bool ``(B, T)``)
             go through the LM head.
         cache: a KV cache to read and extend (None: no cache).
+        output_hidden_states: also return every layer's hidden states ``(B, T, d_model)``.
 
     Returns:
         The model's output.
     """
     kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=cache is not None)
+    if output_hidden_states:
+        kwargs["output_hidden_states"] = True
     if accepts_position_ids(model):
         kwargs["position_ids"] = pos
     if cache is not None:

@@ -39,7 +39,7 @@ from memla.devices import input_device
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.errors import EditError
 from memla.langs import join
-from memla.tokens import accepts_position_ids, context_length, encode_text, left_pad, pad_id
+from memla.tokens import context_length, encode_text, forward, last_columns, left_pad, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,7 @@ class IKEEditor:
         for start in range(0, len(texts), 32):
             seqs = [encode_text(tokenizer, t) for t in texts[start:start + 32]]
             ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (B, T) each
-            kwargs = {"position_ids": pos} if accepts_position_ids(model) else {}
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1, **kwargs)
+            out = forward(model, ids, mask, pos, logits_to_keep=last_columns(ids), output_hidden_states=True)
             hidden = out.hidden_states[self.config.hidden_layer].float()  # (B, T, d_model)
             m = mask[..., None].to(hidden.dtype)  # (B, T, 1)
             rows.append((hidden * m).sum(1) / m.sum(1))  # (B, d_model)
