@@ -189,6 +189,22 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_llama, records, fake_e
         _run(tmp_path / "run", model, tok, records[:1], methods=["test-shift"], seed=1)
 
 
+def test_resume_accepts_a_run_made_before_a_config_field_existed(tmp_path, tiny_llama, records, fake_editors):
+    """A field the stored config lacks matches its default (new fields keep the method's old
+    behaviour by default), and only its default."""
+    model, tok = tiny_llama
+    run = tmp_path / "run"
+    _run(run, model, tok, records[:1], methods=["test-shift"])
+    path = run / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["configs"]["test-shift"]["sleep_s"]  # as if sleep_s had been added after the run
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(MemlaError, match="config of test-shift differs"):
+        _run(run, model, tok, records[:1], methods=["test-shift"], configs={"test-shift": {"sleep_s": 0.3}})
+    _run(run, model, tok, records[:1], methods=["test-shift"])  # the default: resumes
+    assert "sleep_s" in load_run(run)[0]["configs"]["test-shift"]
+
+
 def test_manifest_records_threads_device_and_dtype_per_session(tmp_path, tiny_llama, records, fake_editors, caplog):
     model, tok = tiny_llama
     run = tmp_path / "run"

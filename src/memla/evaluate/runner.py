@@ -111,6 +111,17 @@ def resolve_methods(methods: Sequence[str], configs: Mapping[str, Any] | None) -
     return resolved
 
 
+def _same_config(name: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether a stored method config is the new one, where a field the stored one lacks
+    (added to the method after the run was made) is at its default now: new fields default
+    to the behaviour the method had before them."""
+    if old is None or new is None or old == new:
+        return old == new
+    default = config_to_dict(editor_entry(name).config_cls())
+    return all(old.get(key, default.get(key)) == value for key, value in new.items() if key != "class") \
+        and old.get("class") == new.get("class") and set(old) <= set(new)
+
+
 def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], session: Mapping[str, Any], out: Path, *,
                   allow_compute_change: bool) -> None:
     """Refuse to mix results of a different model, seed, dataset, config, dtype or device into one run.
@@ -137,7 +148,7 @@ def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], session: Mappi
         if old.get(key) != new[key] and (key in old or new[key] is not None):
             problems.append(f"{key} {old.get(key)!r} != {new[key]!r}")
     for name, cfg in new["configs"].items():
-        if name in old.get("configs", {}) and old["configs"][name] != cfg:
+        if name in old.get("configs", {}) and not _same_config(name, old["configs"][name], cfg):
             problems.append(f"config of {name} differs")
     if problems:
         raise MemlaError(f"{out} holds a run that does not match this one ({'; '.join(problems)}); use another --out")
