@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from edit_support import KV_TINY
 from test_eval_support import as_records, fake_editors, small_records  # noqa: F401  (fixtures)
 from tiny import tiny_model
 
+from memla.editors.kv.stats import FORMAT as STATS_FORMAT
 from memla.errors import EditError, MemlaError
 from memla.evaluate import load_run, run_bench, score_targets
 from memla.evaluate.store import RESULTS, ResultStore, write_manifest
@@ -203,6 +205,27 @@ def test_resume_accepts_a_run_made_before_a_config_field_existed(tmp_path, tiny_
         _run(run, model, tok, records[:1], methods=["test-shift"], configs={"test-shift": {"sleep_s": 0.3}})
     _run(run, model, tok, records[:1], methods=["test-shift"])  # the default: resumes
     assert "sleep_s" in load_run(run)[0]["configs"]["test-shift"]
+
+
+def test_resume_refuses_statistics_of_another_covariance_corpus(tmp_path, tiny_llama, records, fake_editors):
+    """ROME's C from another statistics format (another builtin corpus) must not be mixed into one run;
+    a run made before the manifest recorded the format used format 1."""
+    model, tok = tiny_llama
+    run = tmp_path / "run"
+    rome = {"rome": {**KV_TINY, "covariance": "stats", "stats_samples": 64, "steps": 2}}
+    _run(run, model, tok, records[:1], methods=["rome"], sources="en", targets="en", configs=rome)
+    path = run / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["stats_format"] == STATS_FORMAT > 1
+    del manifest["stats_format"]  # as written before the builtin corpus dropped the benchmark's sentences
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(MemlaError, match=f"rome: key statistics format 1 != {STATS_FORMAT}"):
+        _run(run, model, tok, records[:2], methods=["rome"], sources="en", targets="en", configs=rome)
+    _run(tmp_path / "other", model, tok, records[:1], methods=["test-shift"], sources="en", targets="en")
+    other = json.loads((tmp_path / "other" / "manifest.json").read_text())
+    del other["stats_format"]
+    (tmp_path / "other" / "manifest.json").write_text(json.dumps(other))
+    _run(tmp_path / "other", model, tok, records[:2], methods=["test-shift"], sources="en", targets="en")  # no C
 
 
 def test_manifest_records_threads_device_and_dtype_per_session(tmp_path, tiny_llama, records, fake_editors, caplog):

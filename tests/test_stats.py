@@ -92,11 +92,27 @@ def test_builtin_corpus_and_hf_fallback_offline(monkeypatch, caplog):
         hf = S.resolve_corpus(["hf:wikitext:wikitext-103-raw-v1"])
     assert hf.items == ("builtin",) and hf.key == builtin.key and "not reachable" in caplog.text
     texts = builtin.texts(model, tok, samples=10)
-    assert len(texts) > 10_000 and texts[0].startswith("The") and texts[1].startswith("这")  # sampled first
-    assert "The capital of France is Paris" in texts
+    assert len(texts) == 2 and texts[0].startswith("The") and texts[1].startswith("这")  # one per seed, in turn
     stats = S.layer_stats(model, tok, [0], samples=300, progress=False)[0]
     assert stats.count == 300 and torch.allclose(stats.mom2, stats.mom2.T)
     assert torch.linalg.eigvalsh(stats.mom2.double()).min() > -1e-6  # positive semi-definite
+
+
+def test_builtin_corpus_is_model_text_sized_to_the_keys_and_cached(monkeypatch):
+    """The builtin corpus holds no benchmark sentence (C must not see the scored neighbourhood prompts):
+    every text is a seed word continued by the model; there are enough for ``samples`` keys; the texts
+    are cached per model, so the statistics of a layer computed later come from the same texts."""
+    model, tok = tiny_model("llama")
+    seeds = [s for v in S.SAMPLE_SEEDS.values() for s in v]
+    texts = S.builtin_texts(model, tok, samples=5000)
+    assert len(texts) % len(seeds) == 0 and len(texts) * S.SAMPLE_TOKENS >= 5000
+    assert [t for t, s in zip(texts, seeds * len(texts)) if not t.startswith(s)] == []
+    assert len({t for t in texts}) > 0.9 * len(texts)  # batches drawn with different generator seeds
+    monkeypatch.setattr(S, "sample_texts", lambda *a, **k: pytest.fail("sampled again"))
+    assert S.builtin_texts(model, tok, samples=5000) == texts
+    first = S.layer_stats(model, tok, [0], samples=5000, progress=False)[0]
+    second = S.layer_stats(model, tok, [1], samples=5000, progress=False)[1]
+    assert first.count == second.count == 5000
 
 
 def test_hf_dataset_when_reachable(monkeypatch):

@@ -17,8 +17,8 @@ def register(subparsers) -> None:
         help="precompute the MLP key covariance statistics of ROME / MEMIT / PMET (cached)",
         description="Compute C = E[k kᵀ] of the down-projection inputs of the given layers from a text corpus "
         "and cache it (keyed by model, layer, corpus, sample count and dtype), so that ROME, MEMIT and PMET "
-        "edits do not pay for it.  Offline, the corpus is the built-in dataset's sentences in 12 languages "
-        "plus text sampled from the model.",
+        "edits do not pay for it.  Offline, the corpus is text the model samples from seed words in 12 "
+        "languages (no benchmark sentence, so C never sees the prompts locality is scored on).",
     )
     add_model_argument(p)
     p.add_argument(
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--corpus", nargs="+", default=["builtin"], metavar="ITEM",
-        help="text files (one text per line), 'builtin' (offline multilingual corpus) or "
+        help="text files (one text per line), 'builtin' (offline: model-sampled text in 12 languages) or "
         "'hf:NAME[:CONFIG[:SPLIT]]' (a Hugging Face dataset; falls back to builtin when unreachable) "
         "(default: %(default)s)",
     )

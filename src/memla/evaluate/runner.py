@@ -43,6 +43,7 @@ from torch import nn
 
 from memla.config import config_to_dict, load_config
 from memla.editors.base import EditRequest, EditResult, apply, editor_entry
+from memla.editors.kv.stats import FORMAT as STATS_FORMAT
 from memla.errors import EditError, MemlaError
 from memla.evaluate.cells import evaluate_record, missing_reason
 from memla.evaluate.metrics import F1_UNITS, UNEDITED
@@ -150,6 +151,11 @@ def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], session: Mappi
     for name, cfg in new["configs"].items():
         if name in old.get("configs", {}) and not _same_config(name, old["configs"][name], cfg):
             problems.append(f"config of {name} differs")
+    uses_stats = [name for name, cfg in new["configs"].items() if (cfg or {}).get("covariance") == "stats"
+                  and name in old.get("configs", {})]
+    if uses_stats and old.get("stats_format", 1) != new["stats_format"]:  # runs before the field: format 1
+        problems.append(f"{', '.join(uses_stats)}: key statistics format {old.get('stats_format', 1)} != "
+                        f"{new['stats_format']} (the covariance corpus changed)")
     if problems:
         raise MemlaError(f"{out} holds a run that does not match this one ({'; '.join(problems)}); use another --out")
     if "records" not in old:
@@ -259,6 +265,7 @@ def run_bench(
         "configs": {n: (None if v is None else {"class": type(v[1]).__name__, **config_to_dict(v[1])}) for n, v in resolved.items()},
         "records": {_json_id(r.example_id): record_digest(r) for r in records},  # content hash per record
         "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+        "stats_format": STATS_FORMAT,  # what C = E[k kᵀ] of ROME, MEMIT and PMET is computed from
         "versions": package_versions(),
         "host": {"platform": platform.platform()},
     }

@@ -32,7 +32,7 @@ class KeyValueConfig:
     Attributes:
         covariance: ``"stats"`` (``C = E[k kᵀ]`` from `memla.editors.kv.stats`, ROME/MEMIT
             ``mom2_adjustment: true``) or ``"identity"`` (no statistics needed).
-        stats_corpus: corpus of the statistics: ``"builtin"`` (offline multilingual),
+        stats_corpus: corpus of the statistics: ``"builtin"`` (offline, model-sampled text in 12 languages),
             ``"hf:NAME[:CONFIG[:SPLIT]]"`` or text file paths (see `memla.editors.kv.stats`).
         stats_samples: keys (token positions) averaged into ``C``.  The reference code
             uses 100,000 Wikipedia texts; 50,000 keys (4.4 CPU-minutes once for the four

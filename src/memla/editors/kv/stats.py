@@ -3,10 +3,11 @@
 A key ``k`` is the input of a layer's down-projection (``d_ff``) at one token.  ``C`` is
 estimated from a text corpus, given as a tuple of items:
 
-* ``"builtin"`` (the default, offline): a multilingual corpus made of the sentences of
-  the built-in dataset mkeb-mini (edit prompts with their true answers, paraphrases,
-  neighbourhood prompts with answers, multi-hop questions; 12 languages) plus text the
-  model itself samples from seed words in the 12 languages;
+* ``"builtin"`` (the default, offline): text the model itself samples (top-k, ROME's
+  ``generate_fast``) from seed words in the 12 languages, as many texts as ``samples`` keys
+  need, sampled once per model and cached beside the statistics.  It holds no benchmark
+  sentence: a corpus made of the dataset's own prompts would let ``C`` see the very
+  neighbourhood prompts that locality is scored on (FORMAT 1 did, through mkeb-mini);
 * ``"hf:NAME[:CONFIG[:SPLIT]]"``: a Hugging Face dataset's ``text`` column, streamed (needs
   the ``datasets`` package and the network; offline, without ``datasets``, or when the Hub
   cannot be reached while the statistics are computed, ``"builtin"`` is used instead, with
@@ -28,8 +29,8 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
-import random
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,21 +39,19 @@ from pathlib import Path
 import requests
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from memla.data import load_dataset
 from memla.devices import input_device, module_device
 from memla.errors import MemlaError
 from memla.hooks import trace
-from memla.langs import join
 from memla.models import arch_spec, cache_dir, down_param_names, mlp_dims, model_fingerprint, num_layers
 from memla.tokens import encode_text, pad_id, right_pad, sample_texts
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the meaning of stored statistics changes
+FORMAT = 2  # bump when the meaning of stored statistics changes (2: builtin = model samples only)
 MAX_TOKENS = 256  # per text
 BATCH_TOKENS = 4096  # padded tokens per forward pass
 DTYPES = ("float32", "float64")
@@ -67,32 +66,14 @@ SAMPLE_SEEDS = {
     "pl": ("W", "To", "Jest", "Polska"), "th": ("ประเทศ", "วันนี้", "เรา", "ใน"),
 }
 SAMPLE_TOKENS = 48  # new tokens per sampled text
+SAMPLE_BATCH = 96  # texts sampled together
+SAMPLE_MARGIN = 1.25  # texts for this many times `samples` keys: EOS can end a sample early
 # What an unreachable Hub raises in `datasets.load_dataset` (which turns OfflineModeIsEnabled and requests'
 # ConnectionError / Timeout into the builtin ConnectionError) and in the streamed reads after it.
 HF_NETWORK_ERRORS = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
 # --------------------------------------------------------------------------- corpora
-
-
-@functools.cache
-def _builtin_sentences() -> tuple[str, ...]:
-    return tuple(builtin_sentences())
-
-
-def builtin_sentences() -> list[str]:
-    """The sentences of the built-in dataset mkeb-mini, all languages (deterministic order)."""
-    texts = []
-    for record in load_dataset("mkeb-mini"):
-        for lang, fact in record.edit.items():
-            texts.append(join(fact.filled(), fact.target_true, lang) if fact.target_true else fact.filled())
-        for lang, prompts in record.neighborhood_prompts.items():
-            answers = record.neighborhood_answers.get(lang, [])
-            texts += [join(p, a, lang) for p, a in zip(prompts, answers)] + prompts[len(answers):]
-        for field_ in (record.paraphrase_prompts, record.multi_hop_questions):
-            for prompts in field_.values():
-                texts += list(prompts)
-    return texts
 
 
 @dataclass(frozen=True)
@@ -112,7 +93,7 @@ class Corpus:
         out: list[str] = []
         for item in self.items:
             if item == "builtin":
-                out += _builtin_texts(model, tokenizer)
+                out += builtin_texts(model, tokenizer, samples=samples)
             elif item.startswith("hf:"):
                 out += _hf_texts(item, samples=samples)
             else:
@@ -120,13 +101,32 @@ class Corpus:
         return out
 
 
-def _builtin_texts(model: nn.Module, tokenizer) -> list[str]:
+def builtin_texts(model: nn.Module, tokenizer, *, samples: int) -> list[str]:
+    """The builtin corpus: model samples from `SAMPLE_SEEDS`, enough for ``samples`` keys.
+
+    The seeds are cycled (languages stay balanced) in batches of `SAMPLE_BATCH`, batch ``i``
+    drawn with generator seed ``i``, so the texts depend only on the model and ``samples``;
+    they are cached per model fingerprint (the statistics of missing layers reuse them).
+    """
     seeds = [s for lang in SAMPLE_SEEDS for s in SAMPLE_SEEDS[lang]]
-    log.info("sampling %d texts from the model for the builtin corpus", len(seeds))
-    sampled = sample_texts(model, tokenizer, seeds, new_tokens=SAMPLE_TOKENS, seed=0)
-    sentences = list(_builtin_sentences())
-    random.Random(0).shuffle(sentences)
-    return sampled + sentences  # the model's own text first: always part of C
+    n = max(1, math.ceil(samples * SAMPLE_MARGIN / SAMPLE_TOKENS / len(seeds))) * len(seeds)
+    fp = model_fingerprint(model, skip=down_param_names(model), exact=False)
+    path = stats_dir() / f"{fp}-builtin-{_seeds_key()}-t{n}-v{FORMAT}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    texts = []
+    for i in tqdm(range(0, n, SAMPLE_BATCH), desc="sampling the builtin corpus", unit="batch",
+                  disable=n <= SAMPLE_BATCH):
+        batch = [seeds[j % len(seeds)] for j in range(i, min(i + SAMPLE_BATCH, n))]
+        texts += sample_texts(model, tokenizer, batch, new_tokens=SAMPLE_TOKENS, seed=i // SAMPLE_BATCH)
+    _write_atomic(path, json.dumps(texts, ensure_ascii=False).encode("utf-8"))
+    return texts
+
+
+def _seeds_key() -> str:
+    return hashlib.sha256(json.dumps([SAMPLE_SEEDS, SAMPLE_TOKENS, SAMPLE_BATCH]).encode()).hexdigest()[:12]
 
 
 class HubUnreachable(MemlaError):
@@ -183,8 +183,7 @@ def resolve_corpus(items: str | Sequence[str]) -> Corpus:
                         "using the offline builtin corpus instead", item)
             item = "builtin"
         if item == "builtin":
-            parts.append(f"builtin:{FORMAT}:{SAMPLE_TOKENS}:" + hashlib.sha256(
-                "\n".join([*_builtin_sentences(), *(s for v in SAMPLE_SEEDS.values() for s in v)]).encode()).hexdigest())
+            parts.append(f"builtin:{FORMAT}:{_seeds_key()}")
         elif item.startswith("hf:"):
             parts.append(item)
         else:
@@ -225,11 +224,15 @@ def _load(path: Path) -> Tensor | None:
 
 
 def _save(path: Path, mom2: Tensor, meta: dict) -> None:
+    _write_atomic(path, save({"mom2": mom2.contiguous().cpu()}, metadata={k: json.dumps(v) for k, v in meta.items()}))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        save_file({"mom2": mom2.contiguous().cpu()}, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
