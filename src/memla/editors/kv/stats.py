@@ -25,7 +25,6 @@ An AlphaEdit-style null-space projection of the preserved keys reads the same ``
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
