@@ -19,10 +19,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # (siblings in one layer do not import each other).
 LAYERS: tuple[frozenset[str], ...] = tuple(map(frozenset, (
     {"memla.errors"},
-    {"memla.devices", "memla.gguf", "memla.hub", "memla.outputs"},
+    {"memla.atomic", "memla.devices", "memla.gguf", "memla.hub", "memla.outputs"},
     {"memla.langs", "memla.config", "memla.hooks", "memla.models", "memla.seeding"},
     {"memla", "memla.tokens", "memla.data"},  # memla: __version__ and the lazy re-export of models
-    {"memla.neurons", "memla.build"},
+    {"memla.neurons", "memla.build", "memla.samples"},
     {"memla.editors"},
     {"memla.evaluate"},
     {"memla.report", "memla.compare"},

@@ -14,8 +14,6 @@
   sit on several devices.
 * `context_length` / `check_token_lengths` / `check_texts_fit`: the model's longest sequence,
   and the checks that user texts fit a token budget (and the context) before any work starts.
-* `sample_texts`: top-k continuations of seed texts (ROME's context prefixes, the
-  covariance statistics' built-in corpus).
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from memla.devices import input_device, is_split
+from memla.devices import is_split
 from memla.errors import DataError
 from memla.langs import sep
 
@@ -314,52 +312,3 @@ def select_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
             if device not in local:
                 local[device] = rows.to(device)
             layer.batch_select_indices(local[device])
-
-
-@torch.no_grad()
-def sample_texts(
-    model: nn.Module,
-    tokenizer,
-    seeds: Sequence[str],
-    *,
-    new_tokens: int,
-    top_k: int = 5,
-    seed: int = 0,
-) -> list[str]:
-    """Continue each seed text by top-k sampling (ROME's ``generate_fast``), with a KV cache.
-
-    Args:
-        model, tokenizer: the model and its tokenizer.
-        seeds: texts to continue (one sample each; repeat a seed for more).
-        new_tokens: tokens to generate per sample (fewer when EOS comes first).
-        top_k: sample among the ``top_k`` most likely tokens.
-        seed: seed of a private generator (the global RNG is not touched).
-
-    Returns:
-        The seed texts with their continuations, decoded without special tokens.
-    """
-    device = input_device(model)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    seqs = [encode_text(tokenizer, s) for s in seeds]
-    ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (B, T)
-    eos = {tokenizer.eos_token_id} - {None}
-    cache = DynamicCache(config=model.config)
-    out = [list(s) for s in seqs]
-    done = [False] * len(seqs)
-    for _ in range(new_tokens):
-        logits = next_token_logits(model, ids, mask, pos, cache=cache).float()  # (B, V)
-        top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-        # drawn on the CPU generator, so that every device samples the same texts (cached per model)
-        pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=gen).to(top.indices.device)  # (B, 1)
-        nxt = top.indices.gather(-1, pick)  # (B, 1)
-        for row, tok in enumerate(nxt[:, 0].tolist()):
-            if not done[row]:
-                done[row] = tok in eos
-                if not done[row]:
-                    out[row].append(tok)
-        if all(done):
-            break
-        ids = nxt
-        mask = torch.cat([mask, mask.new_ones((len(seqs), 1))], dim=-1)  # (B, T + 1)
-        pos = pos[:, -1:] + 1  # (B, 1)
-    return [tokenizer.decode(o, skip_special_tokens=True) for o in out]

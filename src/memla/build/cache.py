@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from memla.atomic import write_json_atomic
 from memla.build.errors import BuildError
-from memla.build.sparql import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memla.build.sparql import write_json_atomic
+from memla.atomic import write_json_atomic
 
 
 @dataclass

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from memla.atomic import write_json_atomic
 from memla.build.errors import BuildError, ServiceError
 from memla.build.http import PoliteSession, RequestStats
 
@@ -230,14 +231,6 @@ class CachedEndpoint:
         bindings = self.inner.select(query)
         write_json_atomic(path, {"endpoint": self.name, "query": query, "results": {"bindings": bindings}})
         return bindings
-
-
-def write_json_atomic(path: Path, payload: Any, *, indent: int | None = None) -> None:
-    """Write JSON to ``path`` through a temporary file, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=indent) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def open_endpoint(

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from memla.atomic import write_atomic
 from memla.data.files import loads, read_utf8
 from memla.data.formats import CONVERTERS, convert
 from memla.data.schema import Record, json_kind
@@ -265,23 +265,10 @@ def save_dataset(records: Iterable[Record | Mapping[str, Any]], path: str | os.P
     else:
         text = json.dumps(dicts, ensure_ascii=False, indent=2) + "\n"
     try:
-        _write_atomically(path, text)
+        write_atomic(path, text)
     except OSError as err:
         raise DataError(f"{path}: cannot write: {err.strerror or err}") from None
     log.info("wrote %d records to %s", len(dicts), path)
     return path
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        # mkstemp creates 0600; give the result the usual permissions of a data file
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -18,11 +18,9 @@ The checkpoint is written every ``save_every`` steps and at the end.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from memla.atomic import atomic_path, write_json_atomic
 from memla.config import config_to_dict
 from memla.devices import input_device
 from memla.editors._train import added_outputs, down_name, teacher_batch
@@ -79,17 +78,9 @@ def save_checkpoint(directory: str | os.PathLike, net: MendNet, meta: dict[str, 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    for name, write in ((WEIGHTS, lambda p: save_file(tensors, str(p))),
-                        (META, lambda p: Path(p).write_text(json.dumps({"format": FORMAT, **meta}, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}-")
-        os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared like the model cache
-        try:
-            write(tmp)
-            os.replace(tmp, out / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(out / META, {"format": FORMAT, **meta}, indent=2)
     return out
 
 

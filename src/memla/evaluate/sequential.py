@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -35,6 +34,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from memla.atomic import write_atomic
 from memla.config import config_to_dict, load_config
 from memla.editors.base import BatchEditor, EditRequest, SequenceEditor, apply_, editor_entry, pristine
 from memla.errors import EditError, MemlaError
@@ -217,9 +217,7 @@ def _commit(path: Path, sequence: tuple[str, str], lines: Sequence[str]) -> None
     if path.exists():
         keep = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and (json.loads(line)["method"], json.loads(line)["ls"]) != sequence]
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text("".join(x + "\n" for x in [*keep, *lines]), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(x + "\n" for x in [*keep, *lines]))
 
 
 def run_sequential(

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memla.atomic import write_json_atomic
 from memla.errors import MemlaError
 
 log = logging.getLogger(__name__)
@@ -184,19 +184,7 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 def write_manifest(run_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
     """Replace the run's manifest atomically; returns its path."""
-    path = Path(run_dir) / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(Path(run_dir) / MANIFEST, dict(manifest), indent=2)
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from memla.atomic import atomic_path
 from memla.models import cache_dir
 
 log = logging.getLogger(__name__)
@@ -51,14 +50,6 @@ def load(key: str) -> Tensor | None:
 
 def save(key: str, scores: Tensor, meta: dict) -> None:
     """Store ``scores`` under ``key`` (atomic: a temporary file renamed into place)."""
-    folder = neuron_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        text = {k: json.dumps(v, ensure_ascii=False) for k, v in meta.items()}
-        save_file({"scores": scores.detach().to(torch.float32).contiguous().cpu()}, tmp, metadata=text)
-        os.replace(tmp, folder / f"{key}.safetensors")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    text = {k: json.dumps(v, ensure_ascii=False) for k, v in meta.items()}
+    with atomic_path(neuron_cache_dir() / f"{key}.safetensors") as tmp:
+        save_file({"scores": scores.detach().to(torch.float32).contiguous().cpu()}, str(tmp), metadata=text)

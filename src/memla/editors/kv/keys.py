@@ -19,10 +19,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,8 +30,9 @@ from torch import Tensor, nn
 from memla.devices import input_device
 from memla.editors.base import EditRequest
 from memla.hooks import output_tensor, trace
-from memla.models import cache_dir, down_param_names, model_fingerprint
-from memla.tokens import encode_pair, encode_text, pad_id, right_pad, sample_texts
+from memla.models import down_param_names, model_fingerprint
+from memla.samples import cached_samples, sample_texts
+from memla.tokens import encode_pair, encode_text, pad_id, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +174,7 @@ def context_prefixes(
 
     Returns:
         ``("", "<text 1>. ", ...)``: prepend to a prompt.  Memoised in memory and on disk
-        (``cache_dir()/"prefixes"``) per model (its fingerprint without the
+        (`memla.samples.cached_samples`) per model (its fingerprint without the
         down-projections, which editors change), tokenizer and settings.
     """
     fingerprint = model_fingerprint(model, skip=down_param_names(model), exact=False)
@@ -185,20 +183,17 @@ def context_prefixes(
     if key in _PREFIX_MEMO:
         _PREFIX_MEMO.move_to_end(key)
         return _PREFIX_MEMO[key]
-    digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()[:24]
-    path = cache_dir() / "prefixes" / f"{digest}.json"
-    try:
-        prefixes = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+
+    def draw() -> list[str]:
         prefixes = [""]
         for tokens, count in lengths:
             group = [seeds[i % len(seeds)] for i in range(count)]
             texts = sample_texts(model, tokenizer, group, new_tokens=max(1, tokens - 1), seed=seed + tokens)
             prefixes += [t.replace("{", " ").replace("}", " ").strip() + ". " for t in texts]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(prefixes, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        return prefixes
+
+    recipe = {"kind": "context prefixes", "lengths": [list(x) for x in lengths], "seeds": list(seeds), "seed": seed}
+    prefixes = cached_samples(model, tokenizer, recipe, draw)
     _PREFIX_MEMO[key] = result = tuple(prefixes)
     while len(_PREFIX_MEMO) > _MEMO_SIZE:
         _PREFIX_MEMO.popitem(last=False)

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +41,13 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from memla.atomic import write_atomic
 from memla.devices import input_device, module_device
 from memla.errors import MemlaError
 from memla.hooks import trace
 from memla.models import arch_spec, cache_dir, down_param_names, mlp_dims, model_fingerprint, num_layers
-from memla.tokens import encode_text, pad_id, right_pad, sample_texts
+from memla.samples import cached_samples, sample_texts
+from memla.tokens import encode_text, pad_id, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -105,23 +106,22 @@ def builtin_texts(model: nn.Module, tokenizer, *, samples: int) -> list[str]:
 
     The seeds are cycled (languages stay balanced) in batches of `SAMPLE_BATCH`, batch ``i``
     drawn with generator seed ``i``, so the texts depend only on the model and ``samples``;
-    they are cached per model fingerprint (the statistics of missing layers reuse them).
+    they are cached per model (`memla.samples.cached_samples`; the statistics of missing
+    layers reuse them).
     """
     seeds = [s for lang in SAMPLE_SEEDS for s in SAMPLE_SEEDS[lang]]
     n = max(1, math.ceil(samples * SAMPLE_MARGIN / SAMPLE_TOKENS / len(seeds))) * len(seeds)
-    fp = model_fingerprint(model, skip=down_param_names(model), exact=False)
-    path = stats_dir() / f"{fp}-builtin-{_seeds_key()}-t{n}-v{FORMAT}.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    texts = []
-    for i in tqdm(range(0, n, SAMPLE_BATCH), desc="sampling the builtin corpus", unit="batch",
-                  disable=n <= SAMPLE_BATCH):
-        batch = [seeds[j % len(seeds)] for j in range(i, min(i + SAMPLE_BATCH, n))]
-        texts += sample_texts(model, tokenizer, batch, new_tokens=SAMPLE_TOKENS, seed=i // SAMPLE_BATCH)
-    _write_atomic(path, json.dumps(texts, ensure_ascii=False).encode("utf-8"))
-    return texts
+
+    def draw() -> list[str]:
+        texts = []
+        for i in tqdm(range(0, n, SAMPLE_BATCH), desc="sampling the builtin corpus", unit="batch",
+                      disable=n <= SAMPLE_BATCH):
+            batch = [seeds[j % len(seeds)] for j in range(i, min(i + SAMPLE_BATCH, n))]
+            texts += sample_texts(model, tokenizer, batch, new_tokens=SAMPLE_TOKENS, seed=i // SAMPLE_BATCH)
+        return texts
+
+    recipe = {"kind": "builtin corpus", "seeds": SAMPLE_SEEDS, "tokens": SAMPLE_TOKENS, "batch": SAMPLE_BATCH, "texts": n}
+    return cached_samples(model, tokenizer, recipe, draw)
 
 
 def _seeds_key() -> str:
@@ -223,19 +223,7 @@ def _load(path: Path) -> Tensor | None:
 
 
 def _save(path: Path, mom2: Tensor, meta: dict) -> None:
-    _write_atomic(path, save({"mom2": mom2.contiguous().cpu()}, metadata={k: json.dumps(v) for k, v in meta.items()}))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, save({"mom2": mom2.contiguous().cpu()}, metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
 # --------------------------------------------------------------------------- computation
