@@ -42,8 +42,8 @@ TAUS = (1e-1, 1e-2, 1e-3, 1e-4)
 def keys(model, tok, text: str, names: dict[int, str]) -> dict[int, torch.Tensor]:
     """Down-projection inputs of ``text`` per layer, ``(T - 1, d_ff)`` (the BOS key left out, as in C)."""
     ids = torch.tensor([encode_text(tok, text)])  # (1, T)
-    with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False) as tr:
-        model(input_ids=ids)
+    with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False, stop=True) as tr:
+        model(input_ids=ids)  # ends after the last traced layer: no LM head
     return {layer: tr[name].input[0, 1:].float() for layer, name in names.items()}
 
 
@@ -72,13 +72,9 @@ def main() -> int:
     stats = layer_stats(model, tok, layers)
     records = stratified_sample(load_dataset("mkeb-mini", split="dev"), args.records, seed=args.seed)
 
-    def prompt(record, lang):
-        edit = record.edit[lang]
-        return edit.prompt.format(edit.subject)
-
     groups = {
-        "edit en (last)": [keys(model, tok, prompt(r, "en"), names) for r in records],
-        "edit 11 others (last)": [keys(model, tok, prompt(r, lang), names) for r in records for lang in LANGS if lang != "en"],
+        "edit en (last)": [keys(model, tok, r.edit["en"].filled(), names) for r in records],
+        "edit 11 others (last)": [keys(model, tok, r.edit[lang].filled(), names) for r in records for lang in LANGS if lang != "en"],
         "neighbours en (last)": [keys(model, tok, p, names) for r in records for p in r.neighborhood_prompts["en"]],
     }
     rows = []
