@@ -417,3 +417,42 @@ def test_context_prefixes_average_the_new_term_over_prefixed_prompts(tiny2):
     assert bare["p_new"][0] == pytest.approx(info["p_new"][0], abs=1e-5) and bare["loss"][0] != pytest.approx(info["loss"][0])
     with pytest.raises(Exception, match="context_lengths"):
         get_editor("memla-local", {"context_lengths": [[0, 2]]})
+
+
+def test_fact_templates_cover_every_language_and_ask_about_pool_kinds():
+    from memla.editors.memla_local import _locality_data, fact_pairs
+    langs = set(resolve_langs("all"))
+    data = _locality_data()
+    kinds = {s["kind"] for s in data["subjects"]}
+    assert len(data["templates"]) >= 10
+    for t in data["templates"]:
+        assert set(t["names"]) == langs and set(t["kinds"]) <= kinds and t["kinds"]
+        assert all(v.count("{}") == 1 and v == v.strip() for v in t["names"].values())
+    by_name = {s["names"]["en"]: s["kind"] for s in data["subjects"]}
+    en_kinds = {t["names"]["en"]: set(t["kinds"]) for t in data["templates"]}
+    assert all(by_name[s["en"]] in en_kinds[t["en"]] for t, s in fact_pairs())
+    assert len(fact_pairs()) == sum(1 for t in data["templates"] for s in data["subjects"] if s["kind"] in t["kinds"])
+
+
+def test_fact_prompts_are_one_seeded_draw_in_every_language_without_the_subject():
+    from memla.editors.memla_local import fact_prompts
+    req = EditRequest(prompt="{} is located in the country of", subject="Danube", target_new="Chile", target_true="Austria")
+    got = fact_prompts(req, ["en", "zh", "th"], 40, seed=0)
+    assert [len(v) for v in got.values()] == [40, 40, 40] and len(set(got["en"])) == 40
+    assert got == fact_prompts(req, ["en", "zh", "th"], 40, seed=0)  # deterministic
+    assert got != fact_prompts(req, ["en", "zh", "th"], 40, seed=1)
+    assert got["en"] != fact_prompts(france_request(), ["en"], 40, seed=0)["en"]  # another edit, another draw
+    assert not any("Danube" in p for p in fact_prompts(req, ["en"], 10_000, seed=0)["en"])
+    assert all("{}" not in p for v in got.values() for p in v) and fact_prompts(req, ["en"], 0, seed=0) == {"en": []}
+
+
+def test_fact_anchors_join_every_anchor_language(tiny2):
+    model, tok = tiny2
+    req = france_request()
+    plain = get_editor("memla-local", {**FAST, "anchor_subjects": 2}).anchors(model, tok, req)
+    facts = get_editor("memla-local", {**FAST, "anchor_subjects": 2, "anchor_facts": 3}).anchors(model, tok, req)
+    langs = [k for k in dict.fromkeys(plain.labels) if k not in ("after", "earlier")]
+    for k in langs:
+        assert facts.labels.count(k) == plain.labels.count(k) + 3
+    assert len(facts.texts) == len(plain.texts) + 3 * len(langs)
+

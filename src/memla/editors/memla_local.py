@@ -35,6 +35,9 @@ The anchors (none of them from an evaluation record):
   subjects of a pool written for memla (``locality_subjects.json``; none occurs in
   mkeb-mini) nearest to the edited subject in the unedited model's hidden states, so a
   country is anchored by other countries;
+- **fact anchors** (``anchor_facts``): prompts of other relations about other pool subjects
+  ("Most people in Egypt speak", "Jane Austen was born in the country of"), from fact
+  templates written for memla in the same file, so the edit keeps the model's other facts;
 - **generic anchors**: a few everyday prompts per language;
 - **after-target anchor**: the edit prompt followed by ``target_new``, so the next token
   after the new object stays what the unedited model would say there (no "Rome Rome");
@@ -46,7 +49,8 @@ The anchors (none of them from an evaluation record):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import random
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -81,10 +85,37 @@ GENERIC_PROMPTS: dict[str, tuple[str, ...]] = {
 
 
 @lru_cache(maxsize=1)
+def _locality_data() -> dict:
+    """``locality_subjects.json``: the subject pool and the fact templates written for memla."""
+    return json.loads(resources.files(__package__).joinpath("locality_subjects.json").read_text(encoding="utf-8"))
+
+
 def subject_pool() -> tuple[dict[str, str], ...]:
     """The anchor subjects written for memla: per entry, its name by language code."""
-    text = resources.files(__package__).joinpath("locality_subjects.json").read_text(encoding="utf-8")
-    return tuple(dict(entry["names"]) for entry in json.loads(text)["subjects"])
+    return tuple(dict(entry["names"]) for entry in _locality_data()["subjects"])
+
+
+@lru_cache(maxsize=1)
+def fact_pairs() -> tuple[tuple[dict[str, str], dict[str, str]], ...]:
+    """Every ``(template, subject)`` of the pool whose subject is of a kind the template asks about:
+    the templates are fact prompts of many relations ("The capital city of {} is", "{} was born in the
+    country of", ...) by language code, the subjects the pool's names by language code."""
+    data = _locality_data()
+    return tuple((dict(t["names"]), dict(s["names"])) for t in data["templates"] for s in data["subjects"]
+                 if s["kind"] in t["kinds"])
+
+
+def fact_prompts(request: EditRequest, langs: Sequence[str], n: int, seed: int) -> dict[str, list[str]]:
+    """Per language, ``n`` prompts of facts of *other* relations and subjects (the fact anchors).
+
+    The same ``n`` (template, subject) pairs in every language, a draw seeded by ``seed`` and the
+    edit prompt (so a sequential run anchors different facts at each edit), skipping the edited
+    subject; a pair missing a language is left out there.
+    """
+    subject = (request.subject or "").casefold()
+    pairs = [(t, s) for t, s in fact_pairs() if s.get(request.lang, "").casefold() != subject]
+    drawn = random.Random(f"{seed}:{request.text}").sample(pairs, min(n, len(pairs)))
+    return {k: [t[k].replace("{}", s[k]) for t, s in drawn if k in t and k in s] for k in langs}
 
 
 @dataclass(frozen=True)
@@ -109,6 +140,10 @@ class MemlaLocalConfig(MemlaConfig):
         anchor_batch: anchors per training step (a seeded draw; 0 = all of them every step).
         anchor_subjects: relation anchors per language: the pool subjects nearest to the
             edited subject (0 = none).
+        anchor_facts: fact anchors per anchor language: prompts of other relations about other
+            subjects (the fact templates of ``locality_subjects.json`` filled with pool subjects of
+            the kinds they ask about, `fact_prompts`), so the edit keeps what the model says about
+            other relations too (0 = none).
         anchor_generic: add the everyday prompts of each anchor language.
         anchor_after_target: anchor the token after ``target_new`` on the edit prompt.
         anchor_langs: languages of the relation and generic anchors: ``("source",)`` = the
@@ -147,6 +182,7 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_patience: int = 10
     anchor_batch: int = 8
     anchor_subjects: int = 16
+    anchor_facts: int = 0
     anchor_generic: bool = True
     anchor_after_target: bool = True
     anchor_langs: tuple[str, ...] = ("locate",)
@@ -161,10 +197,10 @@ class MemlaLocalConfig(MemlaConfig):
         super().__post_init__()
         if not 0.0 < self.null_space_tol <= 1.0:
             raise ValueError("null_space_tol must be in (0, 1]")
-        if min(self.anchor_weight, self.avoid_new_weight, self.anchor_subjects, self.anchor_batch,
+        if min(self.anchor_weight, self.avoid_new_weight, self.anchor_subjects, self.anchor_facts, self.anchor_batch,
                self.anchor_earlier, self.anchor_patience) < 0 or self.anchor_tolerance <= 0:
-            raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_batch, anchor_earlier and "
-                             "anchor_patience must be >= 0, anchor_tolerance > 0")
+            raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_facts, anchor_batch, "
+                             "anchor_earlier and anchor_patience must be >= 0, anchor_tolerance > 0")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if self.null_space_langs not in ("anchor", "source", "means"):
@@ -261,9 +297,12 @@ class MemlaLocalEditor(MemlaEditor):
         labels: list[str] = []  # per anchor: its language, "after" or "earlier"
         neighbours = nearest_subjects(model, tokenizer, request.subject or "", request.lang, cfg.anchor_subjects) \
             if request.subject else []
-        for k in self.anchor_langs(request):
+        langs = self.anchor_langs(request)
+        facts = fact_prompts(request, langs, cfg.anchor_facts, cfg.seed) if cfg.anchor_facts else {}
+        for k in langs:
             template = template_of(request.in_lang(k))
             prompts = [template.replace("{}", entry[k]) for entry in neighbours if k in entry] if template else []
+            prompts += facts.get(k, [])
             prompts += GENERIC_PROMPTS.get(k, ()) if cfg.anchor_generic else ()
             texts += [(text, encode_text(tokenizer, text)) for text in prompts]
             labels += [k] * len(prompts)
