@@ -123,6 +123,9 @@ class MemlaLocalConfig(MemlaConfig):
     """`MemlaConfig` plus the locality anchors of memla-local (defaults chosen on mkeb-mini dev records only).
 
     Attributes:
+        lr: Adam's learning rate, 1e-3 (MEMLA's 5e-3 moves the LoRA factors so far in the first
+            steps that one edit flips the next token of ~10% of other facts' prompts;
+            ``benchmarks/edit_perturbation.py``).
         mask_lse / mask_lie: off by default: the LoRA reads the whole intermediate layer of
             each layer with neurons (MEMLA's layers and ranks), under the null-space projection.
         anchor_weight: ``λ``, the weight of the KL term.
@@ -173,6 +176,7 @@ class MemlaLocalConfig(MemlaConfig):
             so the edit holds in other contexts than the bare prompt (() = the bare prompt only).
     """
 
+    lr: float = 1e-3
     mask_lse: bool = False
     mask_lie: bool = False
     anchor_weight: float = 20.0
@@ -392,8 +396,9 @@ LOCAL_ABLATIONS = {
     "memla-local-masked": ({"mask_lse": True, "mask_lie": True}, "with MEMLA's neuron masks (LoRA on the located neurons only)"),
     "memla-local-wo-earlier": ({"anchor_earlier": 0}, "w/o earlier-edit anchors (sequential runs)"),
     "memla-local-v1": ({"align_langs": False, "avoid_new_weight": 0.0, "anchor_langs": ("source",),
-                        "null_space_langs": "anchor", "anchor_patience": 0},
+                        "null_space_langs": "anchor", "anchor_patience": 0, "lr": 5e-3},
                        "the first defaults (source-language anchors, all in the null space; no alignment, no rise term)"),
+    "memla-local-v2": ({"lr": 5e-3}, "the v2 defaults (MEMLA's learning rate 5e-3)"),
 }
 
 
