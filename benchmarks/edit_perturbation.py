@@ -31,19 +31,16 @@ import torch
 
 from memla import load_model
 from memla.data import load_dataset, stratified_sample
-from memla.devices import input_device
 from memla.editors import EditRequest, apply, get_editor
-from memla.editors.memla import next_token_logits
+from memla.editors.memla import Anchors
 from memla.errors import MemlaError
 from memla.evaluate.runner import package_versions
-from memla.tokens import encode_text, left_pad, pad_id
+from memla.tokens import encode_text
 
 
 def next_token_logp(model, tok, prompts: list[str]) -> torch.Tensor:
-    """The model's next-token log-probabilities after each prompt, ``(N, V)``."""
-    ids, mask, pos = left_pad([encode_text(tok, p) for p in prompts], pad_id=pad_id(tok), device=input_device(model))
-    with torch.no_grad():
-        return next_token_logits(model, ids, mask, pos).float().log_softmax(-1)  # (N, V)
+    """The model's next-token log-probabilities after each prompt, ``(N, V)`` (memla-local's anchor measurement)."""
+    return Anchors.measure(model, tok, [(p, encode_text(tok, p)) for p in prompts], weight=0.0).logp
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -55,7 +52,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=8, help="stratified dev records to edit (default: %(default)s)")
-    ap.add_argument("--methods", nargs="+", default=["memla", "memla-local", 'memla-local:{"lr": 0.005}'],
+    ap.add_argument("--methods", nargs="+", default=["memla", "memla-local", "memla-local-v2"],
                     help="methods, NAME or NAME:{json overrides} (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/edit_perturbation")
@@ -70,13 +67,12 @@ def main() -> int:
     model, tok = load_model()
     dev = load_dataset("mkeb-mini", split="dev")
     records = stratified_sample(dev, args.records, seed=args.seed + 1)
-    rows = []
-    for spec, (name, overrides) in zip(args.methods, methods):
-        per = []
-        for record in records:
-            probes = {lang: [p for other in dev if other.relation != record.relation
-                             for p in other.neighborhood_prompts.get(lang, ())] for lang in ("en", "zh")}
-            before = {lang: next_token_logp(model, tok, prompts) for lang, prompts in probes.items()}
+    per_method: dict[str, list[dict]] = {spec: [] for spec in args.methods}
+    for record in records:  # the unedited distributions once per record, then every method's edit of it
+        probes = {lang: [p for other in dev if other.relation != record.relation
+                         for p in other.neighborhood_prompts.get(lang, ())] for lang in ("en", "zh")}
+        before = {lang: next_token_logp(model, tok, prompts) for lang, prompts in probes.items()}  # (N, V) each
+        for spec, (name, overrides) in zip(args.methods, methods):
             t0 = time.perf_counter()
             result = get_editor(name, overrides).edit(model, tok, EditRequest.from_record(record, "en"))
             seconds = time.perf_counter() - t0
@@ -85,11 +81,14 @@ def main() -> int:
             kl = {lang: float((p0.exp() * (p0 - after[lang])).sum(-1).mean()) for lang, p0 in before.items()}
             flips = float((before["en"].argmax(-1) != after["en"].argmax(-1)).float().mean())
             p_new = result.info.get("p_new")
-            per.append({"record": record.example_id, "relation": record.relation, "kl_en": kl["en"], "kl_zh": kl["zh"],
-                        "flips_en": flips, "p_new": p_new[-1] if isinstance(p_new, list) and p_new else None,
-                        "steps": result.info.get("steps"), "seconds": seconds, "probes": len(probes["en"])})
+            per_method[spec].append({
+                "record": record.example_id, "relation": record.relation, "kl_en": kl["en"], "kl_zh": kl["zh"],
+                "flips_en": flips, "p_new": p_new[-1] if isinstance(p_new, list) and p_new else None,
+                "steps": result.info.get("steps"), "seconds": seconds, "probes": len(probes["en"])})
             print(f"{spec} record {record.example_id} ({record.relation}): KL en {kl['en']:.4f} zh {kl['zh']:.4f} "
                   f"flips {100 * flips:.1f}% steps {result.info.get('steps')} {seconds:.1f} s", flush=True)
+    rows = []
+    for spec, per in per_method.items():
         p_news = [r["p_new"] for r in per if r["p_new"] is not None]
         rows.append({"method": spec, "kl_en": mean(r["kl_en"] for r in per), "kl_zh": mean(r["kl_zh"] for r in per),
                      "flips_en": mean(r["flips_en"] for r in per), "p_new": mean(p_news) if p_news else None,
