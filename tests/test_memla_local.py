@@ -12,10 +12,10 @@ from tiny import tiny_model
 
 from memla.data import load_dataset
 from memla.editors import EditRequest, apply, get_editor
-from memla.editors.memla import Anchors
+from memla.editors.memla import Anchors, joint_batch
 from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, subject_pool, template_of
 from memla.langs import resolve_langs
-from memla.tokens import encode_text
+from memla.tokens import encode_text, forward, pad_id, right_pad
 
 
 @pytest.fixture(params=["llama", "gemma3_text"])
@@ -38,6 +38,30 @@ def test_anchor_kl_is_zero_unedited_and_grows_with_a_weight_change(tiny2):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     assert float(anchors.kl(model)) > 1e-3
+
+
+def test_joint_batch_gives_the_target_rows_and_the_anchors_their_own_logits(tiny2):
+    """train_lora's one forward pass over the target rows and the anchors equals the two passes apart."""
+    model, tok = tiny2
+    anchor_texts = ["The capital of Japan is", "今天的天气", "My favourite hobby is a very long sentence about"]
+    anchors = Anchors.measure(model, tok, [(t, encode_text(tok, t)) for t in anchor_texts], weight=1.0)
+    pad = pad_id(tok)
+    for target_texts in (["The capital of France is Rome", "Paris"], ["A target row much longer than any of the anchors, " * 4 + "is"]):
+        seqs = [encode_text(tok, t) for t in target_texts]
+        ids, _ = right_pad(seqs, pad_id=pad, device="cpu")  # (S, T)
+        keep = torch.zeros(ids.shape, dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            keep[i, :len(s)] = True
+        ones, pos = torch.ones_like(ids), torch.arange(ids.shape[1]).expand_as(ids)
+        joint = joint_batch((ids, ones, pos, keep), anchors, pad)
+        assert joint[0].shape == (len(seqs) + 3, max(ids.shape[1], anchors.ids.shape[1]))
+        with torch.no_grad():
+            together = forward(model, *joint[:3], logits_to_keep=joint[3]).logits
+            apart = forward(model, ids, ones, pos, logits_to_keep=keep).logits
+        n = int(keep.sum())
+        torch.testing.assert_close(together[:n], apart, atol=1e-4, rtol=1e-4)
+        kl, _ = anchors.terms_of(together[n:].float().log_softmax(-1))
+        assert float(kl) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_anchor_divergence_directions_match_hand_computed_kl(tiny2, monkeypatch):

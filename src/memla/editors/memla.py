@@ -30,7 +30,7 @@ from memla.editors.lora import MaskedLoRA, lora_hooks
 from memla.errors import EditError
 from memla.models import arch_spec, get_module, mlp_dims
 from memla.neurons import NeuronSet, knowledge_neurons, split_language_neurons
-from memla.tokens import encode_pair, forward, left_pad, next_token_logits, pad_id, right_pad
+from memla.tokens import encode_pair, forward, last_columns, left_pad, next_token_logits, pad_id, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -302,21 +302,36 @@ class Anchors:
                    tuple(text for text, _ in contexts), divergence,
                    torch.tensor(list(avoid), device=device) if avoid else None, avoid_weight, patience, tuple(labels))
 
+    def __post_init__(self) -> None:
+        p = self.logp.exp()  # (N, V): the unedited distributions, fixed during training
+        object.__setattr__(self, "_p", p)
+        object.__setattr__(self, "_neg_entropy", (p * self.logp).sum(-1))  # (N,): Σ_v p_0 log p_0
+
     def terms(self, model: nn.Module, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(D, R)`` over the anchors (or the given ``rows`` of them) for the model as it is now
-        (differentiable, one forward pass): ``D = mean_a KL`` in the direction of ``divergence``, and
-        the rise of the avoided tokens ``R = mean_a Σ_t max(0, log p_model(t|a) − log p_unedited(t|a))``
-        (0 without ``avoid``)."""
-        ids, mask, pos, logp = (self.ids, self.mask, self.pos, self.logp) if rows is None else \
-            (self.ids[rows], self.mask[rows], self.pos[rows], self.logp[rows])
-        logq = next_token_logits(model, ids, mask, pos).float().log_softmax(-1)  # (n, V)
-        forward_kl = (logp.exp() * (logp - logq)).sum(-1)  # (n,)
-        reverse_kl = (logq.exp() * (logq - logp)).sum(-1)  # (n,)
-        kl = {"forward": forward_kl, "reverse": reverse_kl, "both": forward_kl + reverse_kl}[self.divergence].mean()
+        (differentiable, one forward pass of the anchors; `terms_of`)."""
+        ids, mask, pos = (self.ids, self.mask, self.pos) if rows is None else (self.ids[rows], self.mask[rows], self.pos[rows])
+        return self.terms_of(next_token_logits(model, ids, mask, pos).float().log_softmax(-1), rows)
+
+    def terms_of(self, logq: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(D, R)`` from the edited model's next-token log-probabilities ``logq`` ``(n, V)`` on the anchors (or the given
+        ``rows`` of them): ``D = mean_a KL`` in the direction of ``divergence``, and the rise of the avoided
+        tokens ``R = mean_a Σ_t max(0, log p_model(t|a) − log p_unedited(t|a))`` (0 without ``avoid``).
+
+        The forward KL is computed as ``Σ_v p_0 log p_0 − Σ_v p_0 log p_θ`` with the first sum
+        measured once, and the reverse KL only when ``divergence`` asks for it (each is a pass
+        over ``(n, V)``, the vocabulary-sized part of a training step)."""
+        logp, p, neg_entropy = (self.logp, self._p, self._neg_entropy) if rows is None else \
+            (self.logp[rows], self._p[rows], self._neg_entropy[rows])
+        kl = logq.new_zeros(logq.shape[0])  # (n,)
+        if self.divergence in ("forward", "both"):
+            kl = kl + neg_entropy - (p * logq).sum(-1)  # (n,)
+        if self.divergence in ("reverse", "both"):
+            kl = kl + (logq.exp() * (logq - logp)).sum(-1)  # (n,)
         if self.avoid is None:
-            return kl, logq.new_zeros(())
+            return kl.mean(), logq.new_zeros(())
         rise = (logq[:, self.avoid] - logp[:, self.avoid]).clamp_min(0).sum(-1).mean()  # (n, m) -> ()
-        return kl, rise
+        return kl.mean(), rise
 
     def kl(self, model: nn.Module, rows: Tensor | None = None) -> Tensor:
         """``mean_a D(p_unedited(·|a), p_model(·|a))`` (`terms`' first part)."""
@@ -328,6 +343,28 @@ class Anchors:
                 "batch": self.batch,
                 "divergence": self.divergence, "texts": list(self.texts),
                 **({} if self.avoid is None else {"avoid": self.avoid.tolist(), "avoid_weight": self.avoid_weight})}
+
+
+def joint_batch(target: tuple[Tensor, Tensor, Tensor, Tensor], anchors: Anchors,
+                pad: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The right-padded target rows and the left-padded anchors as one batch ``(S + N, W)``.
+
+    ``target`` is ``(ids, mask, pos, keep)`` ``(S, T)``; the anchors' ``(N, T_a)``; both are
+    padded to ``W = max(T, T_a)`` (the target rows on the right, which their real positions
+    never attend to, the anchors on the left, masked), and ``keep`` selects the target
+    positions and then each anchor's last position, so the logits of the joint pass are the
+    target rows' ``(Σ n_i, V)`` followed by the anchors' ``(N, V)``.
+    """
+    ids, mask, pos, keep = target
+    width = max(ids.shape[1], anchors.ids.shape[1])
+    right, left = width - ids.shape[1], width - anchors.ids.shape[1]
+    pad_right = lambda x, value: torch.nn.functional.pad(x, (0, right), value=value)  # (S, T) -> (S, W)
+    pad_left = lambda x, value: torch.nn.functional.pad(x, (left, 0), value=value)  # (N, T_a) -> (N, W)
+    anchor_ids = pad_left(anchors.ids, pad)  # (N, W)
+    return (torch.cat([pad_right(ids, pad), anchor_ids]),
+            torch.cat([pad_right(mask, 1), pad_left(anchors.mask, 0)]),
+            torch.cat([pad_right(pos, 0), pad_left(anchors.pos, 1)]),
+            torch.cat([pad_right(keep.long(), 0).bool(), last_columns(anchor_ids)]))
 
 
 def train_lora(
@@ -346,8 +383,8 @@ def train_lora(
     over the target tokens, with teacher forcing; Adam on ``A`` and ``B`` only.  With
     ``anchors`` the loss adds ``λ · KL(p_unedited ‖ p_edited)`` on the anchor positions
     (`Anchors.kl`; memla-local; a seeded mini-batch of them per step when ``anchors.batch``
-    is set) and ``μ · R``, the rise of the avoided tokens on the anchors (`Anchors.terms`), computed
-    in a second forward pass, and training stops only once that KL is also below the anchors' tolerance (or
+    is set) and ``μ · R``, the rise of the avoided tokens on the anchors (`Anchors.terms_of`), from
+    the same forward pass as the target rows (`joint_batch`), and training stops only once that KL is also below the anchors' tolerance (or
     P(new) has been above ``stop_prob`` for more than the anchors' patience).  The
     forward pass adds ``c(Δ, W) · Δ x`` with the same ``c`` as the final update (Eq. 8,
     recomputed each step, not differentiated), so that the early stop on P(new) judges
@@ -379,6 +416,10 @@ def train_lora(
         select[i, len(s.prompt_ids) - 1:len(s.prompt_ids) - 1 + len(s.target_ids)] = True
     select = select.to(device)  # the LM head runs on these rows only, gathered contiguously (N = Σ n_i)
     ones, pos = torch.ones_like(ids), torch.arange(ids.shape[1], device=device).expand_as(ids)  # (S, T): no mask needed
+    with_anchors = anchors is not None and anchors.weight + anchors.avoid_weight > 0
+    if with_anchors:  # one forward pass for the target rows and the anchors (one LM-head pass over the vocabulary)
+        ids, ones, pos, select = joint_batch((ids, ones, pos, select), anchors, pad_id(tokenizer))  # (S + N, W)
+    n_rows, n_kept = len(seqs), int(select[:len(seqs)].sum())  # target rows; their selected positions (logits rows)
     targets = [torch.tensor(s.target_ids, device=device) for s in seqs]  # (n_i,) each
     offsets = torch.tensor([0, *(len(t) for t in targets)]).cumsum(0).tolist()  # row i's logits: offsets[i]:offsets[i+1]
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]
@@ -394,7 +435,14 @@ def train_lora(
             with torch.no_grad():
                 for name, eds in loras.items():
                     scales[name] = edit_scale(cfg, sum(e.delta() for e in eds), weights[name])
-            logp = forward(model, ids, ones, pos, logits_to_keep=select).logits.float().log_softmax(-1)  # (N, V)
+            rows, step = None, (ids, ones, pos, select)  # (S + N, W), or (S, T) without anchors
+            if with_anchors and 0 < anchors.batch < len(anchors.ids):
+                rows = torch.randperm(len(anchors.ids), generator=draw)[:anchors.batch].to(device)  # (batch,)
+                batch = torch.cat([torch.arange(n_rows, device=device), n_rows + rows])  # (S + batch,)
+                step = tuple(x[batch] for x in step)
+            logq = forward(model, *step[:3], logits_to_keep=step[3]).logits.float().log_softmax(-1)  # (Σ n_i [+ batch], V)
+            logp, anchor_logq = logq.split([n_kept, len(logq) - n_kept])  # (Σ n_i, V), (batch, V); split, not
+            # slices: its backward concatenates the two gradients instead of filling a zero (Σ n_i + batch, V) per slice
             mean_logp = [logp[offsets[i]:offsets[i + 1]].gather(-1, tgt[:, None]).mean() for i, tgt in enumerate(targets)]
             loss = -cfg.weight_new * torch.stack(mean_logp[:len(new)]).mean()
             if true is not None:
@@ -402,10 +450,8 @@ def train_lora(
             p_new = float(mean_logp[0].detach().exp())
             done = p_new > cfg.stop_prob
             waited += done
-            if anchors is not None and anchors.weight + anchors.avoid_weight > 0:
-                rows = None if not 0 < anchors.batch < len(anchors.ids) else \
-                    torch.randperm(len(anchors.ids), generator=draw)[:anchors.batch].to(device)  # (batch,)
-                kl, rise = anchors.terms(model, rows)
+            if with_anchors:
+                kl, rise = anchors.terms_of(anchor_logq, rows)
                 done = done and (anchors.weight == 0 or kl.item() < anchors.tolerance or 0 < anchors.patience < waited)
                 loss = loss + anchors.weight * kl + anchors.avoid_weight * rise
             losses.append(round(loss.item(), 5))
