@@ -357,14 +357,16 @@ def joint_batch(target: tuple[Tensor, Tensor, Tensor, Tensor], anchors: Anchors,
     """
     ids, mask, pos, keep = target
     width = max(ids.shape[1], anchors.ids.shape[1])
-    right, left = width - ids.shape[1], width - anchors.ids.shape[1]
-    pad_right = lambda x, value: torch.nn.functional.pad(x, (0, right), value=value)  # (S, T) -> (S, W)
-    pad_left = lambda x, value: torch.nn.functional.pad(x, (left, 0), value=value)  # (N, T_a) -> (N, W)
-    anchor_ids = pad_left(anchors.ids, pad)  # (N, W)
-    return (torch.cat([pad_right(ids, pad), anchor_ids]),
-            torch.cat([pad_right(mask, 1), pad_left(anchors.mask, 0)]),
-            torch.cat([pad_right(pos, 0), pad_left(anchors.pos, 1)]),
-            torch.cat([pad_right(keep.long(), 0).bool(), last_columns(anchor_ids)]))
+
+    def widen(x: Tensor, value: int, *, left: bool) -> Tensor:  # (B, T) -> (B, W)
+        extra = width - x.shape[1]
+        return torch.nn.functional.pad(x, (extra, 0) if left else (0, extra), value=value)
+
+    anchor_ids = widen(anchors.ids, pad, left=True)  # (N, W)
+    return (torch.cat([widen(ids, pad, left=False), anchor_ids]),
+            torch.cat([widen(mask, 1, left=False), widen(anchors.mask, 0, left=True)]),
+            torch.cat([widen(pos, 0, left=False), widen(anchors.pos, 1, left=True)]),
+            torch.cat([widen(keep.long(), 0, left=False).bool(), last_columns(anchor_ids)]))
 
 
 def train_lora(
