@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -422,6 +422,11 @@ def train_lora(
     if with_anchors:  # one forward pass for the target rows and the anchors (one LM-head pass over the vocabulary)
         ids, ones, pos, select = joint_batch((ids, ones, pos, select), anchors, pad_id(tokenizer))  # (S + N, W)
     n_rows, n_kept = len(seqs), int(select[:len(seqs)].sum())  # target rows; their selected positions (logits rows)
+    if with_anchors:  # the unedited distributions as this batch layout gives them: measured in another layout they
+        # differ in the last bits, and the rise term's hinge would turn such a rise into a full gradient
+        with torch.no_grad():
+            unedited = forward(model, ids, ones, pos, logits_to_keep=select).logits[n_kept:]  # (N, V)
+        anchors = replace(anchors, logp=unedited.float().log_softmax(-1))
     targets = [torch.tensor(s.target_ids, device=device) for s in seqs]  # (n_i,) each
     offsets = torch.tensor([0, *(len(t) for t in targets)]).cumsum(0).tolist()  # row i's logits: offsets[i]:offsets[i+1]
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]
