@@ -418,12 +418,12 @@ def train_lora(
         select[i, len(s.prompt_ids) - 1:len(s.prompt_ids) - 1 + len(s.target_ids)] = True
     select = select.to(device)  # the LM head runs on these rows only, gathered contiguously (N = Σ n_i)
     ones, pos = torch.ones_like(ids), torch.arange(ids.shape[1], device=device).expand_as(ids)  # (S, T): no mask needed
+    n_rows, n_kept = len(seqs), int(select.sum())  # target rows; their selected positions (logits rows)
     with_anchors = anchors is not None and anchors.weight + anchors.avoid_weight > 0
     if with_anchors:  # one forward pass for the target rows and the anchors (one LM-head pass over the vocabulary)
         ids, ones, pos, select = joint_batch((ids, ones, pos, select), anchors, pad_id(tokenizer))  # (S + N, W)
-    n_rows, n_kept = len(seqs), int(select[:len(seqs)].sum())  # target rows; their selected positions (logits rows)
-    if with_anchors:  # the unedited distributions as this batch layout gives them: measured in another layout they
-        # differ in the last bits, and the rise term's hinge would turn such a rise into a full gradient
+        # the unedited distributions as this batch layout gives them: measured in another layout they differ
+        # in the last bits, and the rise term's hinge would turn such a rise into a full gradient
         with torch.no_grad():
             unedited = forward(model, ids, ones, pos, logits_to_keep=select).logits[n_kept:]  # (N, V)
         anchors = replace(anchors, logp=unedited.float().log_softmax(-1))
