@@ -144,6 +144,7 @@ def test_avoid_new_weight_keeps_the_new_object_from_rising_on_the_anchors(tiny2)
 def test_zero_weight_with_masks_is_the_paper_memla(tiny2):
     model, tok = tiny2
     paper_like = {**FAST, "anchor_weight": 0.0, "avoid_new_weight": 0.0, "null_space": False, "align_langs": False,
+                  "forget_langs": False,
                   "mask_lse": True, "mask_lie": True}
     a = get_editor("memla-local", paper_like).edit(model, tok, france_request())
     b = get_editor("memla", FAST).edit(model, tok, france_request())
@@ -413,7 +414,8 @@ def test_anchor_patience_ends_training_that_waits_for_an_unreachable_kl(tiny2):
            "anchor_tolerance": 1e-12, "stop_loss": 0.0}
     waiting = get_editor("memla-local", cfg).edit(model, tok, req).info
     assert waiting["steps"] == 30
-    stop_prob = sorted(waiting["p_new"])[10]  # a tiny random model: a P(new) the training passes early on
+    levels = sorted(set(waiting["p_new"]))  # a tiny random model: P(new) levels the training passes early on
+    stop_prob = (levels[10] + levels[11]) / 2  # between two recorded (rounded) levels: no tie with the unrounded P(new)
     passed = [i for i, p in enumerate(waiting["p_new"]) if p > stop_prob]  # steps with P(new) above stop_prob
     patient = get_editor("memla-local", {**cfg, "anchor_patience": 3, "stop_prob": stop_prob}).edit(model, tok, req).info
     assert patient["anchors"]["patience"] == 3 and patient["steps"] == passed[3] + 1  # the 4th such step is the last
@@ -428,7 +430,7 @@ def test_context_prefixes_average_the_new_term_over_prefixed_prompts(tiny2):
     model, tok = tiny2
     req = france_request()
     cfg = {**FAST, "anchor_weight": 0.0, "avoid_new_weight": 0.0, "null_space": False, "align_langs": False,
-           "context_lengths": [[3, 2]]}
+           "forget_langs": False, "context_lengths": [[3, 2]]}
     editor = get_editor("memla-local", cfg)
     prefixes = editor.prefixes(model, tok)
     assert len(prefixes) == 3 and prefixes[0] == "" and all(p.strip() for p in prefixes[1:])
@@ -441,6 +443,28 @@ def test_context_prefixes_average_the_new_term_over_prefixed_prompts(tiny2):
     assert bare["p_new"][0] == pytest.approx(info["p_new"][0], abs=1e-5) and bare["loss"][0] != pytest.approx(info["loss"][0])
     with pytest.raises(Exception, match="context_lengths"):
         get_editor("memla-local", {"context_lengths": [[0, 2]]})
+
+
+def test_forget_langs_adds_each_locating_languages_p_true_to_the_loss(tiny2):
+    """With ``forget_langs`` the first step's loss (LoRA ``B = 0``: the unedited model) is
+    ``−w_new · log P(new | prompt) + w_true · Σ_k P(true_k | prompt_k)`` over the locating languages."""
+    model, tok = tiny2
+    req = france_request()
+    cfg = {**FAST, "anchor_weight": 0.0, "avoid_new_weight": 0.0, "null_space": False, "align_langs": False,
+           "forget_langs": True}
+    editor = get_editor("memla-local", cfg)
+    facts = editor.forgotten(req)
+    assert [(f.lang, f.target_true) for f in facts] == [("en", "Paris"), ("zh", "巴黎"), ("fr", "Paris")]
+    info = editor.edit(model, tok, req).info
+    p_true = [math.exp(mean_logp(model, tok, f.text, f.target_true, f.lang)) for f in facts]
+    expected = -2.5 * mean_logp(model, tok, req.text, req.target_new) + 2.0 * sum(p_true)
+    assert info["loss"][0] == pytest.approx(expected, abs=1e-4)
+    plain = get_editor("memla-local", {**cfg, "forget_langs": False})
+    assert plain.forgotten(req) == [req]
+    assert plain.edit(model, tok, req).info["loss"][0] == pytest.approx(expected - 2.0 * sum(p_true[1:]), abs=1e-4)
+    untrue = EditRequest(prompt=req.prompt, subject=req.subject, target_new=req.target_new, lang="en",
+                         translations=req.translations)
+    assert editor.forgotten(untrue) == []  # no target_true in the source language: the paper's objective has none
 
 
 def test_fact_templates_cover_every_language_and_ask_about_pool_kinds():

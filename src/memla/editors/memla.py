@@ -193,6 +193,10 @@ class MemlaEditor:
         """Texts put before the edit prompt in training, the first ``""`` (the paper's MEMLA: the bare prompt only)."""
         return ("",)
 
+    def forgotten(self, request: EditRequest) -> list[EditRequest]:
+        """The facts whose ``P(target_true)`` training pushes down (the paper's MEMLA: the request itself)."""
+        return [request] if request.target_true is not None else []
+
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
         """Constrain the editors before training (nothing in the paper's MEMLA; see `memla.editors.memla_local`).
@@ -216,7 +220,7 @@ class MemlaEditor:
         preserved = self.constrain(model, tokenizer, request, editors, anchors)
         losses, probs = train_lora(
             model, tokenizer, request, {names[l]: list(e.values()) for l, e in editors.items()}, cfg, anchors=anchors,
-            prefixes=self.prefixes(model, tokenizer),
+            prefixes=self.prefixes(model, tokenizer), forgotten=self.forgotten(request),
         )
         deltas, scales = {}, {}
         for layer, eds in editors.items():
@@ -378,6 +382,7 @@ def train_lora(
     *,
     anchors: Anchors | None = None,
     prefixes: Sequence[str] = ("",),
+    forgotten: Sequence[EditRequest] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Optimise the LoRA factors on the source-language edit prompt (§4.2, training objective).
 
@@ -394,7 +399,9 @@ def train_lora(
     afterwards, which can undo an edit that only just passed the stop threshold.)
     With ``prefixes`` (memla-local's ``context_lengths``) the NLL term is the mean over
     ``prefix + prompt`` rows, as ROME's v* objective (ROME Eq. 4, first term); P(new) for the
-    stop is the first prefix's row (``""``: the bare prompt).
+    stop is the first prefix's row (``""``: the bare prompt).  With ``forgotten`` (memla-local's
+    ``forget_langs``) the ``P(target_true)`` term is summed over those facts: the fact's prompt
+    in other languages with its own ``target_true``.
 
     Args:
         model, tokenizer, request: the model, its tokenizer and the edit.
@@ -403,13 +410,17 @@ def train_lora(
         cfg: the settings.
         anchors: locality anchors (memla-local), or None.
         prefixes: texts put before the prompt in the ``target_new`` rows, the first one ``""``.
+        forgotten: the facts whose ``P(target_true)`` the loss pushes down (default: ``request``
+            when it has a ``target_true``, the paper's objective).
 
     Returns:
         ``(losses, p_new)`` per step.
     """
     new = [encode_pair(tokenizer, prefix + request.text, request.target_new, request.lang) for prefix in prefixes]
-    true = encode_pair(tokenizer, request.text, request.target_true, request.lang) if request.target_true else None
-    seqs = new + ([true] if true is not None else [])
+    if forgotten is None:
+        forgotten = [request] if request.target_true is not None else []
+    true = [encode_pair(tokenizer, fact.text, fact.target_true, fact.lang) for fact in forgotten]
+    seqs = new + true
     device = input_device(model)
     # Right padding, no mask: causal attention keeps every real position independent of the pads after it.
     ids, _ = right_pad([s.prompt_ids + s.target_ids for s in seqs], pad_id=pad_id(tokenizer), device=device)  # (S, T)
@@ -452,8 +463,8 @@ def train_lora(
             # slices: its backward concatenates the two gradients instead of filling a zero (Σ n_i + batch, V) per slice
             mean_logp = [logp[offsets[i]:offsets[i + 1]].gather(-1, tgt[:, None]).mean() for i, tgt in enumerate(targets)]
             loss = -cfg.weight_new * torch.stack(mean_logp[:len(new)]).mean()
-            if true is not None:
-                loss = loss + cfg.weight_true * mean_logp[-1].exp()
+            if true:
+                loss = loss + cfg.weight_true * torch.stack(mean_logp[len(new):]).exp().sum()
             p_new = float(mean_logp[0].detach().exp())
             done = p_new > cfg.stop_prob
             waited += done

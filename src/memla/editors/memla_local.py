@@ -174,12 +174,16 @@ class MemlaLocalConfig(MemlaConfig):
             templates, `memla.editors.kv.context_prefixes`): the ``target_new`` term is averaged
             over the prompt and ``prefix + prompt`` for each of them (ROME Eq. 4, first term),
             so the edit holds in other contexts than the bare prompt (() = the bare prompt only).
+        forget_langs: the ``P(target_true)`` term (``weight_true``) also on the fact's prompt in each
+            other locating language, with that language's ``target_true`` (the prompts and answers
+            MEMLA already locates neurons with; still no ``target_new`` of another language): the
+            edit must also unlearn "Paris" after "法国的首都是", not only add what it adds there.
     """
 
     lr: float = 1e-3
     mask_lse: bool = False
     mask_lie: bool = False
-    anchor_weight: float = 20.0
+    anchor_weight: float = 40.0
     anchor_divergence: str = "forward"
     avoid_new_weight: float = 1.0
     anchor_tolerance: float = 0.05
@@ -196,6 +200,7 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_earlier: int = 64
     align_langs: bool = True
     context_lengths: tuple[tuple[int, int], ...] = ()
+    forget_langs: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -283,6 +288,15 @@ class MemlaLocalEditor(MemlaEditor):
         lengths = self.config.context_lengths
         return context_prefixes(model, tokenizer, lengths, seed=self.config.seed) if lengths else ("",)
 
+    def other_facts(self, request: EditRequest) -> list[EditRequest]:
+        """The fact in each other locating language that has a ``target_true`` (source language excluded)."""
+        return [f for f in map(request.in_lang, self.locating_langs(request)[1:]) if f.target_true is not None]
+
+    def forgotten(self, request: EditRequest) -> list[EditRequest]:
+        """The request and, with ``forget_langs``, its `other_facts`."""
+        facts = super().forgotten(request)
+        return facts + self.other_facts(request) if self.config.forget_langs and facts else facts
+
     def anchor_langs(self, request: EditRequest) -> list[str]:
         """Source language first, then the other anchor languages the request has."""
         cfg = self.config
@@ -336,8 +350,7 @@ class MemlaLocalEditor(MemlaEditor):
         """
         cfg = self.config
         anchored = cfg.null_space and anchors is not None
-        facts = [f for f in map(request.in_lang, self.locating_langs(request)[1:]) if f.target_true is not None] \
-            if cfg.align_langs else []
+        facts = self.other_facts(request) if cfg.align_langs else []
         if not anchored and not facts:
             return {}
         seqs: list[list[int]] = []
@@ -395,10 +408,14 @@ LOCAL_ABLATIONS = {
     "memla-local-wo-after": ({"anchor_after_target": False}, "w/o the after-target anchor"),
     "memla-local-masked": ({"mask_lse": True, "mask_lie": True}, "with MEMLA's neuron masks (LoRA on the located neurons only)"),
     "memla-local-wo-earlier": ({"anchor_earlier": 0}, "w/o earlier-edit anchors (sequential runs)"),
+    "memla-local-wo-forget": ({"forget_langs": False}, "w/o forgetting target_true in the other locating languages"),
     "memla-local-v1": ({"align_langs": False, "avoid_new_weight": 0.0, "anchor_langs": ("source",),
-                        "null_space_langs": "anchor", "anchor_patience": 0, "lr": 5e-3},
+                        "null_space_langs": "anchor", "anchor_patience": 0, "lr": 5e-3, "anchor_weight": 20.0,
+                        "forget_langs": False},
                        "the first defaults (source-language anchors, all in the null space; no alignment, no rise term)"),
-    "memla-local-v2": ({"lr": 5e-3}, "the v2 defaults (MEMLA's learning rate 5e-3)"),
+    "memla-local-v2": ({"lr": 5e-3, "anchor_weight": 20.0, "forget_langs": False},
+                       "the v2 defaults (MEMLA's learning rate 5e-3, λ = 20, no forgetting in other languages)"),
+    "memla-local-v3": ({"anchor_weight": 20.0, "forget_langs": False}, "the v3 defaults (λ = 20, no forgetting in other languages)"),
 }
 
 
