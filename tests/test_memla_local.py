@@ -40,6 +40,19 @@ def test_anchor_kl_is_zero_unedited_and_grows_with_a_weight_change(tiny2):
     assert float(anchors.kl(model)) > 1e-3
 
 
+def test_built_anchors_are_measured_once_and_refuse_terms_before(tiny2):
+    """`Anchors.build` leaves ``logp`` unmeasured (memla-local's anchors: `train_lora` measures them in its batch);
+    `measured` gives what `Anchors.measure` gives, and the terms need it."""
+    model, tok = tiny2
+    contexts = [(t, encode_text(tok, t)) for t in ["The capital of Japan is", "The weather today is"]]
+    built = Anchors.build(model, tok, contexts, weight=1.0)
+    assert built.logp is None
+    with pytest.raises(ValueError, match="not measured"):
+        built.kl(model)
+    torch.testing.assert_close(built.measured(model).logp, Anchors.measure(model, tok, contexts, weight=1.0).logp)
+    assert get_editor("memla-local", {**FAST, "anchor_subjects": 2}).anchors(model, tok, france_request()).logp is None
+
+
 def test_joint_batch_gives_the_target_rows_and_the_anchors_their_own_logits(tiny2):
     """train_lora's one forward pass over the target rows and the anchors equals the two passes apart."""
     model, tok = tiny2
@@ -111,7 +124,7 @@ def test_local_edit_flips_keeps_anchors_closer_and_restores_exactly(tiny2):
     # 4 subjects + 2 generic prompts in en, zh, fr (the locating languages), and the after-target anchor
     assert info["n"] == 3 * (4 + 2) + 1 and info["texts"][-1] == "The capital of France is → Tokyo"
     assert "The weather today is" in info["texts"] and "今天的天气" in info["texts"]
-    anchors = local.anchors(model, tok, req)
+    anchors = local.anchors(model, tok, req).measured(model)
     with apply(model, result):
         assert mean_logp(model, tok, req.text, "Tokyo") > mean_logp(model, tok, req.text, "Paris")
         kl_local = float(anchors.kl(model))
@@ -131,7 +144,7 @@ def test_avoid_new_weight_keeps_the_new_object_from_rising_on_the_anchors(tiny2)
     plain = get_editor("memla-local", cfg).edit(model, tok, req)
     avoiding = get_editor("memla-local", {**cfg, "avoid_new_weight": 5.0})
     result = avoiding.edit(model, tok, req)
-    anchors = avoiding.anchors(model, tok, req)
+    anchors = avoiding.anchors(model, tok, req).measured(model)
     assert result.info["anchors"]["avoid"] == anchors.avoid.tolist() and len(anchors.avoid) == 1
     with apply(model, plain):
         rise_plain = float(anchors.terms(model)[1])

@@ -259,7 +259,8 @@ class Anchors:
             after the last token.
         mask: their attention mask, ``(N, T)``.
         pos: their position ids, ``(N, T)``.
-        logp: the unedited model's next-token log-probabilities, ``(N, V)``.
+        logp: the unedited model's next-token log-probabilities, ``(N, V)``, or None until they are
+            measured (`measured`; `train_lora` measures them in its own batch layout).
         weight: ``λ`` of the KL term in the training loss.
         tolerance: training stops only once the KL is below this (and P(new) above ``stop_prob``).
         batch: anchors drawn (seeded, without replacement) for each training step; 0 = all.
@@ -279,7 +280,7 @@ class Anchors:
     ids: Tensor
     mask: Tensor
     pos: Tensor
-    logp: Tensor
+    logp: Tensor | None
     weight: float
     tolerance: float = math.inf
     batch: int = 0
@@ -291,22 +292,33 @@ class Anchors:
     labels: tuple[str, ...] = ()
 
     @classmethod
-    def measure(cls, model: nn.Module, tokenizer, contexts: Sequence[tuple[str, Sequence[int]]], *, weight: float,
-                tolerance: float = math.inf, batch: int = 0, divergence: str = "forward",
-                avoid: Sequence[int] = (), avoid_weight: float = 0.0, patience: int = 0,
-                labels: Sequence[str] = ()) -> Anchors:
-        """The anchors ``(text, token ids)`` with the model's next-token distributions as it is now."""
+    def build(cls, model: nn.Module, tokenizer, contexts: Sequence[tuple[str, Sequence[int]]], *, weight: float,
+              tolerance: float = math.inf, batch: int = 0, divergence: str = "forward",
+              avoid: Sequence[int] = (), avoid_weight: float = 0.0, patience: int = 0,
+              labels: Sequence[str] = ()) -> Anchors:
+        """The anchors ``(text, token ids)``, on the model's input device, not yet measured (``logp`` None)."""
         if labels and len(labels) != len(contexts):
             raise ValueError(f"{len(labels)} labels for {len(contexts)} anchors")
         device = input_device(model)
-        ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer), device=device)
-        with torch.no_grad():
-            logits = next_token_logits(model, ids, mask, pos)  # (N, V)
-        return cls(ids, mask, pos, logits.float().log_softmax(-1), weight, tolerance, batch,
-                   tuple(text for text, _ in contexts), divergence,
+        ids, mask, pos = left_pad([seq for _, seq in contexts], pad_id=pad_id(tokenizer), device=device)  # (N, T)
+        return cls(ids, mask, pos, None, weight, tolerance, batch, tuple(text for text, _ in contexts), divergence,
                    torch.tensor(list(avoid), device=device) if avoid else None, avoid_weight, patience, tuple(labels))
 
+    @classmethod
+    def measure(cls, model: nn.Module, tokenizer, contexts: Sequence[tuple[str, Sequence[int]]], **kwargs) -> Anchors:
+        """The anchors (`build`) with the model's next-token distributions as it is now (`measured`)."""
+        return cls.build(model, tokenizer, contexts, **kwargs).measured(model)
+
+    def measured(self, model: nn.Module | None = None, logits: Tensor | None = None) -> Anchors:
+        """These anchors with ``logp`` from ``logits`` ``(N, V)`` or, without them, from one pass of ``model``."""
+        if logits is None:
+            with torch.no_grad():
+                logits = next_token_logits(model, self.ids, self.mask, self.pos)  # (N, V)
+        return replace(self, logp=logits.float().log_softmax(-1))
+
     def __post_init__(self) -> None:
+        if self.logp is None:
+            return
         p = self.logp.exp()  # (N, V): the unedited distributions, fixed during training
         object.__setattr__(self, "_p", p)
         object.__setattr__(self, "_neg_entropy", (p * self.logp).sum(-1))  # (N,): Σ_v p_0 log p_0
@@ -325,6 +337,8 @@ class Anchors:
         The forward KL is computed as ``Σ_v p_0 log p_0 − Σ_v p_0 log p_θ`` with the first sum
         measured once, and the reverse KL only when ``divergence`` asks for it (each is a pass
         over ``(n, V)``, the vocabulary-sized part of a training step)."""
+        if self.logp is None:
+            raise ValueError("the anchors' unedited distributions are not measured yet (Anchors.measured)")
         logp, p, neg_entropy = (self.logp, self._p, self._neg_entropy) if rows is None else \
             (self.logp[rows], self._p[rows], self._neg_entropy[rows])
         kl = logq.new_zeros(logq.shape[0])  # (n,)
@@ -433,11 +447,10 @@ def train_lora(
     with_anchors = anchors is not None and anchors.weight + anchors.avoid_weight > 0
     if with_anchors:  # one forward pass for the target rows and the anchors (one LM-head pass over the vocabulary)
         ids, ones, pos, select = joint_batch((ids, ones, pos, select), anchors, pad_id(tokenizer))  # (S + N, W)
-        # the unedited distributions as this batch layout gives them: measured in another layout they differ
+        # the unedited distributions measured in this batch layout: measured in another layout they differ
         # in the last bits, and the rise term's hinge would turn such a rise into a full gradient
         with torch.no_grad():
-            unedited = forward(model, ids, ones, pos, logits_to_keep=select).logits[n_kept:]  # (N, V)
-        anchors = replace(anchors, logp=unedited.float().log_softmax(-1))
+            anchors = anchors.measured(logits=forward(model, ids, ones, pos, logits_to_keep=select).logits[n_kept:])
     targets = [torch.tensor(s.target_ids, device=device) for s in seqs]  # (n_i,) each
     offsets = torch.tensor([0, *(len(t) for t in targets)]).cumsum(0).tolist()  # row i's logits: offsets[i]:offsets[i+1]
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]

@@ -28,6 +28,10 @@ memla-local keeps MEMLA's locating (Eq. 1–4), its layers, its LSE / LIE LoRA r
    ``stop_prob`` and that KL is below ``anchor_tolerance`` (or after ``anchor_patience`` more
    steps).  The other languages' anchors act through this term only (``null_space_langs``):
    in the projection they would leave the aligned update too little room to transfer.
+4. **Forgetting in every locating language** (``forget_langs``): the ``w_true · P(target_true)``
+   term is summed over the fact's prompt in each locating language with that language's own
+   ``target_true`` (the prompts and answers MEMLA locates neurons with), so the aligned update
+   must also take "巴黎" away after "法国的首都是"; no ``target_new`` of another language is used.
 
 The anchors (none of them from an evaluation record):
 
@@ -306,8 +310,9 @@ class MemlaLocalEditor(MemlaEditor):
         return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
 
     def anchors(self, model: nn.Module, tokenizer, request: EditRequest) -> Anchors | None:
-        """The relation, generic, after-target and earlier-edit anchors with the distributions of the
-        model as it is before this edit (None when neither the KL term nor the null space uses them)."""
+        """The relation, generic, after-target and earlier-edit anchors, not yet measured (`Anchors.build`:
+        `train_lora` measures the model as it is before this edit; None when neither the KL term nor the
+        null space uses them)."""
         cfg = self.config
         if cfg.anchor_weight == 0 and cfg.avoid_new_weight == 0 and not cfg.null_space:
             return None
@@ -334,10 +339,10 @@ class MemlaLocalEditor(MemlaEditor):
             labels += ["earlier"] * len(earlier)
         if not texts:
             return None
-        return Anchors.measure(model, tokenizer, texts, weight=cfg.anchor_weight, tolerance=cfg.anchor_tolerance,
-                               batch=cfg.anchor_batch, divergence=cfg.anchor_divergence,
-                               avoid=enc.target_ids[:1] if cfg.avoid_new_weight else (),
-                               avoid_weight=cfg.avoid_new_weight, patience=cfg.anchor_patience, labels=labels)
+        return Anchors.build(model, tokenizer, texts, weight=cfg.anchor_weight, tolerance=cfg.anchor_tolerance,
+                             batch=cfg.anchor_batch, divergence=cfg.anchor_divergence,
+                             avoid=enc.target_ids[:1] if cfg.avoid_new_weight else (),
+                             avoid_weight=cfg.avoid_new_weight, patience=cfg.anchor_patience, labels=labels)
 
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
