@@ -50,6 +50,8 @@ def test_built_anchors_are_measured_once_and_refuse_terms_before(tiny2):
     with pytest.raises(ValueError, match="not measured"):
         built.kl(model)
     torch.testing.assert_close(built.measured(model).logp, Anchors.measure(model, tok, contexts, weight=1.0).logp)
+    with pytest.raises(ValueError, match="needs the model or its logits"):
+        built.measured()
     assert get_editor("memla-local", {**FAST, "anchor_subjects": 2}).anchors(model, tok, france_request()).logp is None
 
 

@@ -116,6 +116,11 @@ def edit_scale(cfg: MemlaConfig, delta: Tensor, weight: Tensor) -> float:
     return cfg.scale_constant if cfg.scale == "constant" else norm_ratio_scale(delta, weight)
 
 
+def own_fact(request: EditRequest) -> list[EditRequest]:
+    """The request itself when it has a ``target_true``: the fact the paper's loss unlearns (§4.2)."""
+    return [request] if request.target_true is not None else []
+
+
 def norm_ratio_scale(delta: Tensor, weight: Tensor) -> float:
     """``c(Δ, W) = 0.65·exp(−x²/2) + 0.4·sigmoid(2x)`` with ``x = ‖Δ‖_F / ‖W‖_F`` (Eq. 8)."""
     x = float(delta.norm() / weight.float().norm())
@@ -194,8 +199,8 @@ class MemlaEditor:
         return ("",)
 
     def forgotten(self, request: EditRequest) -> list[EditRequest]:
-        """The facts whose ``P(target_true)`` training pushes down (the paper's MEMLA: the request itself)."""
-        return [request] if request.target_true is not None else []
+        """The facts whose ``P(target_true)`` training pushes down (the paper's MEMLA: `own_fact`)."""
+        return own_fact(request)
 
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
@@ -312,6 +317,8 @@ class Anchors:
     def measured(self, model: nn.Module | None = None, logits: Tensor | None = None) -> Anchors:
         """These anchors with ``logp`` from ``logits`` ``(N, V)`` or, without them, from one pass of ``model``."""
         if logits is None:
+            if model is None:
+                raise ValueError("Anchors.measured needs the model or its logits on the anchors")
             with torch.no_grad():
                 logits = next_token_logits(model, self.ids, self.mask, self.pos)  # (N, V)
         return replace(self, logp=logits.float().log_softmax(-1))
@@ -424,15 +431,14 @@ def train_lora(
         cfg: the settings.
         anchors: locality anchors (memla-local), or None.
         prefixes: texts put before the prompt in the ``target_new`` rows, the first one ``""``.
-        forgotten: the facts whose ``P(target_true)`` the loss pushes down (default: ``request``
-            when it has a ``target_true``, the paper's objective).
+        forgotten: the facts whose ``P(target_true)`` the loss pushes down (default `own_fact`:
+            the request when it has a ``target_true``, the paper's objective).
 
     Returns:
         ``(losses, p_new)`` per step.
     """
     new = [encode_pair(tokenizer, prefix + request.text, request.target_new, request.lang) for prefix in prefixes]
-    if forgotten is None:
-        forgotten = [request] if request.target_true is not None else []
+    forgotten = own_fact(request) if forgotten is None else forgotten
     true = [encode_pair(tokenizer, fact.text, fact.target_true, fact.lang) for fact in forgotten]
     seqs = new + true
     device = input_device(model)
