@@ -143,7 +143,7 @@ def test_avoid_new_weight_keeps_the_new_object_from_rising_on_the_anchors(tiny2)
     model, tok = tiny2
     req = france_request()
     cfg = {**FAST, "scale_constant": 1.0, "max_steps": 30, "anchor_subjects": 4, "anchor_batch": 0, "null_space": False}
-    plain = get_editor("memla-local", cfg).edit(model, tok, req)
+    plain = get_editor("memla-local", {**cfg, "avoid_new_weight": 0.0}).edit(model, tok, req)
     avoiding = get_editor("memla-local", {**cfg, "avoid_new_weight": 5.0})
     result = avoiding.edit(model, tok, req)
     anchors = avoiding.anchors(model, tok, req).measured(model)

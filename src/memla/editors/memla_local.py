@@ -138,7 +138,8 @@ class MemlaLocalConfig(MemlaConfig):
         avoid_new_weight: ``μ``, the weight of the term that keeps the first token of ``target_new``
             from rising on any anchor (``max(0, log p_θ − log p_0)``, `Anchors.terms`): the edit
             must not make other subjects' prompts, or the edit prompt followed by ``target_new``,
-            more likely to say the new object (0 = off).
+            more likely to say the new object (0 = off). 4 (v4: 1): on the 16 dev records it keeps
+            NS-margin en 84.4 instead of 81.2 for ES en-avg 68.2 instead of 70.5.
         anchor_tolerance: training goes on after P(new) > ``stop_prob`` until the mean KL
             over the anchors is below this (nats), up to ``max_steps``.
         anchor_patience: once P(new) > ``stop_prob``, at most this many more steps wait for the
@@ -189,7 +190,7 @@ class MemlaLocalConfig(MemlaConfig):
     mask_lie: bool = False
     anchor_weight: float = 40.0
     anchor_divergence: str = "forward"
-    avoid_new_weight: float = 1.0
+    avoid_new_weight: float = 4.0
     anchor_tolerance: float = 0.05
     anchor_patience: int = 10
     anchor_batch: int = 8
@@ -418,9 +419,11 @@ LOCAL_ABLATIONS = {
                         "null_space_langs": "anchor", "anchor_patience": 0, "lr": 5e-3, "anchor_weight": 20.0,
                         "forget_langs": False},
                        "the first defaults (source-language anchors, all in the null space; no alignment, no rise term)"),
-    "memla-local-v2": ({"lr": 5e-3, "anchor_weight": 20.0, "forget_langs": False},
-                       "the v2 defaults (MEMLA's learning rate 5e-3, λ = 20, no forgetting in other languages)"),
-    "memla-local-v3": ({"anchor_weight": 20.0, "forget_langs": False}, "the v3 defaults (λ = 20, no forgetting in other languages)"),
+    "memla-local-v2": ({"lr": 5e-3, "anchor_weight": 20.0, "forget_langs": False, "avoid_new_weight": 1.0},
+                       "the v2 defaults (MEMLA's learning rate 5e-3, λ = 20, no forgetting in other languages, μ = 1)"),
+    "memla-local-v3": ({"anchor_weight": 20.0, "forget_langs": False, "avoid_new_weight": 1.0},
+                       "the v3 defaults (λ = 20, no forgetting in other languages, μ = 1)"),
+    "memla-local-v4": ({"avoid_new_weight": 1.0}, "the v4 defaults (μ = 1)"),
 }
 
 
