@@ -368,6 +368,35 @@ def test_sequence_anchors_the_earlier_edits_and_preserves_their_keys(tiny2):
         assert modules and len(modules) == len({n.rsplit(".", 1)[0] for n in result.deltas})
 
 
+def test_anchor_origin_keeps_the_model_before_the_run_except_for_the_earlier_edits(tiny2):
+    """``anchor_origin``: inside a run the anchors keep the pre-run model's logits (weights put back
+    exactly afterwards); the earlier-edit and after-target anchors keep the model as it is."""
+    from memla.editors import apply_, pristine
+    from memla.tokens import next_token_logits
+
+    model, tok = tiny2
+    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 2}
+    first = france_request()
+    second = EditRequest(prompt="The capital of {} is", subject="Spain", target_new="Oslo", target_true="Madrid", lang="en")
+    editor, plain = get_editor("memla-local", {**cfg, "anchor_origin": True}), get_editor("memla-local", cfg)
+    with pristine(model):
+        with editor.sequence():
+            apply_(model, editor.edit(model, tok, first))
+            anchors = editor.anchors(model, tok, second)
+            measure = lambda: next_token_logits(model, anchors.ids, anchors.mask, anchors.pos)  # noqa: E731
+            weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+            now, kept = measure(), editor.kept(model, anchors, measure)  # (N, V) each
+            assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())
+            assert torch.equal(plain.kept(model, anchors, measure), now)
+        assert editor.origin is None and torch.equal(editor.kept(model, anchors, measure), now)  # run over
+    before = measure()  # the model as it was before the run
+    as_now = torch.tensor([label in ("after", "earlier") for label in anchors.labels])
+    assert as_now.sum() == 2 and (~as_now).sum() > 0  # the after-target anchor and the first edit's prompt
+    torch.testing.assert_close(kept[as_now], now[as_now], rtol=0, atol=0)
+    torch.testing.assert_close(kept[~as_now], before[~as_now], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(now[~as_now], before[~as_now], atol=1e-4)  # the first edit moved them
+
+
 def test_anchor_earlier_zero_forgets_the_run(tiny2):
     model, tok = tiny2
     editor = get_editor("memla-local-wo-earlier", {**FAST, "anchor_subjects": 2})

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -202,6 +202,11 @@ class MemlaEditor:
         """The facts whose ``P(target_true)`` training pushes down (the paper's MEMLA: `own_fact`)."""
         return own_fact(request)
 
+    def kept(self, model: nn.Module, anchors: Anchors, measure: Callable[[], Tensor]) -> Tensor:
+        """The next-token logits ``(N, V)`` the anchors keep: the model's as it is before this edit
+        (``measure()``, `train_lora`; memla-local's ``anchor_origin`` overrides it)."""
+        return measure()
+
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
         """Constrain the editors before training (nothing in the paper's MEMLA; see `memla.editors.memla_local`).
@@ -226,6 +231,7 @@ class MemlaEditor:
         losses, probs = train_lora(
             model, tokenizer, request, {names[l]: list(e.values()) for l, e in editors.items()}, cfg, anchors=anchors,
             prefixes=self.prefixes(model, tokenizer), forgotten=self.forgotten(request),
+            kept=lambda anchors, measure: self.kept(model, anchors, measure),
         )
         deltas, scales = {}, {}
         for layer, eds in editors.items():
@@ -404,6 +410,7 @@ def train_lora(
     anchors: Anchors | None = None,
     prefixes: Sequence[str] = ("",),
     forgotten: Sequence[EditRequest] | None = None,
+    kept: Callable[[Anchors, Callable[[], Tensor]], Tensor] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Optimise the LoRA factors on the source-language edit prompt (§4.2, training objective).
 
@@ -433,6 +440,9 @@ def train_lora(
         prefixes: texts put before the prompt in the ``target_new`` rows, the first one ``""``.
         forgotten: the facts whose ``P(target_true)`` the loss pushes down (default `own_fact`:
             the request when it has a ``target_true``, the paper's objective).
+        kept: ``kept(anchors, measure) -> (N, V)``, the next-token logits the anchors keep, given
+            ``measure()``, one pass of the model as it is now in training's batch layout (default:
+            ``measure()``; memla-local's ``anchor_origin``: the model before a sequential run).
 
     Returns:
         ``(losses, p_new)`` per step.
@@ -455,8 +465,10 @@ def train_lora(
         ids, ones, pos, select = joint_batch((ids, ones, pos, select), anchors, pad_id(tokenizer))  # (S + N, W)
         # the unedited distributions measured in this batch layout: measured in another layout they differ
         # in the last bits, and the rise term's hinge would turn such a rise into a full gradient
+        def measure() -> Tensor:
+            return forward(model, ids, ones, pos, logits_to_keep=select).logits[n_kept:]  # (N, V)
         with torch.no_grad():
-            anchors = anchors.measured(logits=forward(model, ids, ones, pos, logits_to_keep=select).logits[n_kept:])
+            anchors = anchors.measured(logits=measure() if kept is None else kept(anchors, measure))
     targets = [torch.tensor(s.target_ids, device=device) for s in seqs]  # (n_i,) each
     offsets = torch.tensor([0, *(len(t) for t in targets)]).cumsum(0).tolist()  # row i's logits: offsets[i]:offsets[i+1]
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]

@@ -48,20 +48,22 @@ The anchors (none of them from an evaluation record):
 - **earlier edits** (sequential runs only, `memla.editors.SequenceEditor`): the prompts of the
   edits made before this one in the run, so that their keys are preserved by the null space
   and their new answers kept by the KL term (AlphaEdit's protection of earlier edits).
+  With ``anchor_origin`` the other anchors keep the model as it was before the run's first
+  edit, so each edit also pulls back the drift of the edits before it.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from memla.devices import input_device
 from memla.editors.base import EditRequest, EditResult, register_editor
@@ -170,6 +172,13 @@ class MemlaLocalConfig(MemlaConfig):
         anchor_earlier: in a sequential run (``with editor.sequence():``), the prompts of up to
             this many earlier edits of the run (the latest ones) are anchors too (0 = none);
             single edits are not affected.
+        anchor_origin: in a sequential run, the relation, fact and everyday anchors keep the
+            next-token distributions of the model as it was before the run's first edit, not as
+            the earlier edits left it (the down-projection weights are kept at the first edit and
+            put back for one measuring pass per edit, `MemlaLocalEditor.kept`): the KL and rise
+            terms then pull back what earlier edits moved on those prompts instead of keeping it.
+            The after-target and earlier-edit anchors keep the model as it is (the earlier edits'
+            new answers); single edits are not affected.
         align_langs: cross-lingual key alignment: also preserve the differences ``k_j − k_0``
             between the fact's key in each other locating language ``j`` (the prompts MEMLA already
             locates with; no ``target_new`` of another language is used) and in the source
@@ -203,6 +212,7 @@ class MemlaLocalConfig(MemlaConfig):
     null_space_tol: float = 0.05
     null_space_langs: str = "source"
     anchor_earlier: int = 64
+    anchor_origin: bool = False
     align_langs: bool = True
     context_lengths: tuple[tuple[int, int], ...] = ()
     forget_langs: bool = True
@@ -271,6 +281,7 @@ class MemlaLocalEditor(MemlaEditor):
     def __init__(self, config: MemlaLocalConfig | None = None):
         super().__init__(config or MemlaLocalConfig())
         self.earlier: list[EditRequest] | None = None  # the requests edited so far inside `sequence()`
+        self.origin: dict[int, Tensor] | None = None  # anchor_origin: the down-projections before the run, per layer
 
     @contextmanager
     def sequence(self) -> Iterator[None]:
@@ -279,10 +290,14 @@ class MemlaLocalEditor(MemlaEditor):
         try:
             yield
         finally:
-            self.earlier = None
+            self.earlier, self.origin = None, None
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
-        """MEMLA's edit with the anchors (`MemlaEditor.edit`); inside `sequence()` the request is remembered."""
+        """MEMLA's edit with the anchors (`MemlaEditor.edit`); inside `sequence()` the request is remembered
+        (and, with ``anchor_origin``, the down-projections as the first edit finds them)."""
+        if self.earlier == [] and self.config.anchor_origin:
+            spec = arch_spec(model)
+            self.origin = {layer: spec.down_module(model, layer).weight.detach().clone() for layer in range(num_layers(model))}
         result = super().edit(model, tokenizer, request)
         if self.earlier is not None:
             self.earlier.append(request)
@@ -301,6 +316,26 @@ class MemlaLocalEditor(MemlaEditor):
         """The request and, with ``forget_langs``, its `other_facts`."""
         facts = super().forgotten(request)
         return facts + self.other_facts(request) if self.config.forget_langs and facts else facts
+
+    def kept(self, model: nn.Module, anchors: Anchors, measure: Callable[[], Tensor]) -> Tensor:
+        """The anchors' kept logits ``(N, V)``: with ``anchor_origin`` in a sequential run, those of the
+        model before the run (its down-projections put back for one pass) for every anchor but the
+        after-target and earlier-edit ones, which keep the model as it is now."""
+        now = measure()  # (N, V)
+        if not self.origin:
+            return now
+        modules = {layer: arch_spec(model).down_module(model, layer) for layer in self.origin}
+        current = {layer: module.weight.data for layer, module in modules.items()}
+        try:
+            for layer, module in modules.items():
+                module.weight.data = self.origin[layer]
+            before = measure()  # (N, V)
+        finally:
+            for layer, module in modules.items():
+                module.weight.data = current[layer]
+        as_now = torch.tensor([label in ("after", "earlier") for label in anchors.labels], dtype=torch.bool,
+                              device=now.device)  # (N,)
+        return torch.where(as_now[:, None], now, before)  # (N, V)
 
     def anchor_langs(self, request: EditRequest) -> list[str]:
         """Source language first, then the other anchor languages the request has."""
