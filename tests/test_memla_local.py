@@ -378,7 +378,7 @@ def test_anchor_origin_keeps_the_model_before_the_run_except_for_the_earlier_edi
     cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 2}
     first = france_request()
     second = EditRequest(prompt="The capital of {} is", subject="Spain", target_new="Oslo", target_true="Madrid", lang="en")
-    editor, plain = get_editor("memla-local", {**cfg, "anchor_origin": True}), get_editor("memla-local", cfg)
+    editor, plain = get_editor("memla-local", cfg), get_editor("memla-local-v5", cfg)  # anchor_origin on / off
     with pristine(model):
         with editor.sequence():
             apply_(model, editor.edit(model, tok, first))
