@@ -189,22 +189,30 @@ def _added(param: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def apply(model: nn.Module, result: EditResult) -> Iterator[nn.Module]:
-    """Apply an edit's deltas inside a ``with`` block; restore the exact originals on exit.
+def substituted(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
+    """Give the named parameters these tensors inside a ``with`` block; restore the exact originals on exit.
 
     The original tensors themselves are put back (no arithmetic), so restore is
     bitwise exact, also when the block raises.
     """
-    params = _check_deltas(model, result)
+    params = dict(model.named_parameters())
     originals = {}
     try:
-        for name, param in params.items():
-            originals[name] = param.data
-            param.data = _added(param, result.deltas[name])
+        for name, data in tensors.items():
+            originals[name] = params[name].data
+            params[name].data = data
         yield model
     finally:
         for name, data in originals.items():
             params[name].data = data
+
+
+@contextmanager
+def apply(model: nn.Module, result: EditResult) -> Iterator[nn.Module]:
+    """Apply an edit's deltas inside a ``with`` block; restore the exact originals on exit (`substituted`)."""
+    params = _check_deltas(model, result)
+    with substituted(model, {name: _added(param, result.deltas[name]) for name, param in params.items()}):
+        yield model
 
 
 def apply_(model: nn.Module, result: EditResult) -> nn.Module:

@@ -66,7 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from memla.devices import input_device
-from memla.editors.base import EditRequest, EditResult, register_editor
+from memla.editors.base import EditRequest, EditResult, register_editor, substituted
 from memla.editors.kv import context_prefixes
 from memla.editors.lora import MaskedLoRA
 from memla.editors.memla import Anchors, MemlaConfig, MemlaEditor
@@ -283,7 +283,7 @@ class MemlaLocalEditor(MemlaEditor):
     def __init__(self, config: MemlaLocalConfig | None = None):
         super().__init__(config or MemlaLocalConfig())
         self.earlier: list[EditRequest] | None = None  # the requests edited so far inside `sequence()`
-        self.origin: dict[int, Tensor] | None = None  # anchor_origin: the down-projections before the run, per layer
+        self.origin: dict[str, Tensor] | None = None  # anchor_origin: the down-projection weights before the run, by name
 
     @contextmanager
     def sequence(self) -> Iterator[None]:
@@ -298,8 +298,9 @@ class MemlaLocalEditor(MemlaEditor):
         """MEMLA's edit with the anchors (`MemlaEditor.edit`); inside `sequence()` the request is remembered
         (and, with ``anchor_origin``, the down-projections as the first edit finds them)."""
         if self.earlier == [] and self.config.anchor_origin:
-            spec = arch_spec(model)
-            self.origin = {layer: spec.down_module(model, layer).weight.detach().clone() for layer in range(num_layers(model))}
+            spec, params = arch_spec(model), dict(model.named_parameters())
+            self.origin = {name: params[name].detach().clone()
+                           for name in map(spec.down_weight_name, range(num_layers(model)))}
         result = super().edit(model, tokenizer, request)
         if self.earlier is not None:
             self.earlier.append(request)
@@ -326,15 +327,8 @@ class MemlaLocalEditor(MemlaEditor):
         now = measure()  # (N, V)
         if not self.origin:
             return now
-        modules = {layer: arch_spec(model).down_module(model, layer) for layer in self.origin}
-        current = {layer: module.weight.data for layer, module in modules.items()}
-        try:
-            for layer, module in modules.items():
-                module.weight.data = self.origin[layer]
+        with substituted(model, self.origin):
             before = measure()  # (N, V)
-        finally:
-            for layer, module in modules.items():
-                module.weight.data = current[layer]
         as_now = torch.tensor([label in ("after", "earlier") for label in anchors.labels], dtype=torch.bool,
                               device=now.device)  # (N,)
         return torch.where(as_now[:, None], now, before)  # (N, V)
