@@ -397,6 +397,39 @@ def test_anchor_origin_keeps_the_model_before_the_run_except_for_the_earlier_edi
     assert not torch.allclose(now[~as_now], before[~as_now], atol=1e-4)  # the first edit moved them
 
 
+def test_anchor_relations_keep_the_other_relations_edited_earlier_in_the_run(tiny2):
+    """``anchor_relations``: inside a run an edit anchors the latest relation anchors of every other
+    template edited before it (KL and rise terms, not the null space); its own template's are not
+    repeated, and single edits are not affected."""
+    model, tok = tiny2
+    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "anchor_relations": 2, "null_space_tol": 1e-4}
+    capital, language = france_request(), EditRequest(prompt="The official language of {} is", subject="Spain",
+                                                      target_new="German", target_true="Spanish", lang="en")
+    editor = get_editor("memla-local", cfg)
+    assert "relation" not in editor.anchors(model, tok, language).labels  # not in a run
+    with editor.sequence():
+        first = editor.anchors(model, tok, capital)
+        second = editor.anchors(model, tok, language)
+        third = editor.anchors(model, tok, capital)
+    assert "relation" not in first.labels
+    relation = [t for t, label in zip(second.texts, second.labels) if label == "relation"]
+    assert relation == [t for t, label in zip(first.texts, first.labels) if label == "en"][:2]
+    assert all(t.startswith("The capital of") for t in relation)
+    assert [t for t, label in zip(third.texts, third.labels) if label == "relation"] == \
+        [t for t, label in zip(second.texts, second.labels) if label == "en"][:2]  # the other relation only
+    assert editor.relations == {}  # the run is over
+    with_relations = get_editor("memla-local", cfg)
+    without = get_editor("memla-local", {**cfg, "anchor_relations": 0})
+    preserved = []
+    for ed in (with_relations, without):
+        with ed.sequence():
+            ed.edit(model, tok, capital)
+            result = ed.edit(model, tok, language)
+        preserved.append({k: v["directions"] for k, v in result.info["preserved"].items()})
+        assert result.info["anchors"]["n"] == len(second.texts) + 1 - (ed is without) * len(relation)  # + the first prompt
+    assert preserved[0] == preserved[1]  # the null space does not take them
+
+
 def test_anchor_earlier_zero_forgets_the_run(tiny2):
     model, tok = tiny2
     editor = get_editor("memla-local-wo-earlier", {**FAST, "anchor_subjects": 2})

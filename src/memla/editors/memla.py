@@ -284,7 +284,7 @@ class Anchors:
         avoid_weight: ``μ`` of the rise term ``mean_a Σ_t max(0, log p_θ(t|a) − log p_0(t|a))``.
         patience: once P(new) is above ``stop_prob``, training waits at most this many more
             steps for the KL to fall below ``tolerance`` (0 = up to ``max_steps``).
-        labels: what each anchor is (memla-local: its language code, ``"after"`` or ``"earlier"``),
+        labels: what each anchor is (memla-local: its language code, ``"after"``, ``"relation"`` or ``"earlier"``),
             one per row, or empty.
     """
 

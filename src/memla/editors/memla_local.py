@@ -50,6 +50,10 @@ The anchors (none of them from an evaluation record):
   and their new answers kept by the KL term (AlphaEdit's protection of earlier edits).
   With ``anchor_origin`` the other anchors keep the model as it was before the run's first
   edit, so each edit also pulls back the drift of the edits before it.
+- **earlier relations** (sequential runs only, ``anchor_relations``): a few source-language
+  relation anchors of each other relation edited earlier in the run, so an edit of "the native
+  language of …" keeps what the model says after "The official language of …" (KL and rise
+  terms only).
 """
 
 from __future__ import annotations
@@ -172,6 +176,10 @@ class MemlaLocalConfig(MemlaConfig):
         anchor_earlier: in a sequential run (``with editor.sequence():``), the prompts of up to
             this many earlier edits of the run (the latest ones) are anchors too (0 = none);
             single edits are not affected.
+        anchor_relations: in a sequential run, this many source-language relation anchors of each
+            other template edited earlier in the run (those of its latest edit) are anchors of the
+            KL and rise terms too (not of the null space), so that the current edit keeps what the
+            model says about the relations edited before it (0 = none; single edits are not affected).
         anchor_origin: in a sequential run, the relation, fact and everyday anchors keep the
             next-token distributions of the model as it was before the run's first edit, not as
             the earlier edits left it (the down-projection weights are kept at the first edit and
@@ -214,6 +222,7 @@ class MemlaLocalConfig(MemlaConfig):
     null_space_tol: float = 0.05
     null_space_langs: str = "source"
     anchor_earlier: int = 64
+    anchor_relations: int = 0
     anchor_origin: bool = True
     align_langs: bool = True
     context_lengths: tuple[tuple[int, int], ...] = ()
@@ -224,9 +233,9 @@ class MemlaLocalConfig(MemlaConfig):
         if not 0.0 < self.null_space_tol <= 1.0:
             raise ValueError("null_space_tol must be in (0, 1]")
         if min(self.anchor_weight, self.avoid_new_weight, self.anchor_subjects, self.anchor_facts, self.anchor_batch,
-               self.anchor_earlier, self.anchor_patience) < 0 or self.anchor_tolerance <= 0:
+               self.anchor_earlier, self.anchor_relations, self.anchor_patience) < 0 or self.anchor_tolerance <= 0:
             raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_facts, anchor_batch, "
-                             "anchor_earlier and anchor_patience must be >= 0, anchor_tolerance > 0")
+                             "anchor_earlier, anchor_relations and anchor_patience must be >= 0, anchor_tolerance > 0")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if self.null_space_langs not in ("anchor", "source", "means"):
@@ -283,6 +292,7 @@ class MemlaLocalEditor(MemlaEditor):
     def __init__(self, config: MemlaLocalConfig | None = None):
         super().__init__(config or MemlaLocalConfig())
         self.earlier: list[EditRequest] | None = None  # the requests edited so far inside `sequence()`
+        self.relations: dict[str, list[str]] = {}  # anchor_relations: per template edited so far, its latest relation anchors
         self.origin: dict[str, Tensor] | None = None  # anchor_origin: the down-projection weights before the run, by name
 
     @contextmanager
@@ -292,7 +302,7 @@ class MemlaLocalEditor(MemlaEditor):
         try:
             yield
         finally:
-            self.earlier, self.origin = None, None
+            self.earlier, self.origin, self.relations = None, None, {}
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
         """MEMLA's edit with the anchors (`MemlaEditor.edit`); inside `sequence()` the request is remembered
@@ -333,6 +343,14 @@ class MemlaLocalEditor(MemlaEditor):
                               device=now.device)  # (N,)
         return torch.where(as_now[:, None], now, before)  # (N, V)
 
+    def earlier_relations(self, template: str, prompts: list[str]) -> list[str]:
+        """The remembered source-language relation anchors of every other template edited earlier in the
+        run (oldest template first); remembers the first ``anchor_relations`` of ``prompts`` for ``template``."""
+        self.relations.pop(template, None)
+        past = [text for texts in self.relations.values() for text in texts]
+        self.relations[template] = prompts[:self.config.anchor_relations]
+        return past
+
     def anchor_langs(self, request: EditRequest) -> list[str]:
         """Source language first, then the other anchor languages the request has."""
         cfg = self.config
@@ -349,14 +367,17 @@ class MemlaLocalEditor(MemlaEditor):
         if cfg.anchor_weight == 0 and cfg.avoid_new_weight == 0 and not cfg.null_space:
             return None
         texts: list[tuple[str, list[int]]] = []
-        labels: list[str] = []  # per anchor: its language, "after" or "earlier"
+        labels: list[str] = []  # per anchor: its language, "after", "relation" or "earlier"
         neighbours = nearest_subjects(model, tokenizer, request.subject or "", request.lang, cfg.anchor_subjects) \
             if request.subject else []
         langs = self.anchor_langs(request)
+        past: list[str] = []  # anchor_relations: relation anchors of the other templates edited earlier in the run
         facts = fact_prompts(request, langs, cfg.anchor_facts, cfg.seed) if cfg.anchor_facts else {}
         for k in langs:
             template = template_of(request.in_lang(k))
             prompts = [template.replace("{}", entry[k]) for entry in neighbours if k in entry] if template else []
+            if k == request.lang and self.earlier is not None and cfg.anchor_relations and template:
+                past = self.earlier_relations(template, prompts)
             prompts += facts.get(k, [])
             prompts += GENERIC_PROMPTS.get(k, ()) if cfg.anchor_generic else ()
             texts += [(text, encode_text(tokenizer, text)) for text in prompts]
@@ -365,6 +386,9 @@ class MemlaLocalEditor(MemlaEditor):
         if cfg.anchor_after_target:
             texts.append((request.text + " → " + request.target_new, enc.prompt_ids + enc.target_ids))
             labels.append("after")
+        if past:
+            texts += [(text, encode_text(tokenizer, text)) for text in past]
+            labels += ["relation"] * len(past)
         if self.earlier and cfg.anchor_earlier:
             earlier = self.earlier[-cfg.anchor_earlier:]
             texts += [(done.text, encode_text(tokenizer, done.text)) for done in earlier]
@@ -397,7 +421,7 @@ class MemlaLocalEditor(MemlaEditor):
             by_lang: dict[str, list[int]] = {}
             rows = zip(anchors.ids.tolist(), anchors.mask.tolist(), anchors.labels)  # one transfer, not one per anchor
             for ids, mask, label in rows:
-                if label in others and cfg.null_space_langs == "source":
+                if label == "relation" or (label in others and cfg.null_space_langs == "source"):
                     continue
                 seqs.append([t for t, keep in zip(ids, mask) if keep])
                 if label in others:
