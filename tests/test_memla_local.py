@@ -398,8 +398,8 @@ def test_anchor_origin_keeps_the_model_before_the_run_except_for_the_earlier_edi
 
 
 def test_anchor_relations_keep_the_other_relations_edited_earlier_in_the_run(tiny2):
-    """``anchor_relations``: inside a run an edit anchors the latest relation anchors of every other
-    template edited before it (KL and rise terms, not the null space); its own template's are not
+    """``anchor_relations``: inside a run an edit anchors the latest relation anchors (per anchor language)
+    of every other template edited before it (KL and rise terms, not the null space); its own template's are not
     repeated, and single edits are not affected."""
     model, tok = tiny2
     cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "anchor_relations": 2, "null_space_tol": 1e-4}
@@ -412,11 +412,14 @@ def test_anchor_relations_keep_the_other_relations_edited_earlier_in_the_run(tin
         second = editor.anchors(model, tok, language)
         third = editor.anchors(model, tok, capital)
     assert "relation" not in first.labels
+    def firsts(anchors, n=2):  # the first n relation anchors in each anchor language
+        langs = [k for k in dict.fromkeys(anchors.labels) if k not in ("after", "earlier", "relation")]
+        return [t for k in langs for t in [t for t, label in zip(anchors.texts, anchors.labels) if label == k][:n]]
+
     relation = [t for t, label in zip(second.texts, second.labels) if label == "relation"]
-    assert relation == [t for t, label in zip(first.texts, first.labels) if label == "en"][:2]
-    assert all(t.startswith("The capital of") for t in relation)
-    assert [t for t, label in zip(third.texts, third.labels) if label == "relation"] == \
-        [t for t, label in zip(second.texts, second.labels) if label == "en"][:2]  # the other relation only
+    assert relation == firsts(first) and len(relation) == 2 * len(editor.locating_langs(capital))
+    assert relation[0].startswith("The capital of")
+    assert [t for t, label in zip(third.texts, third.labels) if label == "relation"] == firsts(second)  # the other relation only
     assert editor.relations == {}  # the run is over
     with_relations = get_editor("memla-local", cfg)
     without = get_editor("memla-local", {**cfg, "anchor_relations": 0})

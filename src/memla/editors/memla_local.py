@@ -50,8 +50,8 @@ The anchors (none of them from an evaluation record):
   and their new answers kept by the KL term (AlphaEdit's protection of earlier edits).
   With ``anchor_origin`` the other anchors keep the model as it was before the run's first
   edit, so each edit also pulls back the drift of the edits before it.
-- **earlier relations** (sequential runs only, ``anchor_relations``): a few source-language
-  relation anchors of each other relation edited earlier in the run, so an edit of "the native
+- **earlier relations** (sequential runs only, ``anchor_relations``): a few relation anchors
+  per anchor language of each other relation edited earlier in the run, so an edit of "the native
   language of …" keeps what the model says after "The official language of …" (KL and rise
   terms only).
 """
@@ -176,8 +176,8 @@ class MemlaLocalConfig(MemlaConfig):
         anchor_earlier: in a sequential run (``with editor.sequence():``), the prompts of up to
             this many earlier edits of the run (the latest ones) are anchors too (0 = none);
             single edits are not affected.
-        anchor_relations: in a sequential run, this many source-language relation anchors of each
-            other template edited earlier in the run (those of its latest edit) are anchors of the
+        anchor_relations: in a sequential run, this many relation anchors per anchor language of
+            each other template edited earlier in the run (those of its latest edit) are anchors of the
             KL and rise terms too (not of the null space), so that the current edit keeps what the
             model says about the relations edited before it (0 = none; single edits are not affected).
         anchor_origin: in a sequential run, the relation, fact and everyday anchors keep the
@@ -292,7 +292,7 @@ class MemlaLocalEditor(MemlaEditor):
     def __init__(self, config: MemlaLocalConfig | None = None):
         super().__init__(config or MemlaLocalConfig())
         self.earlier: list[EditRequest] | None = None  # the requests edited so far inside `sequence()`
-        self.relations: dict[str, list[str]] = {}  # anchor_relations: per template edited so far, its latest relation anchors
+        self.relations: dict[str, list[tuple[str, str]]] = {}  # anchor_relations: per template edited so far, (lang, text) of its latest relation anchors
         self.origin: dict[str, Tensor] | None = None  # anchor_origin: the down-projection weights before the run, by name
 
     @contextmanager
@@ -343,12 +343,12 @@ class MemlaLocalEditor(MemlaEditor):
                               device=now.device)  # (N,)
         return torch.where(as_now[:, None], now, before)  # (N, V)
 
-    def earlier_relations(self, template: str, prompts: list[str]) -> list[str]:
-        """The remembered source-language relation anchors of every other template edited earlier in the
-        run (oldest template first); remembers the first ``anchor_relations`` of ``prompts`` for ``template``."""
+    def earlier_relations(self, template: str, anchors: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The remembered ``(lang, text)`` relation anchors of every other template edited earlier in the
+        run (oldest template first); remembers ``anchors``, this edit's, for ``template`` (its source-language form)."""
         self.relations.pop(template, None)
-        past = [text for texts in self.relations.values() for text in texts]
-        self.relations[template] = prompts[:self.config.anchor_relations]
+        past = [anchor for remembered in self.relations.values() for anchor in remembered]
+        self.relations[template] = anchors
         return past
 
     def anchor_langs(self, request: EditRequest) -> list[str]:
@@ -371,13 +371,12 @@ class MemlaLocalEditor(MemlaEditor):
         neighbours = nearest_subjects(model, tokenizer, request.subject or "", request.lang, cfg.anchor_subjects) \
             if request.subject else []
         langs = self.anchor_langs(request)
-        past: list[str] = []  # anchor_relations: relation anchors of the other templates edited earlier in the run
+        relation: list[tuple[str, str]] = []  # anchor_relations: (lang, text) of this edit's first relation anchors
         facts = fact_prompts(request, langs, cfg.anchor_facts, cfg.seed) if cfg.anchor_facts else {}
         for k in langs:
             template = template_of(request.in_lang(k))
             prompts = [template.replace("{}", entry[k]) for entry in neighbours if k in entry] if template else []
-            if k == request.lang and self.earlier is not None and cfg.anchor_relations and template:
-                past = self.earlier_relations(template, prompts)
+            relation += [(k, text) for text in prompts[:cfg.anchor_relations]]
             prompts += facts.get(k, [])
             prompts += GENERIC_PROMPTS.get(k, ()) if cfg.anchor_generic else ()
             texts += [(text, encode_text(tokenizer, text)) for text in prompts]
@@ -386,8 +385,10 @@ class MemlaLocalEditor(MemlaEditor):
         if cfg.anchor_after_target:
             texts.append((request.text + " → " + request.target_new, enc.prompt_ids + enc.target_ids))
             labels.append("after")
-        if past:
-            texts += [(text, encode_text(tokenizer, text)) for text in past]
+        own = template_of(request)
+        if self.earlier is not None and cfg.anchor_relations and own:
+            past = self.earlier_relations(own, relation)
+            texts += [(text, encode_text(tokenizer, text)) for _, text in past]
             labels += ["relation"] * len(past)
         if self.earlier and cfg.anchor_earlier:
             earlier = self.earlier[-cfg.anchor_earlier:]
