@@ -13,7 +13,8 @@ from tiny import tiny_model
 from memla.data import load_dataset
 from memla.editors import EditRequest, apply, get_editor
 from memla.editors.memla import Anchors, joint_batch
-from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, subject_pool, template_of
+from memla.editors.memla_local import (AFTER, EARLIER, GENERIC_PROMPTS, RELATION, nearest_subjects, subject_pool,
+                                       template_of)
 from memla.langs import resolve_langs
 from memla.tokens import encode_text, forward, pad_id, right_pad
 
@@ -237,7 +238,7 @@ def test_null_space_edit_leaves_anchor_keys_alone(tiny2):
     # the down-projection inputs of the source-language anchors (those the projection keeps) see
     # (almost) no change from the merged update
     anchors = editor.anchors(model, tok, france_request())
-    rows = torch.tensor([label in ("en", "after") for label in anchors.labels])
+    rows = torch.tensor([label in ("en", AFTER) for label in anchors.labels])
     assert_update_spares_keys(model, result, anchors.ids[rows], anchors.mask[rows], anchors.pos[rows])
 
 
@@ -390,7 +391,7 @@ def test_anchor_origin_keeps_the_model_before_the_run_except_for_the_earlier_edi
             assert torch.equal(plain.kept(model, anchors, measure), now)
         assert editor.origin is None and torch.equal(editor.kept(model, anchors, measure), now)  # run over
     before = measure()  # the model as it was before the run
-    as_now = torch.tensor([label in ("after", "earlier") for label in anchors.labels])
+    as_now = torch.tensor([label in (AFTER, EARLIER) for label in anchors.labels])
     assert as_now.sum() == 2 and (~as_now).sum() > 0  # the after-target anchor and the first edit's prompt
     torch.testing.assert_close(kept[as_now], now[as_now], rtol=0, atol=0)
     torch.testing.assert_close(kept[~as_now], before[~as_now], rtol=1e-5, atol=1e-5)
@@ -406,20 +407,20 @@ def test_anchor_relations_keep_the_other_relations_edited_earlier_in_the_run(tin
     capital, language = france_request(), EditRequest(prompt="The official language of {} is", subject="Spain",
                                                       target_new="German", target_true="Spanish", lang="en")
     editor = get_editor("memla-local", cfg)
-    assert "relation" not in editor.anchors(model, tok, language).labels  # not in a run
+    assert RELATION not in editor.anchors(model, tok, language).labels  # not in a run
     with editor.sequence():
         first = editor.anchors(model, tok, capital)
         second = editor.anchors(model, tok, language)
         third = editor.anchors(model, tok, capital)
-    assert "relation" not in first.labels
+    assert RELATION not in first.labels
     def firsts(anchors, n=2):  # the first n relation anchors in each anchor language
-        langs = [k for k in dict.fromkeys(anchors.labels) if k not in ("after", "earlier", "relation")]
+        langs = [k for k in dict.fromkeys(anchors.labels) if k not in (AFTER, EARLIER, RELATION)]
         return [t for k in langs for t in [t for t, label in zip(anchors.texts, anchors.labels) if label == k][:n]]
 
-    relation = [t for t, label in zip(second.texts, second.labels) if label == "relation"]
+    relation = [t for t, label in zip(second.texts, second.labels) if label == RELATION]
     assert relation == firsts(first) and len(relation) == 2 * len(editor.locating_langs(capital))
     assert relation[0].startswith("The capital of")
-    assert [t for t, label in zip(third.texts, third.labels) if label == "relation"] == firsts(second)  # the other relation only
+    assert [t for t, label in zip(third.texts, third.labels) if label == RELATION] == firsts(second)  # the other relation only
     assert editor.relations == {}  # the run is over
     with_relations = get_editor("memla-local", cfg)
     without = get_editor("memla-local", {**cfg, "anchor_relations": 0})
@@ -450,14 +451,14 @@ def test_null_space_langs_source_preserves_only_the_source_language_anchors(tiny
     every = get_editor("memla-local", {**cfg, "null_space_langs": "anchor"})
     source = get_editor("memla-local", {**cfg, "null_space_langs": "source"})
     anchors = source.anchors(model, tok, req)
-    assert anchors.labels[0] == "en" and {"zh", "fr", "after"} <= set(anchors.labels)
+    assert anchors.labels[0] == "en" and {"zh", "fr", AFTER} <= set(anchors.labels)
     assert len(anchors.labels) == len(anchors.texts) == every.anchors(model, tok, req).ids.shape[0]
     result = source.edit(model, tok, req)
     assert result.info["anchors"]["n"] == len(anchors.labels)  # all of them in the KL term
     kept = {k: v["directions"] for k, v in result.info["preserved"].items()}
     more = {k: v["directions"] for k, v in every.edit(model, tok, req).info["preserved"].items()}
     assert kept.keys() == more.keys() and all(kept[k] < more[k] for k in kept)
-    rows = torch.tensor([label in ("en", "after") for label in anchors.labels])
+    rows = torch.tensor([label in ("en", AFTER) for label in anchors.labels])
     assert_update_spares_keys(model, result, anchors.ids[rows], anchors.mask[rows], anchors.pos[rows])
     # "means": the source anchors one by one and one mean key per other language
     means = get_editor("memla-local", {**cfg, "null_space_langs": "means"}).edit(model, tok, req)
@@ -579,7 +580,7 @@ def test_fact_anchors_join_every_anchor_language(tiny2):
     req = france_request()
     plain = get_editor("memla-local", {**FAST, "anchor_subjects": 2}).anchors(model, tok, req)
     facts = get_editor("memla-local", {**FAST, "anchor_subjects": 2, "anchor_facts": 3}).anchors(model, tok, req)
-    langs = [k for k in dict.fromkeys(plain.labels) if k not in ("after", "earlier")]
+    langs = [k for k in dict.fromkeys(plain.labels) if k not in (AFTER, EARLIER)]
     for k in langs:
         assert facts.labels.count(k) == plain.labels.count(k) + 3
     assert len(facts.texts) == len(plain.texts) + 3 * len(langs)

@@ -78,6 +78,8 @@ from memla.hooks import output_tensor, trace
 from memla.models import arch_spec, num_layers
 from memla.tokens import encode_pair, encode_text, forward, left_pad, pad_id, right_pad
 
+AFTER, RELATION, EARLIER = "after", "relation", "earlier"  # anchor labels besides a language code (`Anchors.labels`)
+
 GENERIC_PROMPTS: dict[str, tuple[str, ...]] = {
     "en": ("The weather today is", "My favourite hobby is"),
     "zh": ("今天的天气", "我最喜欢的爱好是"),
@@ -342,7 +344,7 @@ class MemlaLocalEditor(MemlaEditor):
             return now
         with substituted(model, self.origin):
             before = measure()  # (N, V)
-        as_now = torch.tensor([label in ("after", "earlier") for label in anchors.labels], dtype=torch.bool,
+        as_now = torch.tensor([label in (AFTER, EARLIER) for label in anchors.labels], dtype=torch.bool,
                               device=now.device)  # (N,)
         return torch.where(as_now[:, None], now, before)  # (N, V)
 
@@ -370,7 +372,7 @@ class MemlaLocalEditor(MemlaEditor):
         if cfg.anchor_weight == 0 and cfg.avoid_new_weight == 0 and not cfg.null_space:
             return None
         texts: list[tuple[str, list[int]]] = []
-        labels: list[str] = []  # per anchor: its language, "after", "relation" or "earlier"
+        labels: list[str] = []  # per anchor: its language, AFTER, RELATION or EARLIER
         neighbours = nearest_subjects(model, tokenizer, request.subject or "", request.lang, cfg.anchor_subjects) \
             if request.subject else []
         langs = self.anchor_langs(request)
@@ -387,16 +389,16 @@ class MemlaLocalEditor(MemlaEditor):
         enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
         if cfg.anchor_after_target:
             texts.append((request.text + " → " + request.target_new, enc.prompt_ids + enc.target_ids))
-            labels.append("after")
+            labels.append(AFTER)
         own = template_of(request)
         if self.earlier is not None and cfg.anchor_relations and own:
             past = self.earlier_relations(own, relation)
             texts += [(text, encode_text(tokenizer, text)) for _, text in past]
-            labels += ["relation"] * len(past)
+            labels += [RELATION] * len(past)
         if self.earlier and cfg.anchor_earlier:
             earlier = self.earlier[-cfg.anchor_earlier:]
             texts += [(done.text, encode_text(tokenizer, done.text)) for done in earlier]
-            labels += ["earlier"] * len(earlier)
+            labels += [EARLIER] * len(earlier)
         if not texts:
             return None
         return Anchors.build(model, tokenizer, texts, weight=cfg.anchor_weight, tolerance=cfg.anchor_tolerance,
@@ -425,7 +427,7 @@ class MemlaLocalEditor(MemlaEditor):
             by_lang: dict[str, list[int]] = {}
             rows = zip(anchors.ids.tolist(), anchors.mask.tolist(), anchors.labels)  # one transfer, not one per anchor
             for ids, mask, label in rows:
-                if label == "relation" or (label in others and cfg.null_space_langs == "source"):
+                if label == RELATION or (label in others and cfg.null_space_langs == "source"):
                     continue
                 seqs.append([t for t, keep in zip(ids, mask) if keep])
                 if label in others:
