@@ -200,9 +200,10 @@ class MemlaLocalConfig(MemlaConfig):
             templates, `memla.editors.kv.context_prefixes`): the ``target_new`` term is averaged
             over the prompt and ``prefix + prompt`` for each of them (ROME Eq. 4, first term),
             so the edit holds in other contexts than the bare prompt (() = the bare prompt only).
-            With source-language anchors (``memla-local-transfer``) ``((5, 5),)`` lifts ES en-avg
-            59.8 → 63.8, PS en-avg 55.4 → 59.5 and QS en-en 38.5 → 50.0 on the 96 test records, and
-            lowers NS-margin en-avg 65.5 → 62.0 (`benchmarks/results/locality_test96_v7`).
+            ``memla-local-transfer`` (``((5, 5),)`` with source-language anchors) lifts ES en-avg
+            59.8 → 63.8, PS en-avg 55.4 → 59.5 and QS en-en 38.5 → 50.0 against the defaults on the 96
+            test records and lowers NS-margin en-avg 65.5 → 62.0 (`benchmarks/results/locality_test96_v7`);
+            ``((5, 5),)`` on the defaults takes 2.36× MEMLA's edit time (`benchmarks/edit_speed.py`).
         forget_langs: the ``P(target_true)`` term (``weight_true``) also on the fact's prompt in each
             other locating language, with that language's ``target_true`` (the prompts and answers
             MEMLA already locates neurons with; still no ``target_new`` of another language): the
