@@ -400,8 +400,8 @@ def test_anchor_origin_keeps_the_model_before_the_run_except_for_the_earlier_edi
 
 def test_anchor_relations_keep_the_other_relations_edited_earlier_in_the_run(tiny2):
     """``anchor_relations``: inside a run an edit anchors the latest relation anchors (per anchor language)
-    of every other template edited before it (KL and rise terms, not the null space); its own template's are not
-    repeated, and single edits are not affected."""
+    of every other template edited before it (null space, KL and rise terms, kept as the model is now); its own
+    template's are not repeated, and single edits are not affected."""
     model, tok = tiny2
     cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "anchor_relations": 2, "null_space_tol": 1e-4}
     capital, language = france_request(), EditRequest(prompt="The official language of {} is", subject="Spain",
@@ -422,16 +422,27 @@ def test_anchor_relations_keep_the_other_relations_edited_earlier_in_the_run(tin
     assert relation[0].startswith("The capital of")
     assert [t for t, label in zip(third.texts, third.labels) if label == RELATION] == firsts(second)  # the other relation only
     assert editor.relations == {}  # the run is over
+    from memla.editors import apply_, pristine
+    from memla.tokens import next_token_logits
+
     with_relations = get_editor("memla-local", cfg)
     without = get_editor("memla-local", {**cfg, "anchor_relations": 0})
     preserved = []
     for ed in (with_relations, without):
-        with ed.sequence():
-            ed.edit(model, tok, capital)
+        with pristine(model), ed.sequence():
+            apply_(model, ed.edit(model, tok, capital))
+            anchors = ed.anchors(model, tok, language)
+            measure = lambda: next_token_logits(model, anchors.ids, anchors.mask, anchors.pos)  # noqa: E731
+            now, kept = measure(), ed.kept(model, anchors, measure)  # (N, V) each
             result = ed.edit(model, tok, language)
+        is_relation = torch.tensor([label == RELATION for label in anchors.labels])  # (N,)
+        assert int(is_relation.sum()) == (ed is with_relations) * len(relation)
+        torch.testing.assert_close(kept[is_relation], now[is_relation], rtol=0, atol=0)  # as the model is now
         preserved.append({k: v["directions"] for k, v in result.info["preserved"].items()})
         assert result.info["anchors"]["n"] == len(second.texts) + 1 - (ed is without) * len(relation)  # + the first prompt
-    assert preserved[0] == preserved[1]  # the null space does not take them
+    assert preserved[0].keys() == preserved[1].keys()
+    assert all(preserved[0][k] >= preserved[1][k] for k in preserved[0])  # the null space takes them too
+    assert sum(preserved[0].values()) > sum(preserved[1].values())
 
 
 def test_anchor_earlier_zero_forgets_the_run(tiny2):

@@ -52,8 +52,8 @@ The anchors (none of them from an evaluation record):
   edit, so each edit also pulls back the drift of the edits before it.
 - **earlier relations** (sequential runs only, ``anchor_relations``): a few relation anchors
   per anchor language of each other relation edited earlier in the run, so an edit of "the native
-  language of …" keeps what the model says after "The official language of …" (KL and rise
-  terms only).
+  language of …" keeps what the model says after "The official language of …" (null space,
+  KL and rise terms, as the model is now).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class MemlaLocalConfig(MemlaConfig):
         null_space_tol: singular values above this share of the largest span the preserved space.
         null_space_langs: whose anchor keys the null space preserves: ``"anchor"`` = every anchor's,
             ``"source"`` = only the source language's relation and everyday anchors (with the
-            after-target and earlier-edit anchors); the anchors in other languages then act through
+            after-target, earlier-edit and earlier-relation anchors); the anchors in other languages then act through
             the KL and rise terms only, so the projection leaves the update room to transfer;
             ``"means"`` = the source language's anchors one by one and, per other language, the
             mean key of its anchors (the direction its prompts share, e.g. the template's).
@@ -179,16 +179,19 @@ class MemlaLocalConfig(MemlaConfig):
             this many earlier edits of the run (the latest ones) are anchors too (0 = none);
             single edits are not affected.
         anchor_relations: in a sequential run, this many relation anchors per anchor language of
-            each other template edited earlier in the run (those of its latest edit) are anchors of the
-            KL and rise terms too (not of the null space), so that the current edit keeps what the
-            model says about the relations edited before it (0 = none; single edits are not affected).
+            each other template edited earlier in the run (those of its latest edit) are anchors too:
+            their keys go into the null space and the KL and rise terms keep their next-token
+            distributions as the model is now (not as it was before the run: those prompts have
+            already drifted, and pulling them back would hold every edit to ``anchor_patience``),
+            so that the current edit keeps what the model says about the relations edited before
+            it (0 = none; single edits are not affected).
         anchor_origin: in a sequential run, the relation, fact and everyday anchors keep the
             next-token distributions of the model as it was before the run's first edit, not as
             the earlier edits left it (the down-projection weights are kept at the first edit and
             put back for one measuring pass per edit, `MemlaLocalEditor.kept`): the KL and rise
             terms then pull back what earlier edits moved on those prompts instead of keeping it.
-            The after-target and earlier-edit anchors keep the model as it is (the earlier edits'
-            new answers); single edits are not affected. On (v6; v5: off): in 20 sequential dev
+            The after-target, earlier-edit and earlier-relation anchors keep the model as it is
+            (the earlier edits' new answers); single edits are not affected. On (v6; v5: off): in 20 sequential dev
             edits it keeps NS en-en 42.5 instead of 22.5 and NS-keep zh 31.2% instead of 2.5%, for
             16% more edit time in the run (`benchmarks/results/sequential_dev20/v5_origin`).
         align_langs: cross-lingual key alignment: also preserve the differences ``k_j − k_0``
@@ -339,13 +342,13 @@ class MemlaLocalEditor(MemlaEditor):
     def kept(self, model: nn.Module, anchors: Anchors, measure: Callable[[], Tensor]) -> Tensor:
         """The anchors' kept logits ``(N, V)``: with ``anchor_origin`` in a sequential run, those of the
         model before the run (its down-projections put back for one pass) for every anchor but the
-        after-target and earlier-edit ones, which keep the model as it is now."""
+        after-target, earlier-edit and earlier-relation ones, which keep the model as it is now."""
         now = measure()  # (N, V)
         if not self.origin:
             return now
         with substituted(model, self.origin):
             before = measure()  # (N, V)
-        as_now = torch.tensor([label in (AFTER, EARLIER) for label in anchors.labels], dtype=torch.bool,
+        as_now = torch.tensor([label in (AFTER, EARLIER, RELATION) for label in anchors.labels], dtype=torch.bool,
                               device=now.device)  # (N,)
         return torch.where(as_now[:, None], now, before)  # (N, V)
 
@@ -428,7 +431,7 @@ class MemlaLocalEditor(MemlaEditor):
             by_lang: dict[str, list[int]] = {}
             rows = zip(anchors.ids.tolist(), anchors.mask.tolist(), anchors.labels)  # one transfer, not one per anchor
             for ids, mask, label in rows:
-                if label == RELATION or (label in others and cfg.null_space_langs == "source"):
+                if label in others and cfg.null_space_langs == "source":
                     continue
                 seqs.append([t for t, keep in zip(ids, mask) if keep])
                 if label in others:
