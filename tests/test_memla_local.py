@@ -11,12 +11,12 @@ from test_memla_editor import request as france_request
 from tiny import tiny_model
 
 from memla.data import load_dataset
-from memla.editors import EditRequest, apply, get_editor
+from memla.editors import EditRequest, apply, apply_, get_editor, pristine
 from memla.editors.memla import Anchors, joint_batch
 from memla.editors.memla_local import (AFTER, EARLIER, GENERIC_PROMPTS, RELATION, nearest_subjects, subject_pool,
                                        template_of)
 from memla.langs import resolve_langs
-from memla.tokens import encode_text, forward, pad_id, right_pad
+from memla.tokens import encode_text, forward, next_token_logits, pad_id, right_pad
 
 
 @pytest.fixture(params=["llama", "gemma3_text"])
@@ -339,7 +339,7 @@ def test_without_kl_the_null_space_still_uses_the_anchors(tiny2):
 
 def test_sequence_anchors_the_earlier_edits_and_preserves_their_keys(tiny2):
     """Inside `sequence()` the second edit anchors the first edit's prompt (null space + KL); outside, no memory."""
-    from memla.editors import SequenceEditor, apply_, pristine
+    from memla.editors import SequenceEditor
     from memla.evaluate.sequential import edit_sequentially
     from memla.tokens import encode_pair
 
@@ -372,9 +372,6 @@ def test_sequence_anchors_the_earlier_edits_and_preserves_their_keys(tiny2):
 def test_anchor_origin_keeps_the_model_before_the_run_except_for_the_earlier_edits(tiny2):
     """``anchor_origin``: inside a run the anchors keep the pre-run model's logits (weights put back
     exactly afterwards); the earlier-edit and after-target anchors keep the model as it is."""
-    from memla.editors import apply_, pristine
-    from memla.tokens import next_token_logits
-
     model, tok = tiny2
     cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 2}
     first = france_request()
@@ -422,9 +419,6 @@ def test_anchor_relations_keep_the_other_relations_edited_earlier_in_the_run(tin
     assert relation[0].startswith("The capital of")
     assert [t for t, label in zip(third.texts, third.labels) if label == RELATION] == firsts(second)  # the other relation only
     assert editor.relations == {}  # the run is over
-    from memla.editors import apply_, pristine
-    from memla.tokens import next_token_logits
-
     with_relations = get_editor("memla-local", cfg)
     without = get_editor("memla-local", {**cfg, "anchor_relations": 0})
     preserved = []
