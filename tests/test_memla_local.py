@@ -297,6 +297,31 @@ def test_demo_rejects_an_unknown_method_before_loading_the_model(monkeypatch):
     assert main(["demo", "--method", "memla-locl"]) == 2
 
 
+def test_demo_config_is_checked_before_loading_the_model(monkeypatch, tmp_path, capsys):
+    import memla.editors
+    from memla.cli import main
+    from memla.cli import demo
+
+    class Loaded(Exception):
+        pass
+
+    def load(args):
+        raise Loaded(args)
+
+    monkeypatch.setattr(demo, "load_model_from_args", load)
+    bad, missing, good = tmp_path / "bad.yaml", tmp_path / "missing.yaml", tmp_path / "good.yaml"
+    bad.write_text("weight_tru: 4.0\n", encoding="utf-8")
+    good.write_text("weight_true: 4.0\n", encoding="utf-8")
+    assert main(["demo", "--config", str(bad)]) == 2  # an unknown field: a one-line error, no model loaded
+    assert "weight_tru" in capsys.readouterr().err
+    assert main(["demo", "--config", str(missing)]) == 2
+    built = []
+    monkeypatch.setattr(memla.editors, "get_editor", lambda *a: built.append(get_editor(*a)) or built[-1])
+    with pytest.raises(Loaded):
+        main(["demo", "--config", str(good)])
+    assert built[0].name == "memla-local" and built[0].config.weight_true == 4.0
+
+
 @pytest.mark.slow
 def test_real_model_demo_fact_keeps_tokyo_and_does_not_repeat_rome(default_model):
     """The demo fact (France → Rome): the edit flips in English, Japan keeps Tokyo, no "Rome Rome Rome"."""

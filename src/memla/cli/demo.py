@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     add_method_argument(p, "--method", default="memla-local",
                         help="editing method (%(methods)s; default: memla-local; memla is the paper's, which "
                              "also changes unrelated facts of the relation)")
+    p.add_argument("--config", help="YAML/JSON file with the method's config (as `memla edit --config`), "
+                                    "e.g. 'weight_true: 4.0' to try a memla-local setting on the demo fact")
     add_compute_arguments(p)
     p.set_defaults(func=run, model=None)
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from memla.models import describe
 
     t0 = time.perf_counter()
-    editor = get_editor(args.method)  # an unknown method fails before the model loads
+    editor = get_editor(args.method, args.config)  # an unknown method or a bad config fails before the model loads
     model, tokenizer = load_model_from_args(args)
     info = describe(model)
     print_table("embedded default model", ["property", "value"],
