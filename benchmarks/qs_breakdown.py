@@ -21,24 +21,20 @@ The unedited model's answers are read from the same run (every ``memla bench`` r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from statistics import mean
 
 from memla.data import load_dataset
+from memla.errors import MemlaError
+from memla.evaluate import load_run
 from memla.evaluate.metrics import F1_UNITS, token_f1
 
 
-def read_qs(run: Path, ls: str, lt: str) -> dict[tuple[str, int | str], dict]:
-    """``(method, record) -> row`` of the ok result lines of one (ls, lt) cell of a bench run."""
-    rows = {}
-    with open(run / "results.jsonl", encoding="utf-8") as fh:
-        for text in fh:
-            line = json.loads(text)
-            if line["ls"] == ls and line["lt"] == lt and line["status"] == "ok" and line.get("qs"):
-                rows[line["method"], line["record"]] = line
-    return rows
+def qs_rows(lines: list[dict], ls: str, lt: str) -> dict[tuple[str, int | str], dict]:
+    """``(method, record) -> line`` of a run's ok result lines of one (ls, lt) cell that have QS items."""
+    return {(line["method"], line["record"]): line for line in lines
+            if line["ls"] == ls and line["lt"] == lt and line["status"] == "ok" and line.get("qs")}
 
 
 def percent(values: list[float]) -> str:
@@ -55,18 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unit", default="words", choices=F1_UNITS[1:],
                         help="F1 unit for 'knows' (default words; chars for zh, ja, th)")
     args = parser.parse_args(argv)
-    missing = [str(run) for run in args.runs if not (run / "manifest.json").is_file()]
+    try:
+        runs = [(run, *load_run(run)) for run in args.runs]
+    except MemlaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    missing = [str(run) for run, manifest, _ in runs if "dataset" not in manifest]
     if missing:
         print(f"error: not memla bench folders (no manifest.json): {', '.join(missing)}", file=sys.stderr)
         return 2
     print(f"| run | method | QS {args.ls}-{args.lt} | knows (n) | QS where it knows | QS where it does not |")
     print("|---|---|---:|---:|---:|---:|")
-    for run in args.runs:
-        manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    for run, manifest, lines in runs:
         records = {r.example_id: r for r in load_dataset(manifest["dataset"], split=manifest["split"])}
-        rows = read_qs(run, args.ls, args.lt)
-        truth = {rec: records[rec].edit[args.lt].target_true for (m, rec) in rows
-                 if m == "unedited" and records[rec].edit[args.lt].target_true}
+        rows = qs_rows(lines, args.ls, args.lt)
+        truth = {rec: answer for (m, rec) in rows if m == "unedited"
+                 if (answer := records[rec].edit[args.lt].target_true)}
         if not truth:
             print(f"error: {run} has no unedited {args.ls}-{args.lt} results to compare with", file=sys.stderr)
             return 2
@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             yes = [v for rec, v in f1.items() if knows[rec]]
             no = [v for rec, v in f1.items() if not knows[rec]]
-            print(f"| {run.as_posix().removeprefix('benchmarks/results/')} | {method} | {percent(list(f1.values()))} | {len(yes)} of {len(f1)} | {percent(yes)} "
-                  f"| {percent(no)} |")
+            name = run.as_posix().removeprefix("benchmarks/results/")
+            print(f"| {name} | {method} | {percent(list(f1.values()))} | {len(yes)} of {len(f1)} "
+                  f"| {percent(yes)} | {percent(no)} |")
     return 0
 
 
