@@ -208,6 +208,11 @@ def test_config_rejects_bad_anchor_values(bad):
         get_editor("memla-local", bad)
 
 
+def test_config_rejects_a_negative_forget_weight():
+    with pytest.raises(Exception, match="forget_weight"):
+        get_editor("memla-local", {"forget_weight": -1.0})
+
+
 def test_preserve_makes_the_update_vanish_on_the_keys():
     from memla.editors.lora import MaskedLoRA
 
@@ -567,15 +572,20 @@ def test_forget_langs_adds_each_locating_languages_p_true_to_the_loss(tiny2):
     cfg = {**FAST, "anchor_weight": 0.0, "avoid_new_weight": 0.0, "null_space": False, "align_langs": False,
            "forget_langs": True}
     editor = get_editor("memla-local", cfg)
-    facts = editor.forgotten(req)
-    assert [(f.lang, f.target_true) for f in facts] == [("en", "Paris"), ("zh", "巴黎"), ("fr", "Paris")]
+    facts = [f for f, _ in editor.forgotten(req)]
+    assert [(f.lang, f.target_true, w) for f, w in editor.forgotten(req)] == [
+        ("en", "Paris", 2.0), ("zh", "巴黎", 2.0), ("fr", "Paris", 2.0)]
     info = editor.edit(model, tok, req).info
     p_true = [math.exp(mean_logp(model, tok, f.text, f.target_true, f.lang)) for f in facts]
     expected = -2.5 * mean_logp(model, tok, req.text, req.target_new) + 2.0 * sum(p_true)
     assert info["loss"][0] == pytest.approx(expected, abs=1e-4)
     plain = get_editor("memla-local", {**cfg, "forget_langs": False})
-    assert plain.forgotten(req) == [req]
+    assert plain.forgotten(req) == [(req, 2.0)]
     assert plain.edit(model, tok, req).info["loss"][0] == pytest.approx(expected - 2.0 * sum(p_true[1:]), abs=1e-4)
+    # forget_weight weighs the other languages' terms only; the source language's keeps weight_true
+    heavy = get_editor("memla-local", {**cfg, "forget_weight": 5.0})
+    assert [w for _, w in heavy.forgotten(req)] == [2.0, 5.0, 5.0]
+    assert heavy.edit(model, tok, req).info["loss"][0] == pytest.approx(expected + 3.0 * sum(p_true[1:]), abs=1e-4)
     untrue = EditRequest(prompt=req.prompt, subject=req.subject, target_new=req.target_new, lang="en",
                          translations=req.translations)
     assert editor.forgotten(untrue) == []  # no target_true in the source language: the paper's objective has none

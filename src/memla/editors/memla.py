@@ -198,9 +198,10 @@ class MemlaEditor:
         """Texts put before the edit prompt in training, the first ``""`` (the paper's MEMLA: the bare prompt only)."""
         return ("",)
 
-    def forgotten(self, request: EditRequest) -> list[EditRequest]:
-        """The facts whose ``P(target_true)`` training pushes down (the paper's MEMLA: `own_fact`)."""
-        return own_fact(request)
+    def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
+        """The facts whose ``P(target_true)`` training pushes down, each with its weight in the loss
+        (the paper's MEMLA: `own_fact` with ``weight_true``)."""
+        return [(fact, self.config.weight_true) for fact in own_fact(request)]
 
     def kept(self, model: nn.Module, anchors: Anchors, measure: Callable[[], Tensor]) -> Tensor:
         """The next-token logits ``(N, V)`` the anchors keep: the model's as it is before this edit
@@ -409,7 +410,7 @@ def train_lora(
     *,
     anchors: Anchors | None = None,
     prefixes: Sequence[str] = ("",),
-    forgotten: Sequence[EditRequest] | None = None,
+    forgotten: Sequence[tuple[EditRequest, float]] | None = None,
     kept: Callable[[Anchors, Callable[[], Tensor]], Tensor] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Optimise the LoRA factors on the source-language edit prompt (§4.2, training objective).
@@ -428,8 +429,8 @@ def train_lora(
     With ``prefixes`` (memla-local's ``context_lengths``) the NLL term is the mean over
     ``prefix + prompt`` rows, as ROME's v* objective (ROME Eq. 4, first term); P(new) for the
     stop is the first prefix's row (``""``: the bare prompt).  With ``forgotten`` (memla-local's
-    ``forget_langs``) the ``P(target_true)`` term is summed over those facts: the fact's prompt
-    in other languages with its own ``target_true``.
+    ``forget_langs``) the ``P(target_true)`` term is the weighted sum over those facts: the fact's
+    prompt in other languages with its own ``target_true`` (``forget_weight``).
 
     Args:
         model, tokenizer, request: the model, its tokenizer and the edit.
@@ -438,8 +439,9 @@ def train_lora(
         cfg: the settings.
         anchors: locality anchors (memla-local), or None.
         prefixes: texts put before the prompt in the ``target_new`` rows, the first one ``""``.
-        forgotten: the facts whose ``P(target_true)`` the loss pushes down (default `own_fact`:
-            the request when it has a ``target_true``, the paper's objective).
+        forgotten: ``(fact, weight)`` pairs: the facts whose ``P(target_true)`` the loss pushes down
+            (default `own_fact` with ``cfg.weight_true``: the request when it has a ``target_true``,
+            the paper's objective).
         kept: ``kept(anchors, measure) -> (N, V)``, the next-token logits the anchors keep, given
             ``measure()``, one pass of the model as it is now in training's batch layout (default:
             ``measure()``; memla-local's ``anchor_origin``: the model before a sequential run).
@@ -448,10 +450,11 @@ def train_lora(
         ``(losses, p_new)`` per step.
     """
     new = [encode_pair(tokenizer, prefix + request.text, request.target_new, request.lang) for prefix in prefixes]
-    forgotten = own_fact(request) if forgotten is None else forgotten
-    true = [encode_pair(tokenizer, fact.text, fact.target_true, fact.lang) for fact in forgotten]
+    forgotten = [(fact, cfg.weight_true) for fact in own_fact(request)] if forgotten is None else forgotten
+    true = [encode_pair(tokenizer, fact.text, fact.target_true, fact.lang) for fact, _ in forgotten]
     seqs = new + true
     device = input_device(model)
+    true_weights = torch.tensor([weight for _, weight in forgotten], device=device)  # (len(true),)
     # Right padding, no mask: causal attention keeps every real position independent of the pads after it.
     ids, _ = right_pad([s.prompt_ids + s.target_ids for s in seqs], pad_id=pad_id(tokenizer), device=device)  # (S, T)
     select = torch.zeros(ids.shape, dtype=torch.bool)  # (S, T): the positions predicting a target token
@@ -495,7 +498,7 @@ def train_lora(
             mean_logp = [logp[offsets[i]:offsets[i + 1]].gather(-1, tgt[:, None]).mean() for i, tgt in enumerate(targets)]
             loss = -cfg.weight_new * torch.stack(mean_logp[:len(new)]).mean()
             if true:
-                loss = loss + cfg.weight_true * torch.stack(mean_logp[len(new):]).exp().sum()
+                loss = loss + (true_weights * torch.stack(mean_logp[len(new):]).exp()).sum()
             p_new = float(mean_logp[0].detach().exp())
             done = p_new > cfg.stop_prob
             waited += done

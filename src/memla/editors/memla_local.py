@@ -221,6 +221,8 @@ class MemlaLocalConfig(MemlaConfig):
             other locating language, with that language's ``target_true`` (the prompts and answers
             MEMLA already locates neurons with; still no ``target_new`` of another language): the
             edit must also unlearn "Paris" after "法国的首都是", not only add what it adds there.
+        forget_weight: the weight of those other languages' ``P(target_true)`` terms (None: ``weight_true``,
+            the source language's weight).
     """
 
     lr: float = 1e-3
@@ -246,6 +248,7 @@ class MemlaLocalConfig(MemlaConfig):
     align_langs: bool = True
     context_lengths: tuple[tuple[int, int], ...] = ()
     forget_langs: bool = True
+    forget_weight: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -255,6 +258,8 @@ class MemlaLocalConfig(MemlaConfig):
                self.anchor_earlier, self.anchor_relations, self.anchor_patience) < 0 or self.anchor_tolerance <= 0:
             raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_facts, anchor_batch, "
                              "anchor_earlier, anchor_relations and anchor_patience must be >= 0, anchor_tolerance > 0")
+        if self.forget_weight is not None and self.forget_weight < 0:
+            raise ValueError(f"forget_weight must be >= 0 or null, got {self.forget_weight!r}")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if self.null_space_langs not in ("anchor", "source", "means"):
@@ -350,10 +355,13 @@ class MemlaLocalEditor(MemlaEditor):
         """The fact in each other locating language that has a ``target_true`` (source language excluded)."""
         return [f for f in map(request.in_lang, self.locating_langs(request)[1:]) if f.target_true is not None]
 
-    def forgotten(self, request: EditRequest) -> list[EditRequest]:
-        """The request and, with ``forget_langs``, its `other_facts`."""
-        facts = super().forgotten(request)
-        return facts + self.other_facts(request) if self.config.forget_langs and facts else facts
+    def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
+        """The request (``weight_true``) and, with ``forget_langs``, its `other_facts` (``forget_weight``)."""
+        facts, cfg = super().forgotten(request), self.config
+        if not (cfg.forget_langs and facts):
+            return facts
+        weight = cfg.weight_true if cfg.forget_weight is None else cfg.forget_weight
+        return facts + [(fact, weight) for fact in self.other_facts(request)]
 
     def kept(self, model: nn.Module, anchors: Anchors, measure: Callable[[], Tensor]) -> Tensor:
         """The anchors' kept logits ``(N, V)``: with ``anchor_origin`` in a sequential run, those of the
