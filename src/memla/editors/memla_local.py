@@ -222,7 +222,11 @@ class MemlaLocalConfig(MemlaConfig):
             MEMLA already locates neurons with; still no ``target_new`` of another language): the
             edit must also unlearn "Paris" after "法国的首都是", not only add what it adds there.
         forget_weight: the weight of those other languages' ``P(target_true)`` terms (None: ``weight_true``,
-            the source language's weight).
+            the source language's weight). 6 lifts single-edit transfer on the 16 dev records (ES en-avg
+            68.2 → 71.0, NS-margin en 84.4 both, `benchmarks/results/locality_sweep_dev16/v7_fw6`) but
+            after 50 sequential test edits keeps NS en-zh at 6.2 instead of 17.5 and NS en-en at 36
+            instead of 44 (`benchmarks/results/sequential_v10` against `sequential_v8`), so the default
+            stays None.
     """
 
     lr: float = 1e-3
