@@ -116,9 +116,9 @@ def edit_scale(cfg: MemlaConfig, delta: Tensor, weight: Tensor) -> float:
     return cfg.scale_constant if cfg.scale == "constant" else norm_ratio_scale(delta, weight)
 
 
-def own_fact(request: EditRequest) -> list[EditRequest]:
-    """The request itself when it has a ``target_true``: the fact the paper's loss unlearns (§4.2)."""
-    return [request] if request.target_true is not None else []
+def own_fact(request: EditRequest, weight: float) -> list[tuple[EditRequest, float]]:
+    """``(request, weight)`` when the request has a ``target_true``: the fact the paper's loss unlearns (§4.2)."""
+    return [(request, weight)] if request.target_true is not None else []
 
 
 def norm_ratio_scale(delta: Tensor, weight: Tensor) -> float:
@@ -201,7 +201,7 @@ class MemlaEditor:
     def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
         """The facts whose ``P(target_true)`` training pushes down, each with its weight in the loss
         (the paper's MEMLA: `own_fact` with ``weight_true``)."""
-        return [(fact, self.config.weight_true) for fact in own_fact(request)]
+        return own_fact(request, self.config.weight_true)
 
     def kept(self, model: nn.Module, anchors: Anchors, measure: Callable[[], Tensor]) -> Tensor:
         """The next-token logits ``(N, V)`` the anchors keep: the model's as it is before this edit
@@ -450,7 +450,7 @@ def train_lora(
         ``(losses, p_new)`` per step.
     """
     new = [encode_pair(tokenizer, prefix + request.text, request.target_new, request.lang) for prefix in prefixes]
-    forgotten = [(fact, cfg.weight_true) for fact in own_fact(request)] if forgotten is None else forgotten
+    forgotten = own_fact(request, cfg.weight_true) if forgotten is None else forgotten
     true = [encode_pair(tokenizer, fact.text, fact.target_true, fact.lang) for fact, _ in forgotten]
     seqs = new + true
     device = input_device(model)
