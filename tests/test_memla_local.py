@@ -208,9 +208,10 @@ def test_config_rejects_bad_anchor_values(bad):
         get_editor("memla-local", bad)
 
 
-def test_config_rejects_a_negative_forget_weight():
-    with pytest.raises(Exception, match="forget_weight"):
-        get_editor("memla-local", {"forget_weight": -1.0})
+@pytest.mark.parametrize("name", ["forget_weight", "sequence_forget_weight"])
+def test_config_rejects_a_negative_forget_weight(name):
+    with pytest.raises(Exception, match=name):
+        get_editor("memla-local", {name: -1.0})
 
 
 def test_preserve_makes_the_update_vanish_on_the_keys():
@@ -570,7 +571,7 @@ def test_forget_langs_adds_each_locating_languages_p_true_to_the_loss(tiny2):
     model, tok = tiny2
     req = france_request()
     cfg = {**FAST, "anchor_weight": 0.0, "avoid_new_weight": 0.0, "null_space": False, "align_langs": False,
-           "forget_langs": True}
+           "forget_langs": True, "forget_weight": None}
     editor = get_editor("memla-local", cfg)
     weighted = editor.forgotten(req)
     assert [(f.lang, f.target_true, w) for f, w in weighted] == [("en", "Paris", 2.0), ("zh", "巴黎", 2.0), ("fr", "Paris", 2.0)]
@@ -589,6 +590,22 @@ def test_forget_langs_adds_each_locating_languages_p_true_to_the_loss(tiny2):
     untrue = EditRequest(prompt=req.prompt, subject=req.subject, target_new=req.target_new, lang="en",
                          translations=req.translations)
     assert editor.forgotten(untrue) == []  # no target_true in the source language: the paper's objective has none
+
+
+def test_a_sequential_run_forgets_with_sequence_forget_weight():
+    """``forget_weight`` weighs the other languages' ``P(target_true)`` terms of a single edit (6 by default);
+    inside `sequence()` they take ``sequence_forget_weight`` (None: ``weight_true``), and after the run
+    ``forget_weight`` again."""
+    req = france_request()
+    editor = get_editor("memla-local")
+    assert [w for _, w in editor.forgotten(req)] == [2.0, 6.0, 6.0]
+    with editor.sequence():
+        assert [w for _, w in editor.forgotten(req)] == [2.0, 2.0, 2.0]
+    assert [w for _, w in editor.forgotten(req)] == [2.0, 6.0, 6.0]
+    tuned = get_editor("memla-local", {"sequence_forget_weight": 3.0, "weight_true": 1.0})
+    with tuned.sequence():
+        assert [w for _, w in tuned.forgotten(req)] == [1.0, 3.0, 3.0]
+    assert [w for _, w in get_editor("memla-local-v7").forgotten(req)] == [2.0, 2.0, 2.0]
 
 
 def test_fact_templates_cover_every_language_and_ask_about_pool_kinds():
