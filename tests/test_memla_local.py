@@ -565,6 +565,34 @@ def test_context_prefixes_average_the_new_term_over_prefixed_prompts(tiny2):
         get_editor("memla-local", {"context_lengths": [[0, 2]]})
 
 
+def test_context_batch_scores_the_bare_prompt_and_a_seeded_draw_of_prefixes(tiny2):
+    """With ``context_batch: 1`` each step's ``target_new`` term is the mean over the bare prompt and one
+    drawn prefix: the first step's loss is one of those pairs' (not the mean over all prefixes), the
+    draw follows the seed, and a batch at least as large as the prefixes is the mean over all of them."""
+    model, tok = tiny2
+    req = france_request()
+    cfg = {**FAST, "anchor_weight": 0.0, "avoid_new_weight": 0.0, "null_space": False, "align_langs": False,
+           "forget_langs": False, "context_lengths": [[3, 4]], "max_steps": 1}
+    true = 2.0 * math.exp(mean_logp(model, tok, req.text, req.target_true))
+    drawn = set()
+    for seed in range(6):  # the seed picks the prefixes (`context_prefixes`) and the draw
+        editor = get_editor("memla-local", {**cfg, "context_batch": 1, "seed": seed})
+        new = [mean_logp(model, tok, p + req.text, req.target_new) for p in editor.prefixes(model, tok)]
+        pairs = [-2.5 * (new[0] + new[j]) / 2 + true for j in range(1, len(new))]  # bare prompt + prefix j
+        loss = editor.edit(model, tok, req).info["loss"][0]
+        matches = [j for j, value in enumerate(pairs) if value == pytest.approx(loss, abs=1e-4)]
+        assert len(matches) == 1
+        drawn.add(matches[0])
+    assert len(drawn) > 1
+    new = [mean_logp(model, tok, p + req.text, req.target_new) for p in get_editor("memla-local", cfg).prefixes(model, tok)]
+    every = get_editor("memla-local", cfg).edit(model, tok, req).info["loss"][0]
+    assert every == pytest.approx(-2.5 * sum(new) / len(new) + true, abs=1e-4)
+    assert get_editor("memla-local", {**cfg, "context_batch": 4}).edit(model, tok, req).info["loss"][0] == \
+        pytest.approx(every, abs=1e-6)
+    with pytest.raises(Exception, match="context_batch"):
+        get_editor("memla-local", {"context_batch": -1})
+
+
 def test_forget_langs_adds_each_locating_languages_p_true_to_the_loss(tiny2):
     """With ``forget_langs`` the first step's loss (LoRA ``B = 0``: the unedited model) is
     ``−w_new · log P(new | prompt) + w_true · Σ_k P(true_k | prompt_k)`` over the locating languages."""

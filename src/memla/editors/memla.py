@@ -198,6 +198,11 @@ class MemlaEditor:
         """Texts put before the edit prompt in training, the first ``""`` (the paper's MEMLA: the bare prompt only)."""
         return ("",)
 
+    @property
+    def prefix_batch(self) -> int:
+        """Prefixed rows per training step besides the bare prompt (`train_lora`; 0 = every prefix)."""
+        return 0
+
     def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
         """The facts whose ``P(target_true)`` training pushes down, each with its weight in the loss
         (the paper's MEMLA: `own_fact` with ``weight_true``)."""
@@ -231,7 +236,7 @@ class MemlaEditor:
         preserved = self.constrain(model, tokenizer, request, editors, anchors)
         losses, probs = train_lora(
             model, tokenizer, request, {names[l]: list(e.values()) for l, e in editors.items()}, cfg, anchors=anchors,
-            prefixes=self.prefixes(model, tokenizer), forgotten=self.forgotten(request),
+            prefixes=self.prefixes(model, tokenizer), prefix_batch=self.prefix_batch, forgotten=self.forgotten(request),
             kept=lambda anchors, measure: self.kept(model, anchors, measure),
         )
         deltas, scales = {}, {}
@@ -410,6 +415,7 @@ def train_lora(
     *,
     anchors: Anchors | None = None,
     prefixes: Sequence[str] = ("",),
+    prefix_batch: int = 0,
     forgotten: Sequence[tuple[EditRequest, float]] | None = None,
     kept: Callable[[Anchors, Callable[[], Tensor]], Tensor] | None = None,
 ) -> tuple[list[float], list[float]]:
@@ -428,7 +434,9 @@ def train_lora(
     afterwards, which can undo an edit that only just passed the stop threshold.)
     With ``prefixes`` (memla-local's ``context_lengths``) the NLL term is the mean over
     ``prefix + prompt`` rows, as ROME's v* objective (ROME Eq. 4, first term); P(new) for the
-    stop is the first prefix's row (``""``: the bare prompt).  With ``forgotten`` (memla-local's
+    stop is the first prefix's row (``""``: the bare prompt).  With ``prefix_batch`` each step
+    scores the bare prompt and a seeded draw of that many of the other prefixes (an unbiased
+    estimate of the same mean over the steps, for fewer rows per step).  With ``forgotten`` (memla-local's
     ``forget_langs``) the ``P(target_true)`` term is the weighted sum over those facts: the fact's
     prompt in other languages with its own ``target_true`` (``forget_weight``).
 
@@ -439,6 +447,7 @@ def train_lora(
         cfg: the settings.
         anchors: locality anchors (memla-local), or None.
         prefixes: texts put before the prompt in the ``target_new`` rows, the first one ``""``.
+        prefix_batch: prefixed rows per step besides the bare prompt (0 = all of them every step).
         forgotten: ``(fact, weight)`` pairs: the facts whose ``P(target_true)`` the loss pushes down
             (default `own_fact` with ``cfg.weight_true``: the request when it has a ``target_true``,
             the paper's objective).
@@ -473,7 +482,7 @@ def train_lora(
         with torch.no_grad():
             anchors = anchors.measured(logits=measure() if kept is None else kept(anchors, measure))
     targets = [torch.tensor(s.target_ids, device=device) for s in seqs]  # (n_i,) each
-    offsets = torch.tensor([0, *(len(t) for t in targets)]).cumsum(0).tolist()  # row i's logits: offsets[i]:offsets[i+1]
+    lengths = [len(t) for t in targets]  # row i's logits follow those of the rows before it in the step
     params = [p for eds in loras.values() for e in eds for p in (e.A, e.B)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     spec = arch_spec(model)
@@ -487,18 +496,25 @@ def train_lora(
             with torch.no_grad():
                 for name, eds in loras.items():
                     scales[name] = edit_scale(cfg, sum(e.delta() for e in eds), weights[name])
-            rows, step = None, (ids, ones, pos, select)  # (S + N, W), or (S, T) without anchors
+            rows, step, chosen = None, (ids, ones, pos, select), range(n_rows)  # (S + N, W), or (S, T) without anchors
+            if 0 < prefix_batch < len(new) - 1:  # the bare prompt, a draw of the prefixed rows, the forgotten facts
+                drawn = (1 + torch.randperm(len(new) - 1, generator=draw)[:prefix_batch]).sort().values.tolist()
+                chosen = [0, *drawn, *range(len(new), n_rows)]
             if with_anchors and 0 < anchors.batch < len(anchors.ids):
                 rows = torch.randperm(len(anchors.ids), generator=draw)[:anchors.batch].to(device)  # (batch,)
-                batch = torch.cat([torch.arange(n_rows, device=device), n_rows + rows])  # (S + batch,)
+            if rows is not None or len(chosen) < n_rows:
+                anchor_rows = n_rows + rows if rows is not None else torch.arange(n_rows, len(ids), device=device)
+                batch = torch.cat([torch.tensor(chosen, device=device), anchor_rows])  # (S' + batch,)
                 step = tuple(x[batch] for x in step)
+            n_step = sum(lengths[i] for i in chosen)  # the chosen target rows' selected positions
             logq = forward(model, *step[:3], logits_to_keep=step[3]).logits.float().log_softmax(-1)  # (Σ n_i [+ batch], V)
-            logp, anchor_logq = logq.split([n_kept, len(logq) - n_kept])  # (Σ n_i, V), (batch, V); split, not
+            logp, anchor_logq = logq.split([n_step, len(logq) - n_step])  # (Σ n_i, V), (batch, V); split, not
             # slices: its backward concatenates the two gradients instead of filling a zero (Σ n_i + batch, V) per slice
-            mean_logp = [logp[offsets[i]:offsets[i + 1]].gather(-1, tgt[:, None]).mean() for i, tgt in enumerate(targets)]
-            loss = -cfg.weight_new * torch.stack(mean_logp[:len(new)]).mean()
+            mean_logp = {i: part.gather(-1, targets[i][:, None]).mean()
+                         for i, part in zip(chosen, logp.split([lengths[i] for i in chosen]))}
+            loss = -cfg.weight_new * torch.stack([mean_logp[i] for i in chosen if i < len(new)]).mean()
             if true:
-                loss = loss + (true_weights * torch.stack(mean_logp[len(new):]).exp()).sum()
+                loss = loss + (true_weights * torch.stack([mean_logp[i] for i in range(len(new), n_rows)]).exp()).sum()
             p_new = float(mean_logp[0].detach().exp())
             done = p_new > cfg.stop_prob
             waited += done

@@ -220,6 +220,9 @@ class MemlaLocalConfig(MemlaConfig):
             59.8 → 63.8, PS en-avg 55.4 → 59.5 and QS en-en 38.5 → 50.0 against the defaults on the 96
             test records and lowers NS-margin en-avg 65.5 → 62.0 (`benchmarks/results/locality_test96_v7`);
             ``((5, 5),)`` on the defaults takes 2.36× MEMLA's edit time (`benchmarks/edit_speed.py`).
+        context_batch: the prefixed rows each training step scores besides the bare prompt, a seeded draw
+            from ``context_lengths``' prefixes (0 = all of them every step): over the steps the ``target_new``
+            term still averages over every prefix, for fewer rows per step.
         forget_langs: the ``P(target_true)`` term (``weight_true``) also on the fact's prompt in each
             other locating language, with that language's ``target_true`` (the prompts and answers
             MEMLA already locates neurons with; still no ``target_new`` of another language): the
@@ -256,6 +259,7 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_origin: bool = True
     align_langs: bool = True
     context_lengths: tuple[tuple[int, int], ...] = ()
+    context_batch: int = 0
     forget_langs: bool = True
     forget_weight: float | None = 6.0
     sequence_forget_weight: float | None = None
@@ -265,9 +269,10 @@ class MemlaLocalConfig(MemlaConfig):
         if not 0.0 < self.null_space_tol <= 1.0:
             raise ValueError("null_space_tol must be in (0, 1]")
         if min(self.anchor_weight, self.avoid_new_weight, self.anchor_subjects, self.anchor_facts, self.anchor_batch,
-               self.anchor_earlier, self.anchor_relations, self.anchor_patience) < 0 or self.anchor_tolerance <= 0:
-            raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_facts, anchor_batch, "
-                             "anchor_earlier, anchor_relations and anchor_patience must be >= 0, anchor_tolerance > 0")
+               self.anchor_earlier, self.anchor_relations, self.anchor_patience, self.context_batch) < 0 \
+                or self.anchor_tolerance <= 0:
+            raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_facts, anchor_batch, anchor_earlier, "
+                             "anchor_relations, anchor_patience and context_batch must be >= 0, anchor_tolerance > 0")
         for name in ("forget_weight", "sequence_forget_weight"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 or null, got {getattr(self, name)!r}")
@@ -361,6 +366,11 @@ class MemlaLocalEditor(MemlaEditor):
         """``""`` and the model-generated prefixes of ``context_lengths`` (memoised per model, `context_prefixes`)."""
         lengths = self.config.context_lengths
         return context_prefixes(model, tokenizer, lengths, seed=self.config.seed) if lengths else ("",)
+
+    @property
+    def prefix_batch(self) -> int:
+        """``context_batch``: the prefixes each training step draws besides the bare prompt (0 = all)."""
+        return self.config.context_batch
 
     def other_facts(self, request: EditRequest) -> list[EditRequest]:
         """The fact in each other locating language that has a ``target_true`` (source language excluded)."""
