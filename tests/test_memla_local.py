@@ -208,10 +208,14 @@ def test_config_rejects_bad_anchor_values(bad):
         get_editor("memla-local", bad)
 
 
-@pytest.mark.parametrize("name", ["forget_weight", "sequence_forget_weight"])
-def test_config_rejects_a_negative_forget_weight(name):
-    with pytest.raises(Exception, match=name):
-        get_editor("memla-local", {name: -1.0})
+@pytest.mark.parametrize("bad, message", [({"forget_weight": -1.0}, "forget_weight"),
+                                          ({"sequence": {"forget_weight": -1.0}}, "sequence: forget_weight"),
+                                          ({"sequence": {"forget_wieght": 1.0}}, "sequence names no setting forget_wieght"),
+                                          ({"sequence": {"sequence": {}}}, "sequence names no setting sequence"),
+                                          ({"sequence": ["forget_weight"]}, "sequence must be a mapping")])
+def test_config_rejects_bad_forget_and_sequence_settings(bad, message):
+    with pytest.raises(Exception, match=message):
+        get_editor("memla-local", bad)
 
 
 def test_preserve_makes_the_update_vanish_on_the_keys():
@@ -620,20 +624,27 @@ def test_forget_langs_adds_each_locating_languages_p_true_to_the_loss(tiny2):
     assert editor.forgotten(untrue) == []  # no target_true in the source language: the paper's objective has none
 
 
-def test_a_sequential_run_forgets_with_sequence_forget_weight():
+def test_a_sequential_run_takes_the_sequence_settings():
     """``forget_weight`` weighs the other languages' ``P(target_true)`` terms of a single edit (6 by default);
-    inside `sequence()` they take ``sequence_forget_weight`` (None: ``weight_true``), and after the run
-    ``forget_weight`` again."""
+    inside `sequence()` the config's ``sequence`` settings replace it (by default None: ``weight_true``), and
+    after the run (also one that raised) the single-edit settings are back."""
     req = france_request()
     editor = get_editor("memla-local")
+    single = editor.config
     assert [w for _, w in editor.forgotten(req)] == [2.0, 6.0, 6.0]
     with editor.sequence():
         assert [w for _, w in editor.forgotten(req)] == [2.0, 2.0, 2.0]
-    assert [w for _, w in editor.forgotten(req)] == [2.0, 6.0, 6.0]
-    tuned = get_editor("memla-local", {"sequence_forget_weight": 3.0, "weight_true": 1.0})
-    with tuned.sequence():
-        assert [w for _, w in tuned.forgotten(req)] == [1.0, 3.0, 3.0]
-    assert [w for _, w in get_editor("memla-local-v7").forgotten(req)] == [2.0, 2.0, 2.0]
+        assert editor.config.forget_weight is None and editor.config.lr == single.lr
+    assert editor.config is single and [w for _, w in editor.forgotten(req)] == [2.0, 6.0, 6.0]
+    tuned = get_editor("memla-local", {"sequence": {"forget_weight": 3.0, "context_batch": 2}, "weight_true": 1.0})
+    with pytest.raises(RuntimeError), tuned.sequence():
+        assert [w for _, w in tuned.forgotten(req)] == [1.0, 3.0, 3.0] and tuned.prefix_batch == 2
+        raise RuntimeError("an edit failed")
+    assert tuned.prefix_batch == 0 and [w for _, w in tuned.forgotten(req)] == [1.0, 6.0, 6.0]
+    v7 = get_editor("memla-local-v7")
+    assert [w for _, w in v7.forgotten(req)] == [2.0, 2.0, 2.0]
+    with v7.sequence():
+        assert [w for _, w in v7.forgotten(req)] == [2.0, 2.0, 2.0]
 
 
 def test_fact_templates_cover_every_language_and_ask_about_pool_kinds():

@@ -33,7 +33,7 @@ memla-local keeps MEMLA's locating (Eq. 1–4), its layers, its LSE / LIE LoRA r
    ``target_true`` (the prompts and answers MEMLA locates neurons with), so the aligned update
    must also take "巴黎" away after "法国的首都是"; no ``target_new`` of another language is used.
    In a single edit those terms weigh ``forget_weight`` (6, three times the source language's
-   ``w_true``); inside a sequential run ``sequence_forget_weight`` (``w_true``), since harder
+   ``w_true``); inside a sequential run ``w_true`` (the ``sequence`` settings), since harder
    unlearning at every edit adds up on the other languages' neighbours.
 
 The anchors (none of them from an evaluation record):
@@ -63,11 +63,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -230,11 +231,12 @@ class MemlaLocalConfig(MemlaConfig):
         forget_weight: the weight of those other languages' ``P(target_true)`` terms in a single edit (None:
             ``weight_true``, the source language's weight). 6 (v8; v7: None, i.e. 2): chosen on the 16 dev
             records (ES en-avg 68.2 → 71.0 at NS-margin en 84.4, `benchmarks/results/locality_sweep_dev16/v7_fw6`).
-        sequence_forget_weight: the same weight inside a sequential run (``with editor.sequence():``; None:
-            ``weight_true``). Unlearning harder in zh and fr at every edit of a run adds up on those languages'
-            neighbours: after 30 sequential dev edits ``forget_weight: 6`` keeps NS en-zh at 21.4 against 24.3
-            and NS en-en at 40.0 against 41.7 (`benchmarks/results/sequential_dev30/v7_fw6` against `v6_relations4_null_all`),
-            so a run keeps ``weight_true``.
+        sequence: the settings that replace these inside a sequential run (``with editor.sequence():``), by
+            field name; the others stay. ``{forget_weight: null}`` by default: unlearning harder in zh and fr
+            at every edit of a run adds up on those languages' neighbours (after 30 sequential dev edits
+            ``forget_weight: 6`` keeps NS en-zh at 21.4 against 24.3 and NS en-en at 40.0 against 41.7,
+            `benchmarks/results/sequential_dev30/v7_fw6` against `v6_relations4_null_all`), so a run keeps
+            ``weight_true``.
     """
 
     lr: float = 1e-3
@@ -262,7 +264,7 @@ class MemlaLocalConfig(MemlaConfig):
     context_batch: int = 0
     forget_langs: bool = True
     forget_weight: float | None = 6.0
-    sequence_forget_weight: float | None = None
+    sequence: Mapping[str, Any] = field(default_factory=lambda: {"forget_weight": None})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -273,9 +275,8 @@ class MemlaLocalConfig(MemlaConfig):
                 or self.anchor_tolerance <= 0:
             raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_facts, anchor_batch, anchor_earlier, "
                              "anchor_relations, anchor_patience and context_batch must be >= 0, anchor_tolerance > 0")
-        for name in ("forget_weight", "sequence_forget_weight"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 or null, got {getattr(self, name)!r}")
+        if self.forget_weight is not None and self.forget_weight < 0:
+            raise ValueError(f"forget_weight must be >= 0 or null, got {self.forget_weight!r}")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if self.null_space_langs not in ("anchor", "source", "means"):
@@ -286,6 +287,19 @@ class MemlaLocalConfig(MemlaConfig):
         if any(len(pair) != 2 or min(pair) < 1 for pair in lengths):
             raise ValueError(f"context_lengths must be (tokens, count) pairs of positive integers, got {self.context_lengths!r}")
         object.__setattr__(self, "context_lengths", lengths)
+        object.__setattr__(self, "sequence", dict(self.sequence))
+        unknown = set(self.sequence) - ({f.name for f in fields(self)} - {"sequence"})
+        if unknown:
+            raise ValueError(f"sequence names no setting {', '.join(sorted(unknown))}")
+        if self.sequence:
+            try:
+                self.in_sequence()  # the settings of a run must be valid too
+            except ValueError as err:
+                raise ValueError(f"sequence: {err}") from None
+
+    def in_sequence(self) -> MemlaLocalConfig:
+        """The settings inside a sequential run: these with ``sequence``'s values."""
+        return replace(self, sequence={}, **self.sequence)
 
 
 def template_of(request: EditRequest) -> str | None:
@@ -338,11 +352,14 @@ class MemlaLocalEditor(MemlaEditor):
 
     @contextmanager
     def sequence(self) -> Iterator[None]:
-        """A sequential run: every edit inside the block anchors the prompts of the edits before it."""
-        self.earlier = []
+        """A sequential run: every edit inside the block anchors the prompts of the edits before it,
+        with the config's ``sequence`` settings (`MemlaLocalConfig.in_sequence`)."""
+        single = self.config
+        self.config, self.earlier = single.in_sequence(), []
         try:
             yield
         finally:
+            self.config = single
             self.earlier, self.origin, self.relations, self.proposed = None, None, {}, None
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
@@ -377,13 +394,12 @@ class MemlaLocalEditor(MemlaEditor):
         return [f for f in map(request.in_lang, self.locating_langs(request)[1:]) if f.target_true is not None]
 
     def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
-        """The request (``weight_true``) and, with ``forget_langs``, its `other_facts` (``forget_weight``, or
-        ``sequence_forget_weight`` inside `sequence()`; None: ``weight_true``)."""
+        """The request (``weight_true``) and, with ``forget_langs``, its `other_facts` (``forget_weight``;
+        None: ``weight_true``)."""
         facts, cfg = super().forgotten(request), self.config
         if not (cfg.forget_langs and facts):
             return facts
-        weight = cfg.forget_weight if self.earlier is None else cfg.sequence_forget_weight
-        weight = cfg.weight_true if weight is None else weight
+        weight = cfg.weight_true if cfg.forget_weight is None else cfg.forget_weight
         return facts + [(fact, weight) for fact in self.other_facts(request)]
 
     def kept(self, model: nn.Module, anchors: Anchors, measure: Callable[[], Tensor]) -> Tensor:
