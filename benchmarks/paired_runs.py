@@ -12,7 +12,10 @@ metrics (`memla.evaluate.metrics.summarize`, NS-keep against each run's unedited
 ``RUN:METHOD`` picks another method of a run (default ``--method``, memla-local), e.g.
 ``benchmarks/results/locality_test96:rome``. Values are percentages, source language ``--ls``
 (default en): ``ls-ls`` / ``ls-avg`` (the mean over the other target languages).
-Nothing is recomputed and no model is loaded.
+With two runs or more, a second table gives each later run's difference from the first, record
+by record: the mean over the common records of ``ls-avg(run) − ls-avg(first)`` for ES, PS and
+NS-margin, ± the standard error of those per-record differences (a paired comparison: the spread
+between records, which the runs share, drops out). Nothing is recomputed and no model is loaded.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from pathlib import Path
 
 from memla.errors import MemlaError
 from memla.evaluate import load_run
-from memla.evaluate.metrics import AVG, UNEDITED, summarize
+from memla.evaluate.metrics import AVG, UNEDITED, mean_se, record_value, summarize
 
 COLUMNS = (("ES", "es", True), ("PS", "ps", True), ("NS", "ns", False), ("NS-margin", "ns_margin", True),
            ("NS-keep", "ns_keep", True), ("QS", "qs", False))  # (header, metric, with the ls-avg value)
+PAIRED = (("ES", "es"), ("PS", "ps"), ("NS-margin", "ns_margin"))  # the paired ls-avg differences
 
 
 def parse_run(spec: str, default_method: str) -> tuple[Path, str]:
@@ -43,6 +47,20 @@ def complete_records(lines: list[dict], method: str, ls: str, targets: set[str])
         if line["method"] == method and line["ls"] == ls and line.get("status") == "ok":
             done.setdefault(json.dumps(line["record"]), set()).add(line["lt"])
     return {record for record, lts in done.items() if lts >= targets}
+
+
+def cross_means(lines: list[dict], method: str, ls: str, records: set[str], metric: str) -> dict[str, float]:
+    """Per record (JSON key), the mean of ``metric`` over its target languages other than ``ls`` (the
+    record's share of the ``ls-avg`` cell); records without a value in any of them are left out."""
+    values: dict[str, list[float]] = {}
+    for line in lines:
+        record = json.dumps(line["record"])
+        if line["method"] == method and line["ls"] == ls and line["lt"] != ls and line.get("status") == "ok" \
+                and record in records:
+            value = record_value(line, metric)
+            if value is not None:
+                values.setdefault(record, []).append(value)
+    return {record: sum(v) / len(v) for record, v in values.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +98,27 @@ def main(argv: list[str] | None = None) -> int:
         name = folder.as_posix().removeprefix("benchmarks/results/")
         print(f"| {name} | {method} | " + " | ".join(cells) + " | " +
               ("–" if None in total else f"{100 * sum(total):.1f}") + " |")
+    if len(loaded) > 1:
+        print_paired(loaded, args.ls, common)
     return 0
+
+
+def print_paired(loaded: list, ls: str, common: set[str]) -> None:
+    """The table of each later run's per-record ``ls-avg`` differences from the first run (mean ± SE)."""
+    (first, first_method, _, first_lines), later = loaded[0], loaded[1:]
+    base = {metric: cross_means(first_lines, first_method, ls, common, metric) for _, metric in PAIRED}
+    name = first.as_posix().removeprefix("benchmarks/results/")
+    print(f"\npaired against {name} ({first_method}): mean ± standard error of the per-record {ls}-avg differences\n")
+    print("| run | method | " + " | ".join(f"Δ {header} {ls}-avg" for header, _ in PAIRED) + " |")
+    print("|---|---|" + "---|" * len(PAIRED))
+    for folder, method, _, lines in later:
+        cells = []
+        for _, metric in PAIRED:
+            mine = cross_means(lines, method, ls, common, metric)
+            shared = sorted(set(mine) & set(base[metric]))
+            mean, se = mean_se([100 * (mine[r] - base[metric][r]) for r in shared])
+            cells.append("–" if not shared else f"{mean:+.1f}" + ("" if se is None else f" ± {se:.1f}"))
+        print(f"| {folder.as_posix().removeprefix('benchmarks/results/')} | {method} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
