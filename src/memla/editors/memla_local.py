@@ -220,7 +220,11 @@ class MemlaLocalConfig(MemlaConfig):
             ``memla-local-transfer`` (``((5, 5),)`` with source-language anchors) lifts ES en-avg
             59.8 → 63.8, PS en-avg 55.4 → 59.5 and QS en-en 38.5 → 50.0 against the defaults on the 96
             test records and lowers NS-margin en-avg 65.5 → 62.0 (`benchmarks/results/locality_test96_v7`);
-            ``((5, 5),)`` on the defaults takes 2.36× MEMLA's edit time (`benchmarks/edit_speed.py`).
+            ``((5, 5),)`` on v8 (the defaults): ES en-avg +1.1 ± 0.5, PS en-avg +1.2 ± 0.6 (58.9 → 60.2), QS
+            en-en 39.6 → 47.9, paired over the 96 test records, but NS-keep en-avg 69.8 → 66.7, more repeats
+            of ``target_new`` (1.78 → 2.22) and 1.96× MEMLA's edit time instead of 1.58×
+            (`benchmarks/results/locality_test96_v10_ctx55`, `benchmarks/edit_speed.py --edits 15`), so it
+            stays off by default.
         context_batch: the prefixed rows each training step scores besides the bare prompt, a seeded draw
             from ``context_lengths``' prefixes (0 = all of them every step): over the steps the ``target_new``
             term still averages over every prefix, for fewer rows per step.
