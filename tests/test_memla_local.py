@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -252,32 +253,75 @@ def test_null_space_edit_leaves_anchor_keys_alone(tiny2):
     assert_update_spares_keys(model, result, anchors.ids[rows], anchors.mask[rows], anchors.pos[rows])
 
 
-@pytest.mark.parametrize("null_space", [False, True])
-def test_align_langs_makes_the_update_act_alike_in_every_locating_language(tiny2, null_space):
-    """``align_langs``: the merged update maps the fact's key in zh and fr to what it maps the English key to."""
+def with_german(req: EditRequest) -> EditRequest:
+    """``req`` with a German version (a language MEMLA does not locate in)."""
+    de = EditRequest(prompt="Die Hauptstadt von {} ist", subject="Frankreich", target_new="Tokio", target_true="Paris", lang="de")
+    return replace(req, translations={**req.translations, "de": de})
+
+
+@pytest.mark.parametrize("align, langs", [(True, ["en", "zh", "fr"]), (["locate"], ["en", "zh", "fr"]),
+                                          (["all"], ["en", "zh", "fr", "de"]), (["de", "ko"], ["en", "de"]),
+                                          (False, ["en"]), (["source"], ["en"])])
+def test_align_langs_chooses_the_aligned_languages(align, langs):
+    editor = get_editor("memla-local", {**FAST, "align_langs": align})
+    assert [f.lang for f in editor.aligned_facts(with_german(france_request()))] == langs[1:]
+
+
+@pytest.mark.parametrize("null_space, align", [(False, True), (True, True), (True, ("all",))])
+def test_align_langs_makes_the_update_act_alike_in_every_aligned_language(tiny2, null_space, align):
+    """``align_langs``: the merged update maps the fact's key in the other aligned languages (zh and fr; with
+    ``("all",)`` also de, where no neurons are located) to what it maps the English key to."""
     from memla.editors.memla_local import last_token_keys
     from memla.models import arch_spec
     from memla.tokens import encode_pair
 
     model, tok = tiny2
-    req = france_request()
+    req = with_german(france_request())
     cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "null_space": null_space, "null_space_tol": 1e-4,
-           "align_langs": True}
+           "align_langs": align}
     editor = get_editor("memla-local", cfg)
     result = editor.edit(model, tok, req)
-    facts = [req.in_lang(k) for k in editor.locating_langs(req)]
-    assert [f.lang for f in facts] == ["en", "zh", "fr"]
+    facts = [req, *editor.aligned_facts(req)]
+    assert [f.lang for f in facts] == (["en", "zh", "fr"] if align is True else ["en", "zh", "fr", "de"])
     layers = sorted({int(k.split(".")[0]) for k in result.info["preserved"]})
     keys = last_token_keys(model, tok, [encode_pair(tok, f.text, f.target_true, f.lang).prompt_ids for f in facts], layers)
     spec = arch_spec(model)
     for layer in layers:
         delta = spec.to_linear(result.deltas[spec.down_weight_name(layer)]).float()  # (d_model, d_ff)
-        moved = keys[layer] @ delta.T  # (3, d_model): Δ k_en, Δ k_zh, Δ k_fr
-        gaps = keys[layer][1:] - keys[layer][:1]  # (2, d_ff)
+        moved = keys[layer] @ delta.T  # (J, d_model): Δ k_en, Δ k_zh, Δ k_fr[, Δ k_de]
+        gaps = keys[layer][1:] - keys[layer][:1]  # (J - 1, d_ff)
         assert float((moved[1:] - moved[:1]).norm()) <= 1e-3 * float(delta.norm() * gaps.norm()) + 1e-6
         assert float(moved[0].norm()) > 1e-3 * float(delta.norm() * keys[layer][0].norm())
     with apply(model, result):
         assert mean_logp(model, tok, req.text, "Tokyo") > mean_logp(model, tok, req.text, "Paris")
+
+
+def test_align_template_spares_the_mean_key_of_the_template_in_each_aligned_language(tiny2):
+    """``align_template``: the update leaves the mean key of "Die Hauptstadt von {} ist" over the relation anchors'
+    pool subjects alone while still moving the German fact's key as it moves the English one."""
+    from memla.editors.memla_local import last_token_keys, nearest_subjects
+    from memla.models import arch_spec
+
+    model, tok = tiny2
+    req = with_german(france_request())
+    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "null_space_tol": 1e-4, "align_langs": ["all"],
+           "align_template": True}
+    result = get_editor("memla-local", cfg).edit(model, tok, req)
+    plain = get_editor("memla-local", {**cfg, "align_template": False}).edit(model, tok, req)
+    assert all(result.info["preserved"][k]["directions"] == plain.info["preserved"][k]["directions"] + 3
+               for k in result.info["preserved"])  # one more direction per other aligned language (zh, fr, de)
+    subjects = nearest_subjects(model, tok, "France", "en", 3)
+    prompts = [f"Die Hauptstadt von {entry['de']} ist" for entry in subjects]
+    layers = sorted({int(k.split(".")[0]) for k in result.info["preserved"]})
+    keys = last_token_keys(model, tok, [encode_text(tok, text) for text in [*prompts, req.text, req.in_lang("de").text]],
+                           layers)
+    spec = arch_spec(model)
+    for layer in layers:
+        delta = spec.to_linear(result.deltas[spec.down_weight_name(layer)]).float()  # (d_model, d_ff)
+        mean = keys[layer][:3].mean(0)  # (d_ff,)
+        assert float((delta @ mean).norm()) <= 1e-3 * float(delta.norm() * mean.norm()) + 1e-6
+        moved = keys[layer][3:] @ delta.T  # (2, d_model): Δ k_en, Δ k_de
+        assert float((moved[1] - moved[0]).norm()) <= 1e-3 * float(delta.norm() * keys[layer][3:].norm()) + 1e-6
 
 
 def assert_update_spares_keys(model, result, ids, mask, pos) -> list[str]:

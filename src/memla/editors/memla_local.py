@@ -209,10 +209,16 @@ class MemlaLocalConfig(MemlaConfig):
             edits it keeps NS en-en 42.5 instead of 22.5 and NS-keep zh 31.2% instead of 2.5%, for
             16% more edit time in the run (`benchmarks/results/sequential_dev20/v5_origin`).
         align_langs: cross-lingual key alignment: also preserve the differences ``k_j − k_0``
-            between the fact's key in each other locating language ``j`` (the prompts MEMLA already
-            locates with; no ``target_new`` of another language is used) and in the source
-            language, so that ``Δ k_j = Δ k_0``: the update adds to the residual stream after
-            "法国的首都是" what it adds after "The capital of France is".
+            between the fact's key in each other language ``j`` (its prompt only: no ``target_true``
+            or ``target_new`` of another language is used) and in the source language, so that
+            ``Δ k_j = Δ k_0``: the update adds to the residual stream after "法国的首都是" what it
+            adds after "The capital of France is". ``True`` = the locating languages (the prompts
+            MEMLA already locates with), ``False`` = off, or like ``anchor_langs``: ``("locate",)``,
+            ``("all",)`` (every language the request has) or a tuple of codes.
+        align_template: with ``align_langs``, also preserve, per other aligned language, the mean key of the
+            edit's template there filled with the relation anchors' pool subjects (the direction its prompts
+            of the relation share), so the aligned update moves the fact's own key, not every prompt of the
+            template in that language.
         context_lengths: ``(tokens, count)`` pairs of model-generated prefixes (ROME's context
             templates, `memla.editors.kv.context_prefixes`): the ``target_new`` term is averaged
             over the prompt and ``prefix + prompt`` for each of them (ROME Eq. 4, first term),
@@ -263,7 +269,8 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_earlier: int = 64
     anchor_relations: int = 4
     anchor_origin: bool = True
-    align_langs: bool = True
+    align_langs: bool | tuple[str, ...] = True
+    align_template: bool = False
     context_lengths: tuple[tuple[int, int], ...] = ()
     context_batch: int = 0
     forget_langs: bool = True
@@ -285,8 +292,9 @@ class MemlaLocalConfig(MemlaConfig):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if self.null_space_langs not in ("anchor", "source", "means"):
             raise ValueError(f"null_space_langs must be anchor, source or means, got {self.null_space_langs!r}")
-        if isinstance(self.anchor_langs, str):
-            object.__setattr__(self, "anchor_langs", (self.anchor_langs,))
+        for name in ("anchor_langs", "align_langs"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, (getattr(self, name),))
         lengths = tuple(tuple(int(v) for v in pair) for pair in self.context_lengths)
         if any(len(pair) != 2 or min(pair) < 1 for pair in lengths):
             raise ValueError(f"context_lengths must be (tokens, count) pairs of positive integers, got {self.context_lengths!r}")
@@ -397,6 +405,17 @@ class MemlaLocalEditor(MemlaEditor):
         """The fact in each other locating language that has a ``target_true`` (source language excluded)."""
         return [f for f in map(request.in_lang, self.locating_langs(request)[1:]) if f.target_true is not None]
 
+    def aligned_facts(self, request: EditRequest) -> list[EditRequest]:
+        """The fact in each other language whose key difference ``k_j − k_0`` the update preserves (``align_langs``)."""
+        wanted = self.config.align_langs
+        if wanted in (False, (), ("source",)):
+            return []
+        if wanted in (True, ("locate",)):
+            langs = self.locating_langs(request)
+        else:
+            langs = request.langs if wanted == ("all",) else [k for k in wanted if k in request.langs]
+        return [request.in_lang(k) for k in langs if k != request.lang]
+
     def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
         """The request (``weight_true``) and, with ``forget_langs``, its `other_facts` (``forget_weight``;
         None: ``weight_true``)."""
@@ -486,7 +505,7 @@ class MemlaLocalEditor(MemlaEditor):
         """
         cfg = self.config
         anchored = cfg.null_space and anchors is not None
-        facts = self.other_facts(request) if cfg.align_langs else []
+        facts = self.aligned_facts(request)
         if not anchored and not facts:
             return {}
         seqs: list[list[int]] = []
@@ -504,7 +523,15 @@ class MemlaLocalEditor(MemlaEditor):
                 else:
                     groups.append([len(seqs) - 1])
             groups += by_lang.values()
-        n_anchor = len(seqs)  # rows: the anchors, the edit prompt, its other locating languages
+        if cfg.align_template and facts and request.subject:
+            neighbours = nearest_subjects(model, tokenizer, request.subject, request.lang, cfg.anchor_subjects)
+            for fact in facts:
+                template = template_of(fact)
+                prompts = [template.replace("{}", e[fact.lang]) for e in neighbours if fact.lang in e] if template else []
+                if prompts:
+                    groups.append(list(range(len(seqs), len(seqs) + len(prompts))))
+                    seqs += [encode_text(tokenizer, text) for text in prompts]
+        n_anchor = len(seqs)  # rows: the anchors (and template means), the edit prompt, its other aligned languages
         seqs += [encode_text(tokenizer, f.text) for f in [request, *facts]]  # the prompts as training encodes them
         per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
         out: dict[str, object] = {}
