@@ -296,34 +296,6 @@ def test_align_langs_makes_the_update_act_alike_in_every_aligned_language(tiny2,
         assert mean_logp(model, tok, req.text, "Tokyo") > mean_logp(model, tok, req.text, "Paris")
 
 
-def test_align_template_spares_the_mean_key_of_the_template_in_each_aligned_language(tiny2):
-    """``align_template``: the update leaves the mean key of "Die Hauptstadt von {} ist" over the relation anchors'
-    pool subjects alone while still moving the German fact's key as it moves the English one."""
-    from memla.editors.memla_local import last_token_keys, nearest_subjects
-    from memla.models import arch_spec
-
-    model, tok = tiny2
-    req = with_german(france_request())
-    cfg = {**FAST, "scale_constant": 1.0, "anchor_subjects": 3, "null_space_tol": 1e-4, "align_langs": ["all"],
-           "align_template": True}
-    result = get_editor("memla-local", cfg).edit(model, tok, req)
-    plain = get_editor("memla-local", {**cfg, "align_template": False}).edit(model, tok, req)
-    assert all(result.info["preserved"][k]["directions"] == plain.info["preserved"][k]["directions"] + 3
-               for k in result.info["preserved"])  # one more direction per other aligned language (zh, fr, de)
-    subjects = nearest_subjects(model, tok, "France", "en", 3)
-    prompts = [f"Die Hauptstadt von {entry['de']} ist" for entry in subjects]
-    layers = sorted({int(k.split(".")[0]) for k in result.info["preserved"]})
-    keys = last_token_keys(model, tok, [encode_text(tok, text) for text in [*prompts, req.text, req.in_lang("de").text]],
-                           layers)
-    spec = arch_spec(model)
-    for layer in layers:
-        delta = spec.to_linear(result.deltas[spec.down_weight_name(layer)]).float()  # (d_model, d_ff)
-        mean = keys[layer][:3].mean(0)  # (d_ff,)
-        assert float((delta @ mean).norm()) <= 1e-3 * float(delta.norm() * mean.norm()) + 1e-6
-        moved = keys[layer][3:] @ delta.T  # (2, d_model): Δ k_en, Δ k_de
-        assert float((moved[1] - moved[0]).norm()) <= 1e-3 * float(delta.norm() * keys[layer][3:].norm()) + 1e-6
-
-
 def assert_update_spares_keys(model, result, ids, mask, pos) -> list[str]:
     """Each preserved layer's merged update maps the down-projection inputs at the last token of ``ids`` to ≈ 0;
     returns the checked down-projection modules."""

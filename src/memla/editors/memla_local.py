@@ -214,11 +214,10 @@ class MemlaLocalConfig(MemlaConfig):
             ``Δ k_j = Δ k_0``: the update adds to the residual stream after "法国的首都是" what it
             adds after "The capital of France is". ``True`` = the locating languages (the prompts
             MEMLA already locates with), ``False`` = off, or like ``anchor_langs``: ``("locate",)``,
-            ``("all",)`` (every language the request has) or a tuple of codes.
-        align_template: with ``align_langs``, also preserve, per other aligned language, the mean key of the
-            edit's template there filled with the relation anchors' pool subjects (the direction its prompts
-            of the relation share), so the aligned update moves the fact's own key, not every prompt of the
-            template in that language.
+            ``("all",)`` (every language the request has) or a tuple of codes. ``("all",)`` lifts ES en-avg
+            71.0 → 74.4 and PS en-avg 66.2 → 72.2 on the 16 dev records, but the other languages' neighbours
+            move with the fact (NS-margin en-avg 67.9 → 63.1, paired −4.8 ± 1.3;
+            `benchmarks/results/locality_sweep_dev16/v8_align_all`), so the default stays the locating languages.
         context_lengths: ``(tokens, count)`` pairs of model-generated prefixes (ROME's context
             templates, `memla.editors.kv.context_prefixes`): the ``target_new`` term is averaged
             over the prompt and ``prefix + prompt`` for each of them (ROME Eq. 4, first term),
@@ -270,7 +269,6 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_relations: int = 4
     anchor_origin: bool = True
     align_langs: bool | tuple[str, ...] = True
-    align_template: bool = False
     context_lengths: tuple[tuple[int, int], ...] = ()
     context_batch: int = 0
     forget_langs: bool = True
@@ -523,15 +521,7 @@ class MemlaLocalEditor(MemlaEditor):
                 else:
                     groups.append([len(seqs) - 1])
             groups += by_lang.values()
-        if cfg.align_template and facts and request.subject:
-            neighbours = nearest_subjects(model, tokenizer, request.subject, request.lang, cfg.anchor_subjects)
-            for fact in facts:
-                template = template_of(fact)
-                prompts = [template.replace("{}", e[fact.lang]) for e in neighbours if fact.lang in e] if template else []
-                if prompts:
-                    groups.append(list(range(len(seqs), len(seqs) + len(prompts))))
-                    seqs += [encode_text(tokenizer, text) for text in prompts]
-        n_anchor = len(seqs)  # rows: the anchors (and template means), the edit prompt, its other aligned languages
+        n_anchor = len(seqs)  # rows: the anchors, the edit prompt, its other aligned languages
         seqs += [encode_text(tokenizer, f.text) for f in [request, *facts]]  # the prompts as training encodes them
         per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
         out: dict[str, object] = {}
