@@ -405,14 +405,8 @@ class MemlaLocalEditor(MemlaEditor):
 
     def aligned_facts(self, request: EditRequest) -> list[EditRequest]:
         """The fact in each other language whose key difference ``k_j − k_0`` the update preserves (``align_langs``)."""
-        wanted = self.config.align_langs
-        if wanted in (False, (), ("source",)):
-            return []
-        if wanted in (True, ("locate",)):
-            langs = self.locating_langs(request)
-        else:
-            langs = request.langs if wanted == ("all",) else [k for k in wanted if k in request.langs]
-        return [request.in_lang(k) for k in langs if k != request.lang]
+        wanted = {True: ("locate",), False: ("source",)}.get(self.config.align_langs, self.config.align_langs)
+        return [request.in_lang(k) for k in self.chosen_langs(request, wanted)[1:]]
 
     def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
         """The request (``weight_true``) and, with ``forget_langs``, its `other_facts` (``forget_weight``;
@@ -441,13 +435,17 @@ class MemlaLocalEditor(MemlaEditor):
         in its source-language form) edited earlier in the run, the least recently edited template first."""
         return [anchor for other, remembered in self.relations.items() if other != template for anchor in remembered]
 
-    def anchor_langs(self, request: EditRequest) -> list[str]:
-        """Source language first, then the other anchor languages the request has."""
-        cfg = self.config
-        if cfg.anchor_langs == ("locate",):
+    def chosen_langs(self, request: EditRequest, wanted: tuple[str, ...]) -> list[str]:
+        """Source language first, then those of ``wanted`` the request has: ``("source",)`` none,
+        ``("locate",)`` the locating languages, ``("all",)`` every language, or a tuple of codes."""
+        if wanted == ("locate",):
             return self.locating_langs(request)
-        wanted = {("source",): (), ("all",): request.langs}.get(cfg.anchor_langs, cfg.anchor_langs)
+        wanted = {("source",): (), ("all",): request.langs}.get(wanted, wanted)
         return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
+
+    def anchor_langs(self, request: EditRequest) -> list[str]:
+        """Source language first, then the other anchor languages the request has (``anchor_langs``)."""
+        return self.chosen_langs(request, self.config.anchor_langs)
 
     def anchors(self, model: nn.Module, tokenizer, request: EditRequest) -> Anchors | None:
         """The relation, generic, after-target and earlier-edit anchors, not yet measured (`Anchors.build`:
