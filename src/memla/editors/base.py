@@ -83,6 +83,11 @@ class EditRequest:
         """The source language followed by the translation languages."""
         return (self.lang, *(k for k in self.translations if k != self.lang))
 
+    def among(self, wanted: Sequence[str]) -> list[str]:
+        """The source language first, then those of ``wanted`` this request has (``("all",)``: every one)."""
+        wanted = self.langs if tuple(wanted) == ("all",) else wanted
+        return [self.lang, *(k for k in wanted if k != self.lang and k in self.langs)]
+
     def in_lang(self, lang: str) -> EditRequest:
         """This fact in ``lang`` (the request itself for the source language)."""
         if lang == self.lang:

@@ -138,9 +138,7 @@ class MemlaEditor:
     def locating_langs(self, request: EditRequest) -> list[str]:
         """The languages neurons are located in: the source language first, then the
         ``locate_langs`` the request has."""
-        wanted = self.config.locate_langs
-        wanted = request.langs if wanted == ("all",) else wanted
-        return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
+        return request.among(self.config.locate_langs)
 
     def locate(self, model: nn.Module, tokenizer, request: EditRequest) -> tuple[dict[str, NeuronSet], NeuronSet, NeuronSet]:
         """Per-language knowledge neurons and the split ``(I, S)`` (Eq. 1–4).

@@ -440,8 +440,7 @@ class MemlaLocalEditor(MemlaEditor):
         ``("locate",)`` the locating languages, ``("all",)`` every language, or a tuple of codes."""
         if wanted == ("locate",):
             return self.locating_langs(request)
-        wanted = {("source",): (), ("all",): request.langs}.get(wanted, wanted)
-        return [request.lang, *(k for k in wanted if k != request.lang and k in request.langs)]
+        return request.among(() if wanted == ("source",) else wanted)
 
     def anchor_langs(self, request: EditRequest) -> list[str]:
         """Source language first, then the other anchor languages the request has (``anchor_langs``)."""
