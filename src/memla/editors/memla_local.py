@@ -218,11 +218,6 @@ class MemlaLocalConfig(MemlaConfig):
             71.0 → 74.4 and PS en-avg 66.2 → 72.2 on the 16 dev records, but the other languages' neighbours
             move with the fact (NS-margin en-avg 67.9 → 63.1, paired −4.8 ± 1.3;
             `benchmarks/results/locality_sweep_dev16/v8_align_all`), so the default stays the locating languages.
-        align_neighbours: per language that ``align_langs`` aligns but ``anchor_langs`` gives no anchors, the keys
-            of this many relation anchors there (the edit's template in that language filled with the pool subjects
-            nearest to the edited subject) go into the null space one by one (with ``null_space``), so that
-            ``Δ k'_j = 0`` for those neighbours while ``Δ k_j = Δ k_0`` for the fact; they are not in the KL and
-            rise terms, which stay in the anchor languages (0 = none).
         context_lengths: ``(tokens, count)`` pairs of model-generated prefixes (ROME's context
             templates, `memla.editors.kv.context_prefixes`): the ``target_new`` term is averaged
             over the prompt and ``prefix + prompt`` for each of them (ROME Eq. 4, first term),
@@ -274,7 +269,6 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_relations: int = 4
     anchor_origin: bool = True
     align_langs: bool | tuple[str, ...] = True
-    align_neighbours: int = 0
     context_lengths: tuple[tuple[int, int], ...] = ()
     context_batch: int = 0
     forget_langs: bool = True
@@ -286,11 +280,10 @@ class MemlaLocalConfig(MemlaConfig):
         if not 0.0 < self.null_space_tol <= 1.0:
             raise ValueError("null_space_tol must be in (0, 1]")
         if min(self.anchor_weight, self.avoid_new_weight, self.anchor_subjects, self.anchor_facts, self.anchor_batch,
-               self.anchor_earlier, self.anchor_relations, self.anchor_patience, self.context_batch,
-               self.align_neighbours) < 0 or self.anchor_tolerance <= 0:
+               self.anchor_earlier, self.anchor_relations, self.anchor_patience, self.context_batch) < 0 \
+                or self.anchor_tolerance <= 0:
             raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_facts, anchor_batch, anchor_earlier, "
-                             "anchor_relations, anchor_patience, context_batch and align_neighbours must be >= 0, "
-                             "anchor_tolerance > 0")
+                             "anchor_relations, anchor_patience and context_batch must be >= 0, anchor_tolerance > 0")
         if self.forget_weight is not None and self.forget_weight < 0:
             raise ValueError(f"forget_weight must be >= 0 or null, got {self.forget_weight!r}")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
@@ -415,21 +408,6 @@ class MemlaLocalEditor(MemlaEditor):
         wanted = {True: ("locate",), False: ("source",)}.get(self.config.align_langs, self.config.align_langs)
         return [request.in_lang(k) for k in self.chosen_langs(request, wanted)[1:]]
 
-    def aligned_neighbours(self, model: nn.Module, tokenizer, request: EditRequest) -> list[str]:
-        """``align_neighbours`` relation anchors in each aligned language that has no anchors of its own: the
-        edit's template there filled with the pool subjects nearest to the edited subject (null space only)."""
-        n, anchored = self.config.align_neighbours, set(self.anchor_langs(request))
-        facts = [f for f in self.aligned_facts(request) if f.lang not in anchored]
-        if not (n and facts and request.subject):
-            return []
-        neighbours = nearest_subjects(model, tokenizer, request.subject, request.lang, n)
-        texts = []
-        for fact in facts:
-            template = template_of(fact)
-            texts += [template.replace("{}", entry[fact.lang]) for entry in neighbours if fact.lang in entry] \
-                if template else []
-        return texts
-
     def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
         """The request (``weight_true``) and, with ``forget_langs``, its `other_facts` (``forget_weight``;
         None: ``weight_true``)."""
@@ -513,8 +491,8 @@ class MemlaLocalEditor(MemlaEditor):
 
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
-        """Preserve keys in every LoRA (`MaskedLoRA.preserve`): with ``null_space`` the anchors' keys (and those
-        of the `aligned_neighbours`), with ``align_langs`` the language differences ``k_j − k_0`` of the fact's own key.
+        """Preserve keys in every LoRA (`MaskedLoRA.preserve`): with ``null_space`` the anchors' keys,
+        with ``align_langs`` the language differences ``k_j − k_0`` of the fact's own key.
 
         Returns:
             Per layer and editor, the preserved directions and the share of the edit key's
@@ -540,9 +518,6 @@ class MemlaLocalEditor(MemlaEditor):
                 else:
                     groups.append([len(seqs) - 1])
             groups += by_lang.values()
-            for text in self.aligned_neighbours(model, tokenizer, request):
-                seqs.append(encode_text(tokenizer, text))
-                groups.append([len(seqs) - 1])
         n_anchor = len(seqs)  # rows: the anchors, the edit prompt, its other aligned languages
         seqs += [encode_text(tokenizer, f.text) for f in [request, *facts]]  # the prompts as training encodes them
         per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
