@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -96,13 +97,20 @@ def test_non_finite_scores_count_as_wrong(monkeypatch, hand_task):
     assert result.correct_norm is None  # the zh XNLI item has no acc_norm
 
 
+FIRST_40_PIQA = "ad6afbcf85934b6f"  # piqa-mini items 0-39: the whole set before 2026-12-07
+
+
 def test_builtin_tasks_load():
     assert builtin_tasks() == ["nli-mini", "piqa-mini", "xnli-mini"]
     sizes = {name: len(load_task(name).items) for name in builtin_tasks()}
-    assert sizes == {"nli-mini": 40, "piqa-mini": 40, "xnli-mini": 54}
+    assert sizes == {"nli-mini": 40, "piqa-mini": 200, "xnli-mini": 54}
     assert {it.lang for it in load_task("xnli-mini").items} == {"en", "zh", "fr", "de", "es", "ru"}
-    labels = [it.label for it in load_task("piqa-mini").items]
-    assert labels.count(0) == labels.count(1) == 20
+    piqa = load_task("piqa-mini").items
+    labels = [it.label for it in piqa]
+    assert labels.count(0) == labels.count(1) == 100 and labels[:40].count(0) == 20
+    assert len({it.context for it in piqa}) == len(piqa)  # no goal twice
+    first = [(it.context, it.choices, it.label) for it in piqa[:40]]  # the set runs before 2026-12-07 scored
+    assert hashlib.sha256(repr(first).encode()).hexdigest()[:16] == FIRST_40_PIQA
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3_text"])

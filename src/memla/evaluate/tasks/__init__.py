@@ -17,7 +17,8 @@ Labels are integers, digit strings or, for ANLI / XNLI, ``entailment`` / ``neutr
 with a warning.  A file is JSONL (one object a line) or a JSON list.  Built-in tasks (`builtin_tasks`),
 shipped beside this module:
 
-- ``piqa-mini``: 40 PIQA-style physical-commonsense items, English.
+- ``piqa-mini``: 200 PIQA-style physical-commonsense items, English, balanced labels (items 0-39, the
+  whole set before 2026-12-07, stay as they were: ``--limit 40`` scores that set).
 - ``nli-mini``: 40 ANLI-style items, English.
 - ``xnli-mini``: 54 XNLI-style items, the same 9 premise/hypothesis pairs in en, zh, fr, de, es, ru.
 
