@@ -75,7 +75,7 @@ from torch import Tensor, nn
 
 from memla.devices import input_device
 from memla.editors.base import EditRequest, EditResult, register_editor, substituted
-from memla.editors.kv import context_prefixes, locate_request
+from memla.editors.kv import context_prefixes
 from memla.editors.lora import MaskedLoRA
 from memla.editors.memla import Anchors, MemlaConfig, MemlaEditor
 from memla.hooks import output_tensor, trace
@@ -218,12 +218,6 @@ class MemlaLocalConfig(MemlaConfig):
             71.0 → 74.4 and PS en-avg 66.2 → 72.2 on the 16 dev records, but the other languages' neighbours
             move with the fact (NS-margin en-avg 67.9 → 63.1, paired −4.8 ± 1.3;
             `benchmarks/results/locality_sweep_dev16/v8_align_all`), so the default stays the locating languages.
-        align_subject: key alignment at the subject's last token (ROME's edit site, `memla.editors.kv.locate`)
-            instead of the prompt's: also preserve ``k^s_j − k^s_0``, the differences between the keys at the
-            subject's last token in each other language ``j`` and in the source language, so the update adds at
-            "法国" what it adds at "France" and the model's own attention carries it to the answer; the subject's
-            key, unlike the prompt's last one, is not shared with the template's other subjects. Languages
-            like ``align_langs`` (``False`` = off); a language whose subject is not found in its prompt is left out.
         context_lengths: ``(tokens, count)`` pairs of model-generated prefixes (ROME's context
             templates, `memla.editors.kv.context_prefixes`): the ``target_new`` term is averaged
             over the prompt and ``prefix + prompt`` for each of them (ROME Eq. 4, first term),
@@ -275,7 +269,6 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_relations: int = 4
     anchor_origin: bool = True
     align_langs: bool | tuple[str, ...] = True
-    align_subject: bool | tuple[str, ...] = False
     context_lengths: tuple[tuple[int, int], ...] = ()
     context_batch: int = 0
     forget_langs: bool = True
@@ -297,7 +290,7 @@ class MemlaLocalConfig(MemlaConfig):
             raise ValueError(f"anchor_divergence must be forward, reverse or both, got {self.anchor_divergence!r}")
         if self.null_space_langs not in ("anchor", "source", "means"):
             raise ValueError(f"null_space_langs must be anchor, source or means, got {self.null_space_langs!r}")
-        for name in ("anchor_langs", "align_langs", "align_subject"):
+        for name in ("anchor_langs", "align_langs"):
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, (getattr(self, name),))
         lengths = tuple(tuple(int(v) for v in pair) for pair in self.context_lengths)
@@ -412,15 +405,7 @@ class MemlaLocalEditor(MemlaEditor):
 
     def aligned_facts(self, request: EditRequest) -> list[EditRequest]:
         """The fact in each other language whose key difference ``k_j − k_0`` the update preserves (``align_langs``)."""
-        return self._aligned(request, self.config.align_langs)
-
-    def subject_aligned(self, request: EditRequest) -> list[EditRequest]:
-        """The fact in each other language whose subject-key difference ``k^s_j − k^s_0`` the update
-        preserves (``align_subject``)."""
-        return self._aligned(request, self.config.align_subject)
-
-    def _aligned(self, request: EditRequest, langs: bool | tuple[str, ...]) -> list[EditRequest]:
-        wanted = {True: ("locate",), False: ("source",)}.get(langs, langs)
+        wanted = {True: ("locate",), False: ("source",)}.get(self.config.align_langs, self.config.align_langs)
         return [request.in_lang(k) for k in self.chosen_langs(request, wanted)[1:]]
 
     def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
@@ -516,8 +501,7 @@ class MemlaLocalEditor(MemlaEditor):
         cfg = self.config
         anchored = cfg.null_space and anchors is not None
         facts = self.aligned_facts(request)
-        subjects = subject_prefixes(tokenizer, [request, *self.subject_aligned(request)])
-        if not anchored and not facts and len(subjects) < 2:
+        if not anchored and not facts:
             return {}
         seqs: list[list[int]] = []
         groups: list[list[int]] = []  # anchor rows whose mean key is preserved: one row, or one language's rows
@@ -536,32 +520,19 @@ class MemlaLocalEditor(MemlaEditor):
             groups += by_lang.values()
         n_anchor = len(seqs)  # rows: the anchors, the edit prompt, its other aligned languages
         seqs += [encode_text(tokenizer, f.text) for f in [request, *facts]]  # the prompts as training encodes them
-        n_subject = len(seqs)  # then the prompts cut after the subject: their last key is the subject's
-        seqs += subjects if len(subjects) > 1 else []
         per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
         out: dict[str, object] = {}
         for layer, eds in editors.items():
             keys = per_layer[layer]
             edit_key = keys[n_anchor]  # (d_ff,)
             anchor_keys = [keys[g].mean(0) for g in groups]  # (d_ff,) each
-            subject_keys = keys[n_subject:]  # (S, d_ff): the source language's first, or none
-            preserved = torch.stack([*anchor_keys, *(keys[n_anchor + 1:n_subject] - edit_key),
-                                     *(subject_keys[1:] - subject_keys[:1])])  # (G + J + S - 1, d_ff)
+            preserved = torch.stack([*anchor_keys, *(keys[n_anchor + 1:] - edit_key)])  # (G + J, d_ff)
             for kind, lora in eds.items():
                 kept = lora.preserve(preserved, rel_tol=cfg.null_space_tol)
                 masked_key = edit_key * lora.mask  # (d_ff,)
                 share = float(lora.project(masked_key).norm() / masked_key.norm().clamp_min(1e-12))
                 out[f"{layer}.{kind}"] = {"directions": kept, "edit_key_share": round(share, 4)}
         return out
-
-
-def subject_prefixes(tokenizer, facts: Sequence[EditRequest]) -> list[list[int]]:
-    """Each fact's prompt tokens up to its subject's last token (`memla.editors.kv.locate_request`), the
-    first fact's first; a fact whose subject is not found is left out, and none are returned without the first's."""
-    located = [locate_request(tokenizer, fact) for fact in facts if fact.subject]
-    if not located or located[0].fallback or not facts[0].subject:
-        return []
-    return [list(loc.prompt_ids[:loc.pos + 1]) for loc in located if not loc.fallback]
 
 
 def last_token_keys(model: nn.Module, tokenizer, seqs: list[list[int]], layers: Iterable[int]) -> dict[int, torch.Tensor]:
