@@ -165,7 +165,9 @@ class MemlaLocalConfig(MemlaConfig):
             KL only oscillates, training ends instead of running to ``max_steps``.
         anchor_batch: anchors per training step (a seeded draw; 0 = all of them every step).
         anchor_subjects: relation anchors per language: the pool subjects nearest to the
-            edited subject (0 = none).
+            edited subject (0 = none). 16: on the 16 dev records 8 keeps fewer of the other languages'
+            neighbours (NS-margin en-avg −2.8 ± 1.0 paired) and 32 changes nothing beyond noise
+            (`benchmarks/results/locality_sweep_dev16/v8_subjects8`, `v8_subjects32`).
         anchor_facts: fact anchors per anchor language: prompts of other relations about other
             subjects (the fact templates of ``locality_subjects.json`` filled with pool subjects of
             the kinds they ask about, `fact_prompts`), so the edit keeps what the model says about
