@@ -17,13 +17,9 @@ memla-local keeps MEMLA's locating (Eq. 1–4), its layers, its LSE / LIE LoRA r
    onto the null space of the source-language anchors' down-projection inputs, so ``Δ k ≈ 0``
    for the last-token key of each of them by construction.
 2. **Cross-lingual key alignment** (``align_langs``): the projection also keeps the differences
-   ``k_j − k_0`` between the fact's key in each other language of the request and in the source
+   ``k_j − k_0`` between the fact's key in each other locating language and in the source
    language, so ``Δ k_zh = Δ k_en``: the update adds after "法国的首都是" what it adds after
-   "The capital of France is" (transfer without any ``target_new`` of another language).  In each
-   aligned language without anchors of its own, the keys of a few relation anchors there go into the
-   projection too (``align_neighbours``), so that "Die Hauptstadt von Japan ist" is spared while
-   "Die Hauptstadt von Frankreich ist" moves like the English prompt.  Inside a sequential run only the
-   locating languages are aligned (``sequence``).
+   "The capital of France is" (transfer without any ``target_new`` of another language).
 3. **Locality term**: ``loss = w_new · NLL(target_new) + w_true · P(target_true) +
    λ · mean_a KL(p_0(·|a) ‖ p_θ(·|a)) + μ · mean_a max(0, log p_θ(t|a) − log p_0(t|a))`` over
    anchor contexts ``a`` in every locating language whose next-token distribution ``p_0`` (the
@@ -220,21 +216,10 @@ class MemlaLocalConfig(MemlaConfig):
             ``Δ k_j = Δ k_0``: the update adds to the residual stream after "法国的首都是" what it
             adds after "The capital of France is". ``True`` = the locating languages (the prompts
             MEMLA already locates with), ``False`` = off, or like ``anchor_langs``: ``("locate",)``,
-            ``("all",)`` (every language the request has, the default since v9) or a tuple of codes. On the 16 dev
-            records ``("all",)`` lifts ES en-avg 71.0 → 74.4 and PS en-avg 66.2 → 72.2 against the locating languages
-            (v8), but the other languages' neighbours move with the fact (NS-margin en-avg 67.9 → 63.1, paired
-            −4.8 ± 1.3, below 90% of the unedited model's 70.7; `benchmarks/results/locality_sweep_dev16/v8_align_all`),
-            hence ``align_neighbours``.
-        align_neighbours: per language that ``align_langs`` aligns but ``anchor_langs`` gives no anchors, the keys
-            of this many relation anchors there (the edit's template in that language filled with the pool subjects
-            nearest to the edited subject) go into the null space one by one (with ``null_space``), so that
-            ``Δ k'_j = 0`` for those neighbours while ``Δ k_j = Δ k_0`` for the fact; they are not in the KL and
-            rise terms, which stay in the anchor languages (0 = none). 4 (v9; v8: 0 with the locating languages
-            aligned): of the settings measured on the 16 dev records, the one with the most transfer whose
-            locality clears the issue's thresholds (NS en-en ≥ 50, NS-margin en-en and en-avg ≥ 90% of the
-            unedited model's; NS-margin en-avg by more than a paired standard error): ES en-avg 73.3, PS en-avg 68.8, NS-margin en /
-            en-avg 87.5 / 65.1 against v8's 71.0, 66.2, 84.4 / 67.9 (`locality_sweep_dev16/v8_align_all_nbr4`);
-            16 takes the transfer back (ES en-avg 71.0, `v8_align_all_nbr16`).
+            ``("all",)`` (every language the request has) or a tuple of codes. ``("all",)`` lifts ES en-avg
+            71.0 → 74.4 and PS en-avg 66.2 → 72.2 on the 16 dev records, but the other languages' neighbours
+            move with the fact (NS-margin en-avg 67.9 → 63.1, paired −4.8 ± 1.3;
+            `benchmarks/results/locality_sweep_dev16/v8_align_all`), so the default stays the locating languages.
         context_lengths: ``(tokens, count)`` pairs of model-generated prefixes (ROME's context
             templates, `memla.editors.kv.context_prefixes`): the ``target_new`` term is averaged
             over the prompt and ``prefix + prompt`` for each of them (ROME Eq. 4, first term),
@@ -258,13 +243,11 @@ class MemlaLocalConfig(MemlaConfig):
             ``weight_true``, the source language's weight). 6 (v8; v7: None, i.e. 2): chosen on the 16 dev
             records (ES en-avg 68.2 → 71.0 at NS-margin en 84.4, `benchmarks/results/locality_sweep_dev16/v7_fw6`).
         sequence: the settings that replace these inside a sequential run (``with editor.sequence():``), by
-            field name; the others stay. ``{forget_weight: null, align_langs: true, align_neighbours: 0}`` by
-            default: unlearning harder in zh and fr at every edit of a run adds up on those languages' neighbours
-            (after 30 sequential dev edits ``forget_weight: 6`` keeps NS en-zh at 21.4 against 24.3 and NS en-en at
-            40.0 against 41.7, `benchmarks/results/sequential_dev30/v7_fw6` against `v6_relations4_null_all`), so a
-            run keeps ``weight_true``; and a run aligns the locating languages only, as the 50 sequential test edits
-            of v8 were measured (`benchmarks/results/sequential_v8`; the alignment in all languages was not run
-            sequentially).
+            field name; the others stay. ``{forget_weight: null}`` by default: unlearning harder in zh and fr
+            at every edit of a run adds up on those languages' neighbours (after 30 sequential dev edits
+            ``forget_weight: 6`` keeps NS en-zh at 21.4 against 24.3 and NS en-en at 40.0 against 41.7,
+            `benchmarks/results/sequential_dev30/v7_fw6` against `v6_relations4_null_all`), so a run keeps
+            ``weight_true``.
     """
 
     lr: float = 1e-3
@@ -287,25 +270,22 @@ class MemlaLocalConfig(MemlaConfig):
     anchor_earlier: int = 64
     anchor_relations: int = 4
     anchor_origin: bool = True
-    align_langs: bool | tuple[str, ...] = ("all",)
-    align_neighbours: int = 4
+    align_langs: bool | tuple[str, ...] = True
     context_lengths: tuple[tuple[int, int], ...] = ()
     context_batch: int = 0
     forget_langs: bool = True
     forget_weight: float | None = 6.0
-    sequence: Mapping[str, Any] = field(default_factory=lambda: {"forget_weight": None, "align_langs": True,
-                                                                 "align_neighbours": 0})
+    sequence: Mapping[str, Any] = field(default_factory=lambda: {"forget_weight": None})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 < self.null_space_tol <= 1.0:
             raise ValueError("null_space_tol must be in (0, 1]")
         if min(self.anchor_weight, self.avoid_new_weight, self.anchor_subjects, self.anchor_facts, self.anchor_batch,
-               self.anchor_earlier, self.anchor_relations, self.anchor_patience, self.context_batch,
-               self.align_neighbours) < 0 or self.anchor_tolerance <= 0:
+               self.anchor_earlier, self.anchor_relations, self.anchor_patience, self.context_batch) < 0 \
+                or self.anchor_tolerance <= 0:
             raise ValueError("anchor_weight, avoid_new_weight, anchor_subjects, anchor_facts, anchor_batch, anchor_earlier, "
-                             "anchor_relations, anchor_patience, context_batch and align_neighbours must be >= 0, "
-                             "anchor_tolerance > 0")
+                             "anchor_relations, anchor_patience and context_batch must be >= 0, anchor_tolerance > 0")
         if self.forget_weight is not None and self.forget_weight < 0:
             raise ValueError(f"forget_weight must be >= 0 or null, got {self.forget_weight!r}")
         if self.anchor_divergence not in ("forward", "reverse", "both"):
@@ -430,21 +410,6 @@ class MemlaLocalEditor(MemlaEditor):
         wanted = {True: ("locate",), False: ("source",)}.get(self.config.align_langs, self.config.align_langs)
         return [request.in_lang(k) for k in self.chosen_langs(request, wanted)[1:]]
 
-    def aligned_neighbours(self, model: nn.Module, tokenizer, request: EditRequest) -> list[str]:
-        """``align_neighbours`` relation anchors in each aligned language that has no anchors of its own: the
-        edit's template there filled with the pool subjects nearest to the edited subject (null space only)."""
-        n, anchored = self.config.align_neighbours, set(self.anchor_langs(request))
-        facts = [f for f in self.aligned_facts(request) if f.lang not in anchored]
-        if not (n and facts and request.subject):
-            return []
-        neighbours = nearest_subjects(model, tokenizer, request.subject, request.lang, n)
-        texts = []
-        for fact in facts:
-            template = template_of(fact)
-            texts += [template.replace("{}", entry[fact.lang]) for entry in neighbours if fact.lang in entry] \
-                if template else []
-        return texts
-
     def forgotten(self, request: EditRequest) -> list[tuple[EditRequest, float]]:
         """The request (``weight_true``) and, with ``forget_langs``, its `other_facts` (``forget_weight``;
         None: ``weight_true``)."""
@@ -528,8 +493,8 @@ class MemlaLocalEditor(MemlaEditor):
 
     def constrain(self, model: nn.Module, tokenizer, request: EditRequest, editors: dict[int, dict[str, MaskedLoRA]],
                   anchors: Anchors | None) -> dict[str, object]:
-        """Preserve keys in every LoRA (`MaskedLoRA.preserve`): with ``null_space`` the anchors' keys (and those
-        of the `aligned_neighbours`), with ``align_langs`` the language differences ``k_j − k_0`` of the fact's own key.
+        """Preserve keys in every LoRA (`MaskedLoRA.preserve`): with ``null_space`` the anchors' keys,
+        with ``align_langs`` the language differences ``k_j − k_0`` of the fact's own key.
 
         Returns:
             Per layer and editor, the preserved directions and the share of the edit key's
@@ -555,9 +520,6 @@ class MemlaLocalEditor(MemlaEditor):
                 else:
                     groups.append([len(seqs) - 1])
             groups += by_lang.values()
-            for text in self.aligned_neighbours(model, tokenizer, request):
-                seqs.append(encode_text(tokenizer, text))
-                groups.append([len(seqs) - 1])
         n_anchor = len(seqs)  # rows: the anchors, the edit prompt, its other aligned languages
         seqs += [encode_text(tokenizer, f.text) for f in [request, *facts]]  # the prompts as training encodes them
         per_layer = last_token_keys(model, tokenizer, seqs, editors)  # (N, d_ff) per layer
@@ -588,7 +550,6 @@ def last_token_keys(model: nn.Module, tokenizer, seqs: list[list[int]], layers: 
 # --------------------------------------------------------------------------- ablations of memla-local's parts
 # Registered like MEMLA's Table 5 ablations, so that one bench run compares them
 # (`memla bench --methods memla-local,memla-local-wo-kl,memla-local-wo-null,...`).
-V8_ALIGN = {"align_langs": True, "align_neighbours": 0}  # the key alignment of the defaults up to v8: the locating languages
 LOCAL_ABLATIONS = {
     "memla-local-wo-align": ({"align_langs": False}, "w/o cross-lingual key alignment"),
     "memla-local-wo-avoid": ({"avoid_new_weight": 0.0}, "w/o the rise term on target_new's first token"),
@@ -600,8 +561,7 @@ LOCAL_ABLATIONS = {
     "memla-local-masked": ({"mask_lse": True, "mask_lie": True}, "with MEMLA's neuron masks (LoRA on the located neurons only)"),
     "memla-local-wo-earlier": ({"anchor_earlier": 0}, "w/o earlier-edit anchors (sequential runs)"),
     "memla-local-wo-forget": ({"forget_langs": False}, "w/o forgetting target_true in the other locating languages"),
-    "memla-local-transfer": ({"anchor_langs": ("source",), "context_lengths": ((5, 5),), "forget_weight": None,
-                              **V8_ALIGN},
+    "memla-local-transfer": ({"anchor_langs": ("source",), "context_lengths": ((5, 5),), "forget_weight": None},
                              "source-language anchors and 5 context prefixes: more transfer and generalisation, "
                              "less locality in the other languages"),
     "memla-local-v1": ({"align_langs": False, "avoid_new_weight": 0.0, "anchor_langs": ("source",),
@@ -609,21 +569,19 @@ LOCAL_ABLATIONS = {
                         "forget_langs": False, "anchor_origin": False, "anchor_relations": 0},
                        "the first defaults (source-language anchors, all in the null space; no alignment, no rise term)"),
     "memla-local-v2": ({"lr": 5e-3, "anchor_weight": 20.0, "forget_langs": False, "avoid_new_weight": 1.0,
-                        "anchor_origin": False, "anchor_relations": 0, **V8_ALIGN},
+                        "anchor_origin": False, "anchor_relations": 0},
                        "the v2 defaults (MEMLA's learning rate 5e-3, λ = 20, no forgetting in other languages, μ = 1)"),
     "memla-local-v3": ({"anchor_weight": 20.0, "forget_langs": False, "avoid_new_weight": 1.0, "anchor_origin": False,
-                        "anchor_relations": 0, **V8_ALIGN},
+                        "anchor_relations": 0},
                        "the v3 defaults (λ = 20, no forgetting in other languages, μ = 1)"),
-    "memla-local-v4": ({"avoid_new_weight": 1.0, "anchor_origin": False, "anchor_relations": 0, "forget_weight": None,
-                        **V8_ALIGN},
+    "memla-local-v4": ({"avoid_new_weight": 1.0, "anchor_origin": False, "anchor_relations": 0, "forget_weight": None},
                        "the v4 defaults (μ = 1)"),
-    "memla-local-v5": ({"anchor_origin": False, "anchor_relations": 0, "forget_weight": None, **V8_ALIGN},
+    "memla-local-v5": ({"anchor_origin": False, "anchor_relations": 0, "forget_weight": None},
                        "the v5 defaults (sequential runs: anchors keep the model as the earlier edits left it)"),
-    "memla-local-v6": ({"anchor_relations": 0, "forget_weight": None, **V8_ALIGN},
+    "memla-local-v6": ({"anchor_relations": 0, "forget_weight": None},
                        "the v6 defaults (sequential runs: no anchors of the relations edited earlier)"),
-    "memla-local-v7": ({"forget_weight": None, **V8_ALIGN},
+    "memla-local-v7": ({"forget_weight": None},
                        "the v7 defaults (single edits: the zh and fr P(target_true) terms at weight_true, not 6)"),
-    "memla-local-v8": (V8_ALIGN, "the v8 defaults (single edits: the key alignment in the locating languages only)"),
 }
 
 
