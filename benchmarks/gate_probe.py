@@ -1,0 +1,139 @@
+"""Could a gated (non-linear) edit tell the fact from its neighbours where a linear one cannot?
+
+`benchmarks/key_room.py` shows that a fact prompt's last-token key is mostly the key its template has
+with any subject, so a linear update that moves it in another language moves that language's
+neighbours too.  A patch neuron (T-Patcher) acts only where its gate fires, ``gelu(g·x + b) > 0``, ``x``
+the MLP's input at the last token.  This probe asks whether such a gate can be fitted from what an
+edit has, and generalise to what the benchmark scores:
+
+- fitted (logistic regression, classes weighted alike) on the fact prompt in every language
+  (positive: the prompts ``align_langs`` already uses, no answer of any language) against
+  memla-local's relation anchors in every language (the template with the ``--anchors`` nearest pool
+  subjects) and its everyday prompts (negative);
+- scored on the record's paraphrase prompts (PS; should fire) and neighbourhood prompts (NS; should
+  not), in every language, which the fit never sees.
+
+Per layer it prints the share of paraphrase prompts the gate fires on and the share of neighbourhood
+prompts it fires on (mean over dev records and languages).  Only dev records are used.
+
+    python benchmarks/gate_probe.py --records 16 --out benchmarks/results/gate_probe_dev16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from memla import load_model
+from memla.data import load_dataset, stratified_sample
+from memla.devices import input_device
+from memla.editors import EditRequest
+from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, template_of
+from memla.evaluate.runner import package_versions
+from memla.hooks import trace
+from memla.langs import resolve_langs
+from memla.models import arch_spec
+from memla.tokens import encode_text, forward, left_pad, pad_id
+
+
+def mlp_inputs(model, tok, texts: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
+    """The MLP's input at the last token of each text, per layer: ``(N, d_model)`` each."""
+    spec = arch_spec(model)
+    names = {layer: spec.path(spec.mlp, layer) for layer in layers}
+    ids, mask, pos = left_pad([encode_text(tok, t) for t in texts], pad_id=pad_id(tok), device=input_device(model))
+    with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False, stop=True) as traces:
+        forward(model, ids, mask, pos, logits_to_keep=1)
+    return {layer: traces[name].input[:, -1].double() for layer, name in names.items()}
+
+
+def fit_gate(x: torch.Tensor, y: torch.Tensor, l2: float, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logistic regression ``σ(x·g + b)`` with classes weighted alike and an L2 penalty on ``g``
+    (``b = 0`` without ``bias``: Gemma's gate projection has none)."""
+    scale = x.std(0).clamp_min(1e-6)  # (d,)
+    mean = x.mean(0) if bias else torch.zeros_like(scale)  # (d,)
+    z = (x - mean) / scale  # (N, d)
+    g = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
+    b = torch.zeros((), dtype=x.dtype, requires_grad=bias)
+    weight = torch.where(y > 0, 0.5 / y.sum(), 0.5 / (1 - y).sum())  # (N,)
+    opt = torch.optim.LBFGS([g, b] if bias else [g], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(z @ g + b, y, reduction="none")).sum()
+        loss = loss + l2 * g.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    g = g.detach() / scale  # back to the unscaled inputs
+    return g, b.detach() - mean @ g
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=16, help="dev records, spread over the relations (default: %(default)s)")
+    ap.add_argument("--anchors", type=int, default=16, help="nearest pool subjects per language (default: %(default)s)")
+    ap.add_argument("--layers", default="4,8,12,15", help="layers whose MLP input the gate reads (default: %(default)s)")
+    ap.add_argument("--l2", type=float, default=1e-2, help="L2 penalty of the fit (default: %(default)s)")
+    ap.add_argument("--no-bias", dest="bias", action="store_false",
+                    help="fit the gate without a bias, as a repurposed neuron of Gemma's bias-free gate projection")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/gate_probe_dev16")
+    args = ap.parse_args()
+    layers = [int(v) for v in args.layers.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({**vars(args), "versions": package_versions(),
+                                                 "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                                                 "command": sys.argv}, indent=1))
+    torch.manual_seed(args.seed)
+    model, tok = load_model()
+    langs = resolve_langs("all")
+    records = stratified_sample(load_dataset("mkeb-mini", split="dev"), args.records, seed=args.seed)
+    fired: dict[int, dict[str, list[float]]] = {layer: {"ps": [], "ns": [], "fit_pos": [], "fit_neg": []} for layer in layers}
+    for n, record in enumerate(records):
+        request = EditRequest.from_record(record, "en")
+        neighbours = nearest_subjects(model, tok, request.subject, "en", args.anchors)
+        pos, neg, ps, ns = [], [], [], []
+        for k in langs:
+            fact = request.in_lang(k)
+            pos.append(fact.text)
+            template = template_of(fact)
+            neg += [template.replace("{}", e[k]) for e in neighbours if k in e] if template else []
+            neg += list(GENERIC_PROMPTS.get(k, ()))
+            ps += record.paraphrase_prompts.get(k, [])
+            ns += record.neighborhood_prompts.get(k, [])
+        texts = pos + neg + ps + ns
+        x = mlp_inputs(model, tok, texts, layers)
+        y = torch.tensor([1.0] * len(pos) + [0.0] * len(neg), dtype=torch.float64)
+        cut = [len(pos), len(pos) + len(neg), len(pos) + len(neg) + len(ps)]
+        for layer in layers:
+            g, b = fit_gate(x[layer][: cut[1]], y, args.l2, args.bias)
+            fires = (x[layer] @ g + b > 0).double()  # (N,)
+            fired[layer]["fit_pos"].append(float(fires[: cut[0]].mean()))
+            fired[layer]["fit_neg"].append(float(fires[cut[0]: cut[1]].mean()))
+            fired[layer]["ps"].append(float(fires[cut[1]: cut[2]].mean()))
+            fired[layer]["ns"].append(float(fires[cut[2]:].mean()))
+        print(f"[{n + 1}/{len(records)}] record {record.example_id} ({record.relation})", flush=True)
+
+    lines = [f"Share of prompts a fitted gate fires on (mean over {len(records)} dev records; all 12 languages pooled; "
+             f"`{' '.join(['python', *sys.argv])}`)", "",
+             "| layer | fact prompts (fit) | relation + everyday anchors (fit) | paraphrases (PS, held out) | "
+             "neighbourhood (NS, held out) |", "|---|---|---|---|---|"]
+    for layer in layers:
+        m = {key: 100 * sum(v) / len(v) for key, v in fired[layer].items()}
+        lines.append(f"| {layer} | {m['fit_pos']:.1f} | {m['fit_neg']:.1f} | {m['ps']:.1f} | {m['ns']:.1f} |")
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    (out / "fired.json").write_text(json.dumps({"records": [r.example_id for r in records], "fired": fired}))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
