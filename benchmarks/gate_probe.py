@@ -31,47 +31,11 @@ import torch
 
 from memla import load_model
 from memla.data import load_dataset, stratified_sample
-from memla.devices import input_device
 from memla.editors import EditRequest
 from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, template_of
+from memla.editors.patch import fit_gate, mlp_inputs
 from memla.evaluate.runner import package_versions
-from memla.hooks import trace
 from memla.langs import resolve_langs
-from memla.models import arch_spec
-from memla.tokens import encode_text, forward, left_pad, pad_id
-
-
-def mlp_inputs(model, tok, texts: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
-    """The MLP's input at the last token of each text, per layer: ``(N, d_model)`` each."""
-    spec = arch_spec(model)
-    names = {layer: spec.path(spec.mlp, layer) for layer in layers}
-    ids, mask, pos = left_pad([encode_text(tok, t) for t in texts], pad_id=pad_id(tok), device=input_device(model))
-    with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False, stop=True) as traces:
-        forward(model, ids, mask, pos, logits_to_keep=1)
-    return {layer: traces[name].input[:, -1].double() for layer, name in names.items()}
-
-
-def fit_gate(x: torch.Tensor, y: torch.Tensor, l2: float, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logistic regression ``σ(x·g + b)`` with classes weighted alike and an L2 penalty on ``g``
-    (``b = 0`` without ``bias``: Gemma's gate projection has none)."""
-    scale = x.std(0).clamp_min(1e-6)  # (d,)
-    mean = x.mean(0) if bias else torch.zeros_like(scale)  # (d,)
-    z = (x - mean) / scale  # (N, d)
-    g = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
-    b = torch.zeros((), dtype=x.dtype, requires_grad=bias)
-    weight = torch.where(y > 0, 0.5 / y.sum(), 0.5 / (1 - y).sum())  # (N,)
-    opt = torch.optim.LBFGS([g, b] if bias else [g], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(z @ g + b, y, reduction="none")).sum()
-        loss = loss + l2 * g.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    g = g.detach() / scale  # back to the unscaled inputs
-    return g, b.detach() - mean @ g
 
 
 def main() -> int:
@@ -113,7 +77,7 @@ def main() -> int:
         y = torch.tensor([1.0] * len(pos) + [0.0] * len(neg), dtype=torch.float64)
         cut = [len(pos), len(pos) + len(neg), len(pos) + len(neg) + len(ps)]
         for layer in layers:
-            g, b = fit_gate(x[layer][: cut[1]], y, args.l2, args.bias)
+            g, b = fit_gate(x[layer][: cut[1]], y, args.l2, bias=args.bias)
             fires = (x[layer] @ g + b > 0).double()  # (N,)
             fired[layer]["fit_pos"].append(float(fires[: cut[0]].mean()))
             fired[layer]["fit_neg"].append(float(fires[cut[0]: cut[1]].mean()))

@@ -5,7 +5,7 @@ library is changed).  Per record, on the unedited default model, one neuron is a
 ``--layer`` (a forward hook: ``mlp(x) + gelu(g·x) · v`` at every position, before Gemma's
 post-feedforward norm):
 
-- ``g``, the gate: `gate_probe.fit_gate` without a bias (Gemma's gate projection has none), fitted on
+- ``g``, the gate: `memla.editors.patch.fit_gate` without a bias (Gemma's gate projection has none), fitted on
   the fact prompt in all 12 languages (fire; no answer of another language is used) against
   memla-local's relation anchors in all 12 languages and its everyday prompts (do not fire), scaled so
   that the fact prompts' mean pre-activation is ``--gain``;
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-from gate_probe import fit_gate, mlp_inputs
 from memla import load_model
 from memla.data import load_dataset, stratified_sample
 from memla.devices import input_device
 from memla.editors import EditRequest
 from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, template_of
+from memla.editors.patch import fit_gate, mlp_inputs
 from memla.evaluate import score_targets
 from memla.evaluate.runner import package_versions
 from memla.langs import resolve_langs

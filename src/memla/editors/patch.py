@@ -1,0 +1,298 @@
+"""patch: one gated neuron per edit, whose gate fires on the fact's prompt in every language.
+
+memla-local's update is linear in the down-projection input, and a fact prompt's key is mostly the
+key its template has with any other subject (`benchmarks/key_room.py`: 80–90% of its norm lies in the
+span of 16 other subjects' keys, in every language), so a linear update that carries an English edit
+into another language moves that language's neighbours with it.  A neuron is not linear: it acts only
+where its gate fires.  `benchmarks/gate_probe.py` fits a gate on the fact prompt in all 12 languages
+against prompts of the same template with other subjects; on prompts it never saw it fires on 83–89%
+of the fact's paraphrases and on 8–9% of the neighbourhood prompts (layer 12 of 18, 16 dev records).
+
+The edit (T-Patcher's one neuron per mistake, Huang et al. 2023, §3; its gate fitted in closed form
+over languages instead of trained on one prompt) repurposes neuron ``i`` of one layer's gated MLP
+``down(act(gate x) ⊙ up x)``:
+
+1. **Gate** ``g``: a logistic regression without bias (Gemma's gate projection has none) of the MLP
+   input ``x`` at the last token, fire on the fact prompt in every ``gate_langs`` language (prompts only:
+   no answer of another language is used), not on the edit template filled with the ``anchor_subjects``
+   pool subjects nearest to the edited one nor on everyday prompts, in the same languages
+   (`memla.editors.memla_local.nearest_subjects`, `GENERIC_PROMPTS`); scaled so that the fact prompts'
+   mean pre-activation ``g·x`` is ``gain``.  ``gate[i] = g`` and ``up[i] = u`` with ``u·x ≈ 1`` at every
+   token of those prompts (`fit_up`), so the neuron's activation is ``act(g·x)``: ≈ ``gain`` on the
+   fact's prompts, ≈ 0 (slightly negative) where the gate is shut.
+2. **Neuron**: the one of the layer whose contribution ``|a_i(x)| · ‖down[:, i]‖`` is smallest on those
+   prompts (its old job is the least missed), never one an earlier edit of a sequential run took.
+3. **Value** ``v = down[:, i]``: Adam on ``−log P(target_new | source prompt) + weight_decay · ‖v‖²``
+   through the repurposed neuron, the rest of the model frozen (ROME's v*, Eq. 4, first and last term,
+   written into one neuron instead of a rank-one update).
+
+The edit is three weight deltas (one row of ``gate`` and ``up``, one column of ``down``), so it
+merges, saves and restores like every other editor's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from memla.devices import input_device
+from memla.editors.base import EditRequest, EditResult, register_editor
+from memla.editors.layers import check_layers
+from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, template_of
+from memla.errors import EditError
+from memla.hooks import trace
+from memla.models import arch_spec, num_layers
+from memla.tokens import encode_pair, encode_text, forward, left_pad, pad_id
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Settings of patch (defaults from `benchmarks/patch_probe.py` on 16 mkeb-mini dev records).
+
+    Attributes:
+        layer: the layer whose MLP gets the neuron; None = two thirds of the depth (12 of Gemma 3
+            270M's 18), where `benchmarks/gate_probe.py` found the gate that generalises best.
+        gate_langs: languages whose fact prompt the gate fires on (and whose anchors it must not fire
+            on): ``("all",)`` every language the request has, or a tuple of codes (the source first).
+        anchor_subjects: pool subjects nearest to the edited one whose template prompts are the gate's
+            negatives in each language.
+        anchor_generic: the everyday prompts of each language are negatives too.
+        gain: the fact prompts' mean gate pre-activation ``g·x`` after scaling.
+        gate_l2: L2 penalty of the gate's logistic regression (on standardised inputs).
+        up_ridge: ridge penalty (per token) of the up row's fit ``u·x ≈ 1``.
+        steps: at most this many Adam steps on the value.  lr: their learning rate.
+        stop_prob: training stops once P(target_new) (per token) exceeds this (None: all ``steps``), so
+            the value is no larger than the edit needs.
+        weight_decay: the value's L2 penalty.
+
+    Every step is deterministic (LBFGS, Adam from a zero value), so no seed is needed.
+    """
+
+    layer: int | None = None
+    gate_langs: tuple[str, ...] = ("all",)
+    anchor_subjects: int = 16
+    anchor_generic: bool = True
+    gain: float = 4.0
+    gate_l2: float = 1e-2
+    up_ridge: float = 1e-3
+    steps: int = 30
+    lr: float = 0.5
+    stop_prob: float | None = None
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gate_langs, str):
+            object.__setattr__(self, "gate_langs", (self.gate_langs,))
+        object.__setattr__(self, "gate_langs", tuple(self.gate_langs))
+        if self.layer is not None and self.layer < 0:
+            raise ValueError("layer must be >= 0 (or None for two thirds of the depth)")
+        if self.stop_prob is not None and not 0.0 < self.stop_prob < 1.0:
+            raise ValueError(f"stop_prob must be in (0, 1) or null, got {self.stop_prob!r}")
+        if self.anchor_subjects < 1 and not self.anchor_generic:
+            raise ValueError("the gate needs negatives: anchor_subjects >= 1 or anchor_generic")
+        if min(self.anchor_subjects, self.steps) < 0 or self.gain <= 0 or self.gate_l2 < 0 or self.lr <= 0 \
+                or self.weight_decay < 0 or self.up_ridge <= 0:
+            raise ValueError("anchor_subjects and steps must be >= 0, gain, lr and up_ridge > 0, gate_l2 and "
+                             "weight_decay >= 0")
+
+
+def mlp_inputs(model: nn.Module, tokenizer, texts: list[str], layers: list[int]) -> dict[int, Tensor]:
+    """The MLP's input at the last token of each text, per layer: ``(N, d_model)`` float64 each."""
+    spec = arch_spec(model)
+    names = {layer: spec.path(spec.mlp, layer) for layer in layers}
+    ids, mask, pos = left_pad([encode_text(tokenizer, t) for t in texts], pad_id=pad_id(tokenizer), device=input_device(model))
+    with torch.no_grad(), trace(model, list(names.values()), retain_input=True, retain_output=False, stop=True) as traces:
+        forward(model, ids, mask, pos, logits_to_keep=1)
+    return {layer: traces[name].input[:, -1].double() for layer, name in names.items()}
+
+
+def token_inputs(model: nn.Module, tokenizer, texts: list[str], layer: int) -> Tensor:
+    """The MLP's input at every (unpadded) token of the texts: ``(tokens, d_model)`` float64."""
+    spec = arch_spec(model)
+    name = spec.path(spec.mlp, layer)
+    ids, mask, pos = left_pad([encode_text(tokenizer, t) for t in texts], pad_id=pad_id(tokenizer), device=input_device(model))
+    with torch.no_grad(), trace(model, [name], retain_input=True, retain_output=False, stop=True) as traces:
+        forward(model, ids, mask, pos, logits_to_keep=1)
+    return traces[name].input[mask.bool()].double()
+
+
+def fit_up(x: Tensor, ridge: float) -> Tensor:
+    """The up row ``u`` with ``u·x ≈ 1`` on every row of ``x`` ``(N, d)`` (ridge regression, penalty ``ridge · N``),
+    so that the neuron's activation ``act(g·x) · u·x`` is ``act(g·x)``: small and negative where the gate is
+    shut, as a plain gated neuron's."""
+    n, d = x.shape
+    gram = x.T @ x + ridge * n * torch.eye(d, dtype=x.dtype, device=x.device)  # (d, d)
+    return torch.linalg.solve(gram, x.T @ torch.ones(n, dtype=x.dtype, device=x.device))  # (d,)
+
+
+def fit_gate(x: Tensor, fire: Tensor, l2: float, *, bias: bool = False) -> tuple[Tensor, Tensor]:
+    """A logistic regression ``σ(x·g + b)`` of ``fire`` (1 / 0) on ``x`` ``(N, d)``, classes weighted alike,
+    L2 penalty ``l2`` on the weights of the standardised inputs; ``b = 0`` without ``bias`` (the gate
+    projection of a gated MLP has none).  Returns ``(g, b)`` for the unscaled ``x``: ``(d,)`` and a scalar."""
+    scale = x.std(0).clamp_min(1e-6)  # (d,)
+    mean = x.mean(0) if bias else torch.zeros_like(scale)  # (d,)
+    z = (x - mean) / scale  # (N, d)
+    w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
+    b = torch.zeros((), dtype=x.dtype, requires_grad=bias)
+    weight = torch.where(fire > 0, 0.5 / fire.sum(), 0.5 / (1 - fire).sum())  # (N,)
+    opt = torch.optim.LBFGS([w, b] if bias else [w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = (weight * nn.functional.binary_cross_entropy_with_logits(z @ w + b, fire, reduction="none")).sum()
+        loss = loss + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    g = w.detach() / scale  # (d,)
+    return g, b.detach() - mean @ g
+
+
+@register_editor("patch", config=PatchConfig,
+                 summary="patch: one gated neuron per edit (T-Patcher-style), its gate fitted on the fact's prompt in every language")
+class PatchEditor:
+    """One repurposed MLP neuron per edit (module docstring)."""
+
+    def __init__(self, config: PatchConfig | None = None):
+        self.config = config or PatchConfig()
+        self.used: set[tuple[int, int]] | None = None  # (layer, neuron) taken by earlier edits inside `sequence()`
+
+    @contextmanager
+    def sequence(self) -> Iterator[None]:
+        """A sequential run: no edit inside the block takes a neuron an earlier one took."""
+        self.used = set()
+        try:
+            yield
+        finally:
+            self.used = None
+
+    def layer(self, model: nn.Module) -> int:
+        """The configured layer, or two thirds of the depth."""
+        layer = self.config.layer if self.config.layer is not None else (2 * num_layers(model)) // 3
+        return check_layers((layer,), model)[0]
+
+    def prompts(self, model: nn.Module, tokenizer, request: EditRequest) -> tuple[list[str], list[str]]:
+        """The gate's positives (the fact prompt per gate language) and negatives (anchors, everyday prompts)."""
+        cfg = self.config
+        langs = request.among(cfg.gate_langs)
+        neighbours = nearest_subjects(model, tokenizer, request.subject, request.lang, cfg.anchor_subjects) \
+            if request.subject and cfg.anchor_subjects else []
+        fire, quiet = [], []
+        for k in langs:
+            fact = request.in_lang(k)
+            fire.append(fact.text)
+            template = template_of(fact)
+            quiet += [template.replace("{}", e[k]) for e in neighbours if k in e] if template else []
+            quiet += list(GENERIC_PROMPTS.get(k, ())) if cfg.anchor_generic else []
+        if not quiet:
+            raise EditError(f"patch: no anchor prompt for the gate in {', '.join(langs)} (no subject, no everyday prompts)")
+        return fire, quiet
+
+    def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
+        """Repurpose one neuron so that it fires on the fact in every gate language and says ``target_new``.
+
+        Returns:
+            `EditResult` with the deltas of one row of the gate and up projections and one column of the
+            down projection; ``info`` has the layer, the neuron, P(target_new) before each step and after
+            the last (per-token, the mean log-probability's exp), the shares of the
+            gate's fitted prompts it fires on and timings.
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        spec = arch_spec(model)
+        if not spec.gated:
+            raise EditError("patch needs a gated MLP (act(gate x) * up x); this model has a single input projection")
+        layer = self.layer(model)
+        mlp = model.get_submodule(spec.path(spec.mlp, layer))
+        gate_w, up_w = (model.get_submodule(spec.path(p, layer)).weight for p in spec.mlp_in)  # (d_ff, d_model) each
+        down_w = spec.down_module(model, layer).weight  # (d_model, d_ff)
+        act = mlp.act_fn
+
+        fire, quiet = self.prompts(model, tokenizer, request)
+        x = mlp_inputs(model, tokenizer, fire + quiet, [layer])[layer]  # (N, d_model)
+        labels = torch.tensor([1.0] * len(fire) + [0.0] * len(quiet), dtype=x.dtype, device=x.device)  # (N,)
+        g, _ = fit_gate(x, labels, cfg.gate_l2)  # (d_model,), no bias
+        g = g * cfg.gain / (x[: len(fire)] @ g).mean()  # the fact prompts' mean pre-activation = gain
+        pre = x @ g  # (N,)
+
+        with torch.no_grad():
+            xf = x.to(gate_w.dtype)
+            old = act(xf @ gate_w.T) * (xf @ up_w.T)  # (N, d_ff): the layer's neuron activations
+            cost = old.abs().mean(0) * down_w.norm(dim=0)  # (d_ff,): each neuron's contribution on these prompts
+            taken = [i for (lay, i) in (self.used or ()) if lay == layer]
+            cost[taken] = float("inf")
+            neuron = int(cost.argmin())
+
+        tokens = token_inputs(model, tokenizer, fire + quiet, layer)  # (tokens, d_model)
+        u = fit_up(tokens, cfg.up_ridge)  # (d_model,)
+        gate_row, up_row = g.to(gate_w.dtype), u.to(up_w.dtype)  # (d_model,) each
+        value = torch.zeros(down_w.shape[0], dtype=down_w.dtype, device=down_w.device, requires_grad=True)  # (d_model,)
+        old_gate, old_up, old_down = gate_w[neuron].clone(), up_w[neuron].clone(), down_w[:, neuron].clone()
+
+        def patched(module, args, output):  # output − old neuron i + the new one
+            h = args[0]  # (B, T, d_model)
+            before = act(h @ old_gate) * (h @ old_up)  # (B, T)
+            after = act(h @ gate_row) * (h @ up_row)  # (B, T)
+            return output - before[..., None] * old_down + after[..., None] * value  # (B, T, d_model)
+
+        enc = encode_pair(tokenizer, request.text, request.target_new, request.lang)
+        ids = torch.tensor([enc.prompt_ids + enc.target_ids], device=input_device(model))  # (1, T)
+        n = len(enc.target_ids)
+        opt = torch.optim.Adam([value], lr=cfg.lr)
+        p_new: list[float] = []
+        frozen = [p for p in model.parameters() if p.requires_grad]
+        handle = mlp.register_forward_hook(patched)
+        try:
+            for p in frozen:
+                p.requires_grad_(False)
+            for step in range(cfg.steps + 1):
+                with torch.set_grad_enabled(step < cfg.steps):
+                    logits = model(input_ids=ids).logits[0, -n - 1:-1].float()  # (n, V)
+                    logp = logits.log_softmax(-1).gather(1, ids[0, -n:, None]).mean()
+                p_new.append(round(float(logp.detach().exp()), 6))
+                if step == cfg.steps or (cfg.stop_prob is not None and p_new[-1] > cfg.stop_prob):
+                    break  # the last pass only measures the trained value
+                loss = -logp + cfg.weight_decay * value.pow(2).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        finally:
+            handle.remove()
+            for p in frozen:
+                p.requires_grad_(True)
+        if self.used is not None:
+            self.used.add((layer, neuron))
+
+        deltas = {}
+        for weight, index, new, was in ((gate_w, (neuron,), gate_row, old_gate), (up_w, (neuron,), up_row, old_up),
+                                        (down_w, (slice(None), neuron), value.detach(), old_down)):
+            delta = torch.zeros_like(weight)
+            delta[index] = new - was
+            deltas[_param_name(model, weight)] = delta
+        info = {
+            "method": "patch",
+            "layer": layer,
+            "neuron": neuron,
+            "replaced_cost": round(float(cost[neuron]), 6),
+            "fires_fact": round(float((pre[: len(fire)] > 0).double().mean()), 4),
+            "fires_anchors": round(float((pre[len(fire):] > 0).double().mean()), 4),
+            "up_spread": round(float((tokens @ u).std()), 4),
+            "gate_langs": len(fire),
+            "p_new": p_new,
+            "steps": len(p_new) - 1,
+            "value_norm": round(float(value.detach().norm()), 5),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        return EditResult(deltas=deltas, info=info)
+
+
+def _param_name(model: nn.Module, weight: Tensor) -> str:
+    """The name of parameter ``weight`` in ``model``."""
+    return next(name for name, p in model.named_parameters() if p is weight)

@@ -1,0 +1,144 @@
+"""patch: one gated neuron per edit (memla.editors.patch)."""
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from memla.editors import apply, get_editor, pristine
+from memla.editors.patch import PatchConfig, fit_gate, fit_up, mlp_inputs, token_inputs
+from memla.errors import EditError
+from memla.models import arch_spec
+from memla.tokens import encode_pair, encode_text
+from test_memla_editor import mean_logp
+from test_memla_editor import request as france_request
+
+FAST = {"anchor_subjects": 4, "steps": 25}
+
+
+def first_logp(model, tok, prompt, target) -> float:
+    """log P(first token of ``target`` | ``prompt``)."""
+    enc = encode_pair(tok, prompt, target, "en")
+    with torch.no_grad():
+        logits = model(torch.tensor([enc.prompt_ids])).logits[0, -1].float()
+    return float(logits.log_softmax(-1)[enc.target_ids[0]])
+
+
+@pytest.fixture(params=["llama", "gemma3_text"])
+def tiny2(request):
+    return tiny_model(request.param)
+
+
+def test_fit_gate_separates_and_has_no_bias():
+    """The bias-free logistic regression puts every positive above 0 and every negative below 0 on data separable
+    through the origin, and scaling the inputs only rescales ``g``; with ``bias`` it separates data that needs one."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 16, generator=gen, dtype=torch.float64)
+    fire = (x[:, 0] > 0).double()
+    g, b = fit_gate(x, fire, l2=1e-4)
+    assert float(b) == 0.0 and ((x @ g > 0).double() == fire).all()
+    assert torch.allclose(fit_gate(2 * x, fire, l2=1e-4)[0] * 2, g, atol=1e-6)
+    shifted = (x[:, 0] > 1.0).double()  # a threshold away from the origin in a 1-d problem: needs the bias
+    g1, b1 = fit_gate(x[:, :1], shifted, l2=1e-6, bias=True)
+    assert ((x[:, :1] @ g1 + b1 > 0).double() == shifted).all() and float(b1) < 0
+
+
+def test_fit_up_reads_one_on_every_token(tiny2):
+    """``u·x ≈ 1`` on the tokens it was fitted on (a shared direction of the normed MLP inputs carries it), so the
+    repurposed neuron's activation has the sign of its gate's; ``token_inputs`` keeps every unpadded token."""
+    model, tok = tiny2
+    texts = ["The capital of France is", "Paris", "The weather today is fine and warm"]
+    x = token_inputs(model, tok, texts, 1)
+    assert x.shape[0] == sum(len(encode_text(tok, t)) for t in texts)
+    assert torch.allclose(x[-1], mlp_inputs(model, tok, texts, [1])[1][-1])
+    u = fit_up(x, ridge=1e-6)
+    assert (x @ u - 1).abs().mean() < 0.02 and (x @ u).min() > 0.5
+
+
+def test_patch_edits_the_fact_and_changes_one_neuron(tiny2):
+    """The edit raises the new object; its deltas touch one row of the gate and up projections and one column of the
+    down projection of one layer; the gate fires on the fact's prompts and not on its anchors."""
+    model, tok = tiny2
+    req = france_request()
+    before = first_logp(model, tok, req.text, "Tokyo")
+    result = get_editor("patch", FAST).edit(model, tok, req)
+    info, spec = result.info, arch_spec(model)
+    layer, neuron = info["layer"], info["neuron"]
+    assert info["fires_fact"] == 1.0 and info["fires_anchors"] < 0.5
+    gate, up = (spec.path(p, layer) + ".weight" for p in spec.mlp_in)
+    assert set(result.deltas) == {gate, up, spec.down_weight_name(layer)}
+    for name, delta in result.deltas.items():
+        rows, cols = delta.nonzero(as_tuple=True)
+        changed = cols if name == spec.down_weight_name(layer) else rows
+        assert set(changed.tolist()) == {neuron}
+    with apply(model, result):
+        after = first_logp(model, tok, req.text, "Tokyo")
+        # the neuron acts at the prompt's last token, on the new object's first token; a tiny random model's
+        # final norm bounds how far one neuron can move it
+        assert after > before + 0.2
+
+
+def test_patch_merged_weights_are_what_training_saw(tiny2):
+    """The value was trained through a hook that swaps the neuron; merging the deltas gives the same P(new)."""
+    model, tok = tiny2
+    req = france_request()
+    result = get_editor("patch", FAST).edit(model, tok, req)
+    with apply(model, result):
+        merged = mean_logp(model, tok, req.text, "Tokyo")
+    assert abs(float(torch.tensor(merged).exp()) - result.info["p_new"][-1]) < 1e-5
+    assert len(result.info["p_new"]) == FAST["steps"] + 1 and result.info["p_new"][-1] > result.info["p_new"][0]
+
+
+def test_patch_gate_is_scaled_to_the_gain(tiny2):
+    """After scaling, the fact prompts' mean gate pre-activation is ``gain`` (the merged gate row reads it)."""
+    model, tok = tiny2
+    req = france_request()
+    editor = get_editor("patch", {**FAST, "gain": 3.0})
+    result = editor.edit(model, tok, req)
+    fire, _ = editor.prompts(model, tok, req)
+    spec = arch_spec(model)
+    layer = result.info["layer"]
+    with apply(model, result):
+        x = mlp_inputs(model, tok, fire, [layer])[layer]  # (3, d_model): en, zh, fr; the layer's input is upstream of the patch
+        gate = model.get_submodule(spec.path(spec.mlp_in[0], layer)).weight[result.info["neuron"]].double()
+    assert abs(float((x @ gate).mean()) - 3.0) < 1e-3
+
+
+def test_stop_prob_ends_training_once_the_edit_holds(tiny2):
+    model, tok = tiny2
+    first = get_editor("patch", FAST).edit(model, tok, france_request()).info["p_new"]
+    stop = (first[0] + first[-1]) / 2  # reached partway
+    info = get_editor("patch", {**FAST, "stop_prob": stop}).edit(model, tok, france_request()).info
+    assert info["p_new"][-1] > stop and all(p <= stop for p in info["p_new"][:-1])
+    assert info["steps"] == len(info["p_new"]) - 1 < FAST["steps"]
+
+
+def test_a_sequential_run_never_takes_a_neuron_twice(tiny2):
+    model, tok = tiny2
+    req = france_request()
+    editor = get_editor("patch", {**FAST, "steps": 2})
+    with pristine(model), editor.sequence():
+        first = editor.edit(model, tok, req)
+        second = editor.edit(model, tok, req)
+    assert first.info["neuron"] != second.info["neuron"]
+    assert editor.used is None
+    assert editor.edit(model, tok, req).info["neuron"] == first.info["neuron"]  # outside a run: no memory
+
+
+def test_patch_refuses_an_mlp_without_a_gate():
+    model, tok = tiny_model("gpt2")
+    with pytest.raises(EditError, match="gated MLP"):
+        get_editor("patch", FAST).edit(model, tok, france_request())
+
+
+@pytest.mark.parametrize("bad, match", [({"layer": -1}, "layer"), ({"gain": 0.0}, "gain"),
+                                        ({"anchor_subjects": 0, "anchor_generic": False}, "negatives"),
+                                        ({"steps": -1}, "steps"), ({"stop_prob": 1.0}, "stop_prob")])
+def test_patch_config_rejects_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        PatchConfig(**bad)
+
+
+def test_patch_layer_defaults_to_two_thirds_of_the_depth(tiny2):
+    model, _ = tiny2
+    from memla.models import num_layers
+    assert get_editor("patch").layer(model) == 2 * num_layers(model) // 3
