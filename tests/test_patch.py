@@ -12,7 +12,7 @@ from memla.tokens import encode_pair, encode_text
 from test_memla_editor import mean_logp
 from test_memla_editor import request as france_request
 
-FAST = {"anchor_subjects": 4, "steps": 25}
+FAST = {"anchor_subjects": 1, "anchor_generic": False, "steps": 25}  # few tokens: separable in a tiny model's 32 dimensions
 
 
 def first_logp(model, tok, prompt, target) -> float:
@@ -47,9 +47,9 @@ def test_fit_up_reads_one_on_every_token(tiny2):
     repurposed neuron's activation has the sign of its gate's; ``token_inputs`` keeps every unpadded token."""
     model, tok = tiny2
     texts = ["The capital of France is", "Paris", "The weather today is fine and warm"]
-    x = token_inputs(model, tok, texts, 1)
+    x, last = token_inputs(model, tok, texts, 1)
     assert x.shape[0] == sum(len(encode_text(tok, t)) for t in texts)
-    assert torch.allclose(x[-1], mlp_inputs(model, tok, texts, [1])[1][-1])
+    assert torch.allclose(x[last], mlp_inputs(model, tok, texts, [1])[1])
     u = fit_up(x, ridge=1e-6)
     assert (x @ u - 1).abs().mean() < 0.02 and (x @ u).min() > 0.5
 
@@ -63,7 +63,7 @@ def test_patch_edits_the_fact_and_changes_one_neuron(tiny2):
     result = get_editor("patch", FAST).edit(model, tok, req)
     info, spec = result.info, arch_spec(model)
     layer, neuron = info["layer"], info["neuron"]
-    assert info["fires_fact"] == 1.0 and info["fires_anchors"] < 0.5
+    assert info["fires_fact"] == 1.0 and info["fires_other"] < 0.05
     gate, up = (spec.path(p, layer) + ".weight" for p in spec.mlp_in)
     assert set(result.deltas) == {gate, up, spec.down_weight_name(layer)}
     for name, delta in result.deltas.items():
@@ -88,19 +88,26 @@ def test_patch_merged_weights_are_what_training_saw(tiny2):
     assert len(result.info["p_new"]) == FAST["steps"] + 1 and result.info["p_new"][-1] > result.info["p_new"][0]
 
 
-def test_patch_gate_is_scaled_to_the_gain(tiny2):
-    """After scaling, the fact prompts' mean gate pre-activation is ``gain`` (the merged gate row reads it)."""
+def test_patch_gate_is_shut_by_the_margin_and_the_neuron_reads_the_gain(tiny2):
+    """The merged neuron's gate pre-activation is at most ``−gate_margin`` at every fitted token but the fact
+    prompts' last ones, and its activation there is ``gain`` on average."""
     model, tok = tiny2
     req = france_request()
-    editor = get_editor("patch", {**FAST, "gain": 3.0})
+    editor = get_editor("patch", {**FAST, "gain": 3.0, "gate_margin": 5.0})
+    fire, quiet = editor.prompts(model, tok, req)
     result = editor.edit(model, tok, req)
-    fire, _ = editor.prompts(model, tok, req)
     spec = arch_spec(model)
-    layer = result.info["layer"]
-    with apply(model, result):
-        x = mlp_inputs(model, tok, fire, [layer])[layer]  # (3, d_model): en, zh, fr; the layer's input is upstream of the patch
-        gate = model.get_submodule(spec.path(spec.mlp_in[0], layer)).weight[result.info["neuron"]].double()
-    assert abs(float((x @ gate).mean()) - 3.0) < 1e-3
+    layer, neuron = result.info["layer"], result.info["neuron"]
+    with apply(model, result):  # the layer's input is upstream of the patched neuron
+        x, last = token_inputs(model, tok, fire + quiet, layer)
+        gate, up = (model.get_submodule(spec.path(p, layer)).weight[neuron].double() for p in spec.mlp_in)
+        act = model.get_submodule(spec.path(spec.mlp, layer)).act_fn
+    pre = x @ gate  # (N,)
+    facts = last[: len(fire)]
+    others = torch.ones(len(x), dtype=torch.bool)
+    others[facts] = False
+    assert float(pre[others].max()) <= -5.0 + 1e-6
+    assert abs(float((act(pre[facts]) * (x[facts] @ up)).mean()) - 3.0) < 0.5
 
 
 def test_stop_prob_ends_training_once_the_edit_holds(tiny2):
@@ -122,6 +129,14 @@ def test_a_sequential_run_never_takes_a_neuron_twice(tiny2):
     assert first.info["neuron"] != second.info["neuron"]
     assert editor.used is None
     assert editor.edit(model, tok, req).info["neuron"] == first.info["neuron"]  # outside a run: no memory
+
+
+def test_patch_refuses_a_fact_no_gate_can_single_out():
+    """With far more anchor tokens than a tiny model has dimensions, no bias-free gate shuts on all of them (the
+    seeded tiny llama; the real model's 640 dimensions separate ~2000 tokens)."""
+    model, tok = tiny_model("llama")
+    with pytest.raises(EditError, match="separates"):
+        get_editor("patch", {**FAST, "anchor_subjects": 16, "anchor_generic": True}).edit(model, tok, france_request())
 
 
 def test_patch_refuses_an_mlp_without_a_gate():

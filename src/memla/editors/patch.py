@@ -12,17 +12,18 @@ The edit (T-Patcher's one neuron per mistake, Huang et al. 2023, §3; its gate f
 over languages instead of trained on one prompt) repurposes neuron ``i`` of one layer's gated MLP
 ``down(act(gate x) ⊙ up x)``:
 
-1. **Gate** ``g``: a logistic regression without bias (Gemma's gate projection has none) of the MLP
-   input ``x`` at the last token, fire on the fact prompt in every ``gate_langs`` language (prompts only:
-   no answer of another language is used), not on the edit template filled with the ``anchor_subjects``
-   pool subjects nearest to the edited one nor on everyday prompts, in the same languages
-   (`memla.editors.memla_local.nearest_subjects`, `GENERIC_PROMPTS`); scaled so that the fact prompts'
-   mean pre-activation ``g·x`` is ``gain``.  ``gate[i] = g`` and ``up[i] = u`` with ``u·x ≈ 1`` at every
-   token of those prompts (`fit_up`), so the neuron's activation is ``act(g·x)``: ≈ ``gain`` on the
-   fact's prompts, ≈ 0 (slightly negative) where the gate is shut.
-2. **Neuron**: the one of the layer whose contribution ``|a_i(x)| · ‖down[:, i]‖`` is smallest on those
+1. **Gate** ``gate[i] = αg``: a logistic regression ``g·x`` without bias (a gated MLP's gate projection
+   has none) of the MLP input ``x``, fire at the last token of the fact prompt in every ``gate_langs``
+   language (prompts only: no answer of another language is used), not at any other token of those
+   prompts nor at any token of the edit template filled with the ``anchor_subjects`` pool subjects
+   nearest to the edited one or of the everyday prompts, in the same languages
+   (`memla.editors.memla_local.nearest_subjects`, `GENERIC_PROMPTS`); ``α`` puts the highest
+   pre-activation of those other tokens at ``−gate_margin``, where ``act`` is ≈ 0.
+2. **Up row** ``up[i] = β u`` with ``u·x ≈ 1`` at every token (`fit_up`) and ``β`` such that the
+   activation ``act(αg·x) · βu·x`` is ≈ ``gain`` on the fact's prompts.
+3. **Neuron**: the one of the layer whose contribution ``|a_i(x)| · ‖down[:, i]‖`` is smallest on those
    prompts (its old job is the least missed), never one an earlier edit of a sequential run took.
-3. **Value** ``v = down[:, i]``: Adam on ``−log P(target_new | source prompt) + weight_decay · ‖v‖²``
+4. **Value** ``v = down[:, i]``: Adam on ``−log P(target_new | source prompt) + weight_decay · ‖v‖²``
    through the repurposed neuron, the rest of the model frozen (ROME's v*, Eq. 4, first and last term,
    written into one neuron instead of a rank-one update).
 
@@ -62,7 +63,8 @@ class PatchConfig:
         anchor_subjects: pool subjects nearest to the edited one whose template prompts are the gate's
             negatives in each language.
         anchor_generic: the everyday prompts of each language are negatives too.
-        gain: the fact prompts' mean gate pre-activation ``g·x`` after scaling.
+        gain: the neuron's activation on the fact's prompts (the up row's scale).
+        gate_margin: the highest gate pre-activation on the tokens the gate must not fire on, negated.
         gate_l2: L2 penalty of the gate's logistic regression (on standardised inputs).
         up_ridge: ridge penalty (per token) of the up row's fit ``u·x ≈ 1``.
         steps: at most this many Adam steps on the value.  lr: their learning rate.
@@ -78,7 +80,8 @@ class PatchConfig:
     anchor_subjects: int = 16
     anchor_generic: bool = True
     gain: float = 4.0
-    gate_l2: float = 1e-2
+    gate_margin: float = 4.0
+    gate_l2: float = 1e-4
     up_ridge: float = 1e-3
     steps: int = 30
     lr: float = 0.5
@@ -111,14 +114,16 @@ def mlp_inputs(model: nn.Module, tokenizer, texts: list[str], layers: list[int])
     return {layer: traces[name].input[:, -1].double() for layer, name in names.items()}
 
 
-def token_inputs(model: nn.Module, tokenizer, texts: list[str], layer: int) -> Tensor:
-    """The MLP's input at every (unpadded) token of the texts: ``(tokens, d_model)`` float64."""
+def token_inputs(model: nn.Module, tokenizer, texts: list[str], layer: int) -> tuple[Tensor, Tensor]:
+    """The MLP's input at every (unpadded) token of the texts, text by text: ``(tokens, d_model)`` float64,
+    and the row of each text's last token ``(texts,)``."""
     spec = arch_spec(model)
     name = spec.path(spec.mlp, layer)
     ids, mask, pos = left_pad([encode_text(tokenizer, t) for t in texts], pad_id=pad_id(tokenizer), device=input_device(model))
     with torch.no_grad(), trace(model, [name], retain_input=True, retain_output=False, stop=True) as traces:
         forward(model, ids, mask, pos, logits_to_keep=1)
-    return traces[name].input[mask.bool()].double()
+    last = mask.sum(1).cumsum(0) - 1  # (texts,): left padding, so each text's tokens end its row
+    return traces[name].input[mask.bool()].double(), last
 
 
 def fit_up(x: Tensor, ridge: float) -> Tensor:
@@ -201,8 +206,9 @@ class PatchEditor:
         Returns:
             `EditResult` with the deltas of one row of the gate and up projections and one column of the
             down projection; ``info`` has the layer, the neuron, P(target_new) before each step and after
-            the last (per-token, the mean log-probability's exp), the shares of the
-            gate's fitted prompts it fires on and timings.
+            the last (per-token, the mean log-probability's exp), the shares of the fact prompts' last
+            tokens and of the other fitted tokens the merged gate fires on, the bias it carries through
+            the up row, and timings.
         """
         cfg = self.config
         t0 = time.perf_counter()
@@ -216,23 +222,29 @@ class PatchEditor:
         act = mlp.act_fn
 
         fire, quiet = self.prompts(model, tokenizer, request)
-        x = mlp_inputs(model, tokenizer, fire + quiet, [layer])[layer]  # (N, d_model)
-        labels = torch.tensor([1.0] * len(fire) + [0.0] * len(quiet), dtype=x.dtype, device=x.device)  # (N,)
-        g, _ = fit_gate(x, labels, cfg.gate_l2)  # (d_model,), no bias
-        g = g * cfg.gain / (x[: len(fire)] @ g).mean()  # the fact prompts' mean pre-activation = gain
-        pre = x @ g  # (N,)
+        tokens, last = token_inputs(model, tokenizer, fire + quiet, layer)  # (N, d_model), (texts,)
+        labels = torch.zeros(len(tokens), dtype=tokens.dtype, device=tokens.device)  # (N,)
+        labels[last[: len(fire)]] = 1.0
+        g, _ = fit_gate(tokens, labels, cfg.gate_l2)  # (d_model,): bias-free, as a gate projection
+        score = tokens @ g  # (N,)
+        mean_fire, top_quiet = score[labels == 1].mean(), score[labels == 0].max()
+        if mean_fire <= max(float(top_quiet), 0.0):
+            raise EditError(f"patch: no gate at layer {layer} separates the fact's prompts from the other tokens")
+        alpha = cfg.gate_margin / max(float(-top_quiet), 0.05 * float(mean_fire))  # the rest's top: −gate_margin
+        gate_vec = alpha * g  # (d_model,)
+        pre = tokens @ gate_vec  # (N,)
+        u = fit_up(tokens, cfg.up_ridge)  # (d_model,): u·x ≈ 1
+        u = u * cfg.gain / act(alpha * mean_fire)  # the activation act(z) · u·x is ≈ gain on the fact's prompts
 
         with torch.no_grad():
-            xf = x.to(gate_w.dtype)
+            xf = tokens.to(gate_w.dtype)
             old = act(xf @ gate_w.T) * (xf @ up_w.T)  # (N, d_ff): the layer's neuron activations
             cost = old.abs().mean(0) * down_w.norm(dim=0)  # (d_ff,): each neuron's contribution on these prompts
             taken = [i for (lay, i) in (self.used or ()) if lay == layer]
             cost[taken] = float("inf")
             neuron = int(cost.argmin())
 
-        tokens = token_inputs(model, tokenizer, fire + quiet, layer)  # (tokens, d_model)
-        u = fit_up(tokens, cfg.up_ridge)  # (d_model,)
-        gate_row, up_row = g.to(gate_w.dtype), u.to(up_w.dtype)  # (d_model,) each
+        gate_row, up_row = gate_vec.to(gate_w.dtype), u.to(up_w.dtype)  # (d_model,) each
         value = torch.zeros(down_w.shape[0], dtype=down_w.dtype, device=down_w.device, requires_grad=True)  # (d_model,)
         old_gate, old_up, old_down = gate_w[neuron].clone(), up_w[neuron].clone(), down_w[:, neuron].clone()
 
@@ -281,8 +293,9 @@ class PatchEditor:
             "layer": layer,
             "neuron": neuron,
             "replaced_cost": round(float(cost[neuron]), 6),
-            "fires_fact": round(float((pre[: len(fire)] > 0).double().mean()), 4),
-            "fires_anchors": round(float((pre[len(fire):] > 0).double().mean()), 4),
+            "fires_fact": round(float((pre[labels == 1] > 0).double().mean()), 4),
+            "fires_other": round(float((pre[labels == 0] > 0).double().mean()), 4),
+            "gate_fact_pre": round(float(alpha * mean_fire), 4),
             "up_spread": round(float((tokens @ u).std()), 4),
             "gate_langs": len(fire),
             "p_new": p_new,
