@@ -12,7 +12,7 @@ from memla.tokens import encode_pair, encode_text
 from test_memla_editor import mean_logp
 from test_memla_editor import request as france_request
 
-FAST = {"anchor_subjects": 1, "anchor_generic": False, "steps": 25}  # few tokens: separable in a tiny model's 32 dimensions
+FAST = {"anchor_subjects": 1, "anchor_generic": False, "steps": 25, "stop_prob": None}  # few tokens: separable in a tiny model's 32 dimensions
 
 
 def first_logp(model, tok, prompt, target) -> float:
