@@ -32,8 +32,7 @@ import torch
 from memla import load_model
 from memla.data import load_dataset, stratified_sample
 from memla.editors import EditRequest
-from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, template_of
-from memla.editors.patch import fit_gate, mlp_inputs
+from memla.editors.patch import PatchConfig, PatchEditor, fit_gate, mlp_inputs
 from memla.evaluate.runner import package_versions
 from memla.langs import resolve_langs
 
@@ -58,20 +57,14 @@ def main() -> int:
     torch.manual_seed(args.seed)
     model, tok = load_model()
     langs = resolve_langs("all")
+    editor = PatchEditor(PatchConfig(anchor_subjects=args.anchors))  # its `prompts`: what the gate is fitted on
     records = stratified_sample(load_dataset("mkeb-mini", split="dev"), args.records, seed=args.seed)
     fired: dict[int, dict[str, list[float]]] = {layer: {"ps": [], "ns": [], "fit_pos": [], "fit_neg": []} for layer in layers}
     for n, record in enumerate(records):
         request = EditRequest.from_record(record, "en")
-        neighbours = nearest_subjects(model, tok, request.subject, "en", args.anchors)
-        pos, neg, ps, ns = [], [], [], []
-        for k in langs:
-            fact = request.in_lang(k)
-            pos.append(fact.text)
-            template = template_of(fact)
-            neg += [template.replace("{}", e[k]) for e in neighbours if k in e] if template else []
-            neg += list(GENERIC_PROMPTS.get(k, ()))
-            ps += record.paraphrase_prompts.get(k, [])
-            ns += record.neighborhood_prompts.get(k, [])
+        pos, neg = editor.prompts(model, tok, request)  # the fact prompt per language; relation anchors, everyday prompts
+        ps = [p for k in langs for p in record.paraphrase_prompts.get(k, [])]
+        ns = [p for k in langs for p in record.neighborhood_prompts.get(k, [])]
         texts = pos + neg + ps + ns
         x = mlp_inputs(model, tok, texts, layers)
         y = torch.tensor([1.0] * len(pos) + [0.0] * len(neg), dtype=torch.float64)

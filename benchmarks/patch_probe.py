@@ -33,11 +33,9 @@ from memla import load_model
 from memla.data import load_dataset, stratified_sample
 from memla.devices import input_device
 from memla.editors import EditRequest
-from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, template_of
-from memla.editors.patch import fit_gate, mlp_inputs
+from memla.editors.patch import PatchConfig, PatchEditor, fit_gate, mlp_inputs
 from memla.evaluate import score_targets
 from memla.evaluate.runner import package_versions
-from memla.langs import resolve_langs
 from memla.models import arch_spec
 from memla.tokens import encode_pair
 
@@ -119,19 +117,12 @@ def main() -> int:
     model, tok = load_model()
     for p in model.parameters():
         p.requires_grad_(False)
-    langs = resolve_langs("all")
+    editor = PatchEditor(PatchConfig(anchor_subjects=args.anchors))  # its `prompts`: what the gate is fitted on
     records = stratified_sample(load_dataset("mkeb-mini", split="dev"), args.records, seed=args.seed)
     lines = []
     for n, record in enumerate(records):
         request = EditRequest.from_record(record, "en")
-        neighbours = nearest_subjects(model, tok, request.subject, "en", args.anchors)
-        pos, neg = [], []
-        for k in langs:
-            fact = request.in_lang(k)
-            pos.append(fact.text)
-            template = template_of(fact)
-            neg += [template.replace("{}", e[k]) for e in neighbours if k in e] if template else []
-            neg += list(GENERIC_PROMPTS.get(k, ()))
+        pos, neg = editor.prompts(model, tok, request)  # the fact prompt per language; relation anchors, everyday prompts
         x = mlp_inputs(model, tok, pos + neg, [args.layer])[args.layer]  # (N, d_model)
         y = torch.tensor([1.0] * len(pos) + [0.0] * len(neg), dtype=torch.float64)
         gate, _ = fit_gate(x, y, 1e-2, bias=False)
