@@ -12,7 +12,7 @@ from memla.tokens import encode_pair, encode_text
 from test_memla_editor import mean_logp
 from test_memla_editor import request as france_request
 
-FAST = {"anchor_subjects": 1, "anchor_generic": False, "steps": 25, "stop_prob": None}  # few tokens: separable in a tiny model's 32 dimensions
+FAST = {"anchor_subjects": 1, "anchor_generic": False, "after_target": 2, "steps": 25, "stop_prob": None}  # few tokens: separable in a tiny model's 32 dimensions
 
 
 def first_logp(model, tok, prompt, target) -> float:
@@ -47,8 +47,10 @@ def test_fit_up_reads_one_on_every_token(tiny2):
     repurposed neuron's activation has the sign of its gate's; ``token_inputs`` keeps every unpadded token."""
     model, tok = tiny2
     texts = ["The capital of France is", "Paris", "The weather today is fine and warm"]
-    x, last = token_inputs(model, tok, texts, 1)
-    assert x.shape[0] == sum(len(encode_text(tok, t)) for t in texts)
+    seqs = [encode_text(tok, t) for t in texts]
+    x, first = token_inputs(model, tok, seqs, 1)
+    assert x.shape[0] == sum(map(len, seqs)) and first.tolist() == [0, len(seqs[0]), len(seqs[0]) + len(seqs[1])]
+    last = first + torch.tensor([len(q) - 1 for q in seqs])
     assert torch.allclose(x[last], mlp_inputs(model, tok, texts, [1])[1])
     u = fit_up(x, ridge=1e-6)
     assert (x @ u - 1).abs().mean() < 0.02 and (x @ u).min() > 0.5
@@ -90,23 +92,25 @@ def test_patch_merged_weights_are_what_training_saw(tiny2):
 
 def test_patch_gate_is_shut_by_the_margin_and_the_neuron_reads_the_gain(tiny2):
     """The merged neuron's gate pre-activation is at most ``−gate_margin`` at every fitted token but the fact
-    prompts' last ones, and its activation there is ``gain`` on average."""
+    prompts' last ones (the tokens of ``target_new`` and of the continuation after it included), and its
+    activation there is ``gain`` on average."""
     model, tok = tiny2
     req = france_request()
     editor = get_editor("patch", {**FAST, "gain": 3.0, "gate_margin": 5.0})
-    fire, quiet = editor.prompts(model, tok, req)
+    seqs, fire = editor.sequences(model, tok, req)
     result = editor.edit(model, tok, req)
+    assert result.info["gate_tokens"] == sum(map(len, seqs))
     spec = arch_spec(model)
     layer, neuron = result.info["layer"], result.info["neuron"]
     with apply(model, result):  # the layer's input is upstream of the patched neuron
-        x, last = token_inputs(model, tok, fire + quiet, layer)
+        x, first = token_inputs(model, tok, seqs, layer)
         gate, up = (model.get_submodule(spec.path(p, layer)).weight[neuron].double() for p in spec.mlp_in)
         act = model.get_submodule(spec.path(spec.mlp, layer)).act_fn
     pre = x @ gate  # (N,)
-    facts = last[: len(fire)]
+    facts = first[: len(fire)] + torch.tensor(fire)
     others = torch.ones(len(x), dtype=torch.bool)
     others[facts] = False
-    assert float(pre[others].max()) <= -5.0 + 1e-6
+    assert float(pre[others].max()) <= -5.0 + 1e-4  # float32 weights
     assert abs(float((act(pre[facts]) * (x[facts] @ up)).mean()) - 3.0) < 0.5
 
 
@@ -147,6 +151,7 @@ def test_patch_refuses_an_mlp_without_a_gate():
 
 @pytest.mark.parametrize("bad, match", [({"layer": -1}, "layer"), ({"gain": 0.0}, "gain"),
                                         ({"anchor_subjects": 0, "anchor_generic": False}, "negatives"),
+                                        ({"anchor_facts": -1}, "anchor_facts"), ({"after_target": -1}, "after_target"),
                                         ({"steps": -1}, "steps"), ({"stop_prob": 1.0}, "stop_prob")])
 def test_patch_config_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -157,3 +162,28 @@ def test_patch_layer_defaults_to_two_thirds_of_the_depth(tiny2):
     model, _ = tiny2
     from memla.models import num_layers
     assert get_editor("patch").layer(model) == 2 * num_layers(model) // 3
+
+
+def test_the_gate_is_fitted_on_the_prompt_then_target_new_and_its_continuation(tiny2):
+    """With ``after_target`` each gate language's sequence is its prompt, ``target_new`` and ``after_target``
+    greedy tokens (EOS may end it sooner), and the gate fires at the prompt's last token; without, the bare prompts."""
+    model, tok = tiny2
+    req = france_request()
+    seqs, fire = get_editor("patch", {**FAST, "after_target": 3}).sequences(model, tok, req)
+    for j, k in enumerate(req.among(("all",))):
+        enc = encode_pair(tok, req.in_lang(k).text, req.in_lang(k).target_new, k)
+        n = len(enc.prompt_ids) + len(enc.target_ids)
+        assert seqs[j][:n] == list(enc.prompt_ids + enc.target_ids) and n < len(seqs[j]) <= n + 3
+        assert fire[j] == len(enc.prompt_ids) - 1
+    bare, fire0 = get_editor("patch", {**FAST, "after_target": 0}).sequences(model, tok, req)
+    assert bare[: len(fire0)] == [encode_text(tok, req.in_lang(k).text) for k in req.among(("all",))]
+    assert fire0 == [len(q) - 1 for q in bare[: len(fire0)]] and bare[len(fire0):] == seqs[len(fire):]
+
+
+def test_anchor_facts_adds_prompts_of_other_facts_in_every_gate_language(tiny2):
+    model, tok = tiny2
+    req = france_request()
+    _, quiet = get_editor("patch", FAST).prompts(model, tok, req)
+    _, more = get_editor("patch", {**FAST, "anchor_facts": 4}).prompts(model, tok, req)
+    extra = [q for q in more if q not in quiet]
+    assert len(extra) == 4 * len(req.among(("all",))) and not any("France" in q or "法国" in q for q in extra)

@@ -1,6 +1,6 @@
 """Texts the model writes itself, drawn once per model and recipe.
 
-* `sample_texts`: top-k continuations of seed texts (ROME's ``generate_fast``).
+* `sample_ids` / `sample_texts`: top-k continuations of token sequences / seed texts (ROME's ``generate_fast``).
 * `cached_samples`: such texts kept on disk (``cache_dir()/"samples"``), keyed by the model's
   fingerprint without its down-projections (the weights editors change, so an edited model
   reuses the unedited model's texts, as MEMIT's code does), the tokenizer and the caller's
@@ -52,30 +52,29 @@ def cached_samples(model: nn.Module, tokenizer, recipe: Mapping[str, Any],
 
 
 @torch.no_grad()
-def sample_texts(
+def sample_ids(
     model: nn.Module,
     tokenizer,
-    seeds: Sequence[str],
+    seqs: Sequence[Sequence[int]],
     *,
     new_tokens: int,
     top_k: int = 5,
     seed: int = 0,
-) -> list[str]:
-    """Continue each seed text by top-k sampling (ROME's ``generate_fast``), with a KV cache.
+) -> list[list[int]]:
+    """Continue each token sequence by top-k sampling (ROME's ``generate_fast``), with a KV cache.
 
     Args:
         model, tokenizer: the model and its tokenizer.
-        seeds: texts to continue (one sample each; repeat a seed for more).
+        seqs: token ids to continue (one sample each).
         new_tokens: tokens to generate per sample (fewer when EOS comes first).
-        top_k: sample among the ``top_k`` most likely tokens.
+        top_k: sample among the ``top_k`` most likely tokens (1: greedy).
         seed: seed of a private generator (the global RNG is not touched).
 
     Returns:
-        The seed texts with their continuations, decoded without special tokens.
+        Each sequence followed by its continuation (EOS excluded).
     """
     device = input_device(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    seqs = [encode_text(tokenizer, s) for s in seeds]
     ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=device)  # (B, T)
     eos = {tokenizer.eos_token_id} - {None}
     cache = DynamicCache(config=model.config)
@@ -97,4 +96,23 @@ def sample_texts(
         ids = nxt
         mask = torch.cat([mask, mask.new_ones((len(seqs), 1))], dim=-1)  # (B, T + 1)
         pos = pos[:, -1:] + 1  # (B, 1)
+    return out
+
+
+def sample_texts(
+    model: nn.Module,
+    tokenizer,
+    seeds: Sequence[str],
+    *,
+    new_tokens: int,
+    top_k: int = 5,
+    seed: int = 0,
+) -> list[str]:
+    """Continue each seed text by top-k sampling (`sample_ids`).
+
+    Returns:
+        The seed texts with their continuations, decoded without special tokens.
+    """
+    out = sample_ids(model, tokenizer, [encode_text(tokenizer, s) for s in seeds], new_tokens=new_tokens,
+                     top_k=top_k, seed=seed)
     return [tokenizer.decode(o, skip_special_tokens=True) for o in out]

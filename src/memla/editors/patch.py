@@ -14,11 +14,13 @@ over languages instead of trained on one prompt) repurposes neuron ``i`` of one 
 
 1. **Gate** ``gate[i] = αg``: a logistic regression ``g·x`` without bias (a gated MLP's gate projection
    has none) of the MLP input ``x``, fire at the last token of the fact prompt in every ``gate_langs``
-   language (prompts only: no answer of another language is used), not at any other token of those
-   prompts nor at any token of the edit template filled with the ``anchor_subjects`` pool subjects
-   nearest to the edited one or of the everyday prompts, in the same languages
-   (`memla.editors.memla_local.nearest_subjects`, `GENERIC_PROMPTS`); ``α`` puts the highest
-   pre-activation of those other tokens at ``−gate_margin``, where ``act`` is ≈ 0.
+   language, not at any other token of those prompts, nor at the ``after_target`` tokens the unedited
+   model writes after the prompt and ``target_new`` in that language (where the edited model would
+   otherwise say the new object again and again), nor at any token of the edit template filled with
+   the ``anchor_subjects`` pool subjects nearest to the edited one, of ``anchor_facts`` prompts of other
+   relations and subjects, or of the everyday prompts, in the same languages
+   (`memla.editors.memla_local.nearest_subjects`, `fact_prompts`, `GENERIC_PROMPTS`); ``α`` puts the
+   highest pre-activation of those other tokens at ``−gate_margin``, where ``act`` is ≈ 0.
 2. **Up row** ``up[i] = β u`` with ``u·x ≈ 1`` at every token (`fit_up`) and ``β`` such that the
    activation ``act(αg·x) · βu·x`` is ≈ ``gain`` on the fact's prompts.
 3. **Neuron**: the one of the layer whose contribution ``|a_i(x)| · ‖down[:, i]‖`` is smallest on those
@@ -45,10 +47,11 @@ from torch import Tensor, nn
 from memla.devices import input_device
 from memla.editors.base import EditRequest, EditResult, register_editor
 from memla.editors.layers import check_layers
-from memla.editors.memla_local import GENERIC_PROMPTS, nearest_subjects, template_of
+from memla.editors.memla_local import GENERIC_PROMPTS, fact_prompts, nearest_subjects, template_of
 from memla.errors import EditError
 from memla.hooks import trace
 from memla.models import arch_spec, num_layers
+from memla.samples import sample_ids
 from memla.tokens import encode_pair, encode_text, forward, left_pad, pad_id
 
 
@@ -63,7 +66,12 @@ class PatchConfig:
             on): ``("all",)`` every language the request has, or a tuple of codes (the source first).
         anchor_subjects: pool subjects nearest to the edited one whose template prompts are the gate's
             negatives in each language.
+        anchor_facts: prompts of other relations and subjects (`fact_prompts`) that are negatives in each
+            language.
         anchor_generic: the everyday prompts of each language are negatives too.
+        after_target: tokens of the unedited model's greedy continuation of the prompt and ``target_new``
+            (in each gate language) that are negatives, with the ``target_new`` tokens themselves; 0: the
+            fact prompts alone.
         gain: the neuron's activation on the fact's prompts (the up row's scale).
         gate_margin: the highest gate pre-activation on the tokens the gate must not fire on, negated.
         gate_l2: L2 penalty of the gate's logistic regression (on standardised inputs).
@@ -75,14 +83,16 @@ class PatchConfig:
             5.9 steps, ‖v‖ 12.6 instead of 72 and 10.5 s per edit instead of 23.6
             (`benchmarks/results/locality_sweep_dev16/patch_v3_stop09` against `patch_v3`).
         weight_decay: the value's L2 penalty.
-
-    Every step is deterministic (LBFGS, Adam from a zero value), so no seed is needed.
+        seed: seeds the draw of the ``anchor_facts`` prompts (every other step is deterministic: greedy
+            decoding, LBFGS, Adam from a zero value).
     """
 
     layer: int | None = None
     gate_langs: tuple[str, ...] = ("all",)
     anchor_subjects: int = 16
+    anchor_facts: int = 0
     anchor_generic: bool = True
+    after_target: int = 16
     gain: float = 4.0
     gate_margin: float = 4.0
     gate_l2: float = 1e-4
@@ -91,6 +101,7 @@ class PatchConfig:
     lr: float = 0.5
     stop_prob: float | None = 0.9
     weight_decay: float = 1e-4
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.gate_langs, str):
@@ -100,11 +111,11 @@ class PatchConfig:
             raise ValueError("layer must be >= 0 (or None for two thirds of the depth)")
         if self.stop_prob is not None and not 0.0 < self.stop_prob < 1.0:
             raise ValueError(f"stop_prob must be in (0, 1) or null, got {self.stop_prob!r}")
-        if self.anchor_subjects < 1 and not self.anchor_generic:
-            raise ValueError("the gate needs negatives: anchor_subjects >= 1 or anchor_generic")
-        if min(self.anchor_subjects, self.steps) < 0 or self.gain <= 0 or self.gate_l2 < 0 or self.lr <= 0 \
+        if self.anchor_subjects < 1 and self.anchor_facts < 1 and not self.anchor_generic:
+            raise ValueError("the gate needs negatives: anchor_subjects or anchor_facts >= 1, or anchor_generic")
+        if min(self.anchor_subjects, self.anchor_facts, self.after_target, self.steps) < 0 or self.gain <= 0 or self.gate_l2 < 0 or self.lr <= 0 \
                 or self.weight_decay < 0 or self.up_ridge <= 0:
-            raise ValueError("anchor_subjects and steps must be >= 0, gain, lr and up_ridge > 0, gate_l2 and "
+            raise ValueError("anchor_subjects, anchor_facts, after_target and steps must be >= 0, gain, lr and up_ridge > 0, gate_l2 and "
                              "weight_decay >= 0")
 
 
@@ -118,16 +129,16 @@ def mlp_inputs(model: nn.Module, tokenizer, texts: list[str], layers: list[int])
     return {layer: traces[name].input[:, -1].double() for layer, name in names.items()}
 
 
-def token_inputs(model: nn.Module, tokenizer, texts: list[str], layer: int) -> tuple[Tensor, Tensor]:
-    """The MLP's input at every (unpadded) token of the texts, text by text: ``(tokens, d_model)`` float64,
-    and the row of each text's last token ``(texts,)``."""
+def token_inputs(model: nn.Module, tokenizer, seqs: list[list[int]], layer: int) -> tuple[Tensor, Tensor]:
+    """The MLP's input at every token of the token sequences, sequence by sequence: ``(tokens, d_model)``
+    float64, and the row of each sequence's first token ``(seqs,)``."""
     spec = arch_spec(model)
     name = spec.path(spec.mlp, layer)
-    ids, mask, pos = left_pad([encode_text(tokenizer, t) for t in texts], pad_id=pad_id(tokenizer), device=input_device(model))
+    ids, mask, pos = left_pad(seqs, pad_id=pad_id(tokenizer), device=input_device(model))
     with torch.no_grad(), trace(model, [name], retain_input=True, retain_output=False, stop=True) as traces:
         forward(model, ids, mask, pos, logits_to_keep=1)
-    last = mask.sum(1).cumsum(0) - 1  # (texts,): left padding, so each text's tokens end its row
-    return traces[name].input[mask.bool()].double(), last
+    lengths = mask.sum(1)  # (seqs,): left padding, so each sequence's tokens end its row
+    return traces[name].input[mask.bool()].double(), lengths.cumsum(0) - lengths
 
 
 def fit_up(x: Tensor, ridge: float) -> Tensor:
@@ -188,21 +199,45 @@ class PatchEditor:
         return check_layers((layer,), model)[0]
 
     def prompts(self, model: nn.Module, tokenizer, request: EditRequest) -> tuple[list[str], list[str]]:
-        """The gate's positives (the fact prompt per gate language) and negatives (anchors, everyday prompts)."""
+        """The gate's positives (the fact prompt per gate language) and negative prompts (the template with the
+        nearest pool subjects, other facts, everyday prompts)."""
         cfg = self.config
         langs = request.among(cfg.gate_langs)
         neighbours = nearest_subjects(model, tokenizer, request.subject, request.lang, cfg.anchor_subjects) \
             if request.subject and cfg.anchor_subjects else []
+        facts = fact_prompts(request, langs, cfg.anchor_facts, cfg.seed) if cfg.anchor_facts else {}
         fire, quiet = [], []
         for k in langs:
             fact = request.in_lang(k)
             fire.append(fact.text)
             template = template_of(fact)
             quiet += [template.replace("{}", e[k]) for e in neighbours if k in e] if template else []
+            quiet += facts.get(k, [])
             quiet += list(GENERIC_PROMPTS.get(k, ())) if cfg.anchor_generic else []
         if not quiet:
             raise EditError(f"patch: no anchor prompt for the gate in {', '.join(langs)} (no subject, no everyday prompts)")
         return fire, quiet
+
+    def sequences(self, model: nn.Module, tokenizer, request: EditRequest) -> tuple[list[list[int]], list[int]]:
+        """Token ids of every text the gate is fitted on, and the fact prompts' last positions.
+
+        Returns:
+            ``(seqs, fire)``: per gate language the fact prompt followed (``after_target`` > 0) by
+            ``target_new`` and the unedited model's greedy continuation of ``after_target`` tokens, then the
+            negative `prompts`; ``fire[j]`` is the position of the prompt's last token in ``seqs[j]``, the
+            only one the gate fires at.
+        """
+        cfg = self.config
+        fire, quiet = self.prompts(model, tokenizer, request)
+        langs = request.among(cfg.gate_langs)
+        prompts = [encode_text(tokenizer, text) for text in fire]
+        facts = prompts
+        if cfg.after_target:
+            pairs = [encode_pair(tokenizer, request.in_lang(k).text, request.in_lang(k).target_new, k) for k in langs]
+            facts = sample_ids(model, tokenizer, [e.prompt_ids + e.target_ids for e in pairs],
+                               new_tokens=cfg.after_target, top_k=1)
+            prompts = [list(e.prompt_ids) for e in pairs]
+        return facts + [encode_text(tokenizer, text) for text in quiet], [len(p) - 1 for p in prompts]
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
         """Repurpose one neuron so that it fires on the fact in every gate language and says ``target_new``.
@@ -225,10 +260,10 @@ class PatchEditor:
         down_w = spec.down_module(model, layer).weight  # (d_model, d_ff)
         act = mlp.act_fn
 
-        fire, quiet = self.prompts(model, tokenizer, request)
-        tokens, last = token_inputs(model, tokenizer, fire + quiet, layer)  # (N, d_model), (texts,)
+        seqs, fire = self.sequences(model, tokenizer, request)
+        tokens, first = token_inputs(model, tokenizer, seqs, layer)  # (N, d_model), (seqs,)
         labels = torch.zeros(len(tokens), dtype=tokens.dtype, device=tokens.device)  # (N,)
-        labels[last[: len(fire)]] = 1.0
+        labels[first[: len(fire)] + torch.tensor(fire, device=first.device)] = 1.0
         g, _ = fit_gate(tokens, labels, cfg.gate_l2)  # (d_model,): bias-free, as a gate projection
         score = tokens @ g  # (N,)
         mean_fire, top_quiet = score[labels == 1].mean(), score[labels == 0].max()
@@ -302,6 +337,7 @@ class PatchEditor:
             "gate_fact_pre": round(float(alpha * mean_fire), 4),
             "up_spread": round(float((tokens @ u).std()), 4),
             "gate_langs": len(fire),
+            "gate_tokens": len(tokens),
             "p_new": p_new,
             "steps": len(p_new) - 1,
             "value_norm": round(float(value.detach().norm()), 5),
