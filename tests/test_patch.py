@@ -152,6 +152,7 @@ def test_patch_refuses_an_mlp_without_a_gate():
 @pytest.mark.parametrize("bad, match", [({"layer": -1}, "layer"), ({"gain": 0.0}, "gain"),
                                         ({"anchor_subjects": 0, "anchor_generic": False}, "negatives"),
                                         ({"anchor_facts": -1}, "anchor_facts"), ({"after_target": -1}, "after_target"),
+                                        ({"gate_threshold": 1.0}, "gate_threshold"),
                                         ({"steps": -1}, "steps"), ({"stop_prob": 1.0}, "stop_prob")])
 def test_patch_config_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -187,3 +188,23 @@ def test_anchor_facts_adds_prompts_of_other_facts_in_every_gate_language(tiny2):
     _, more = get_editor("patch", {**FAST, "anchor_facts": 4}).prompts(model, tok, req)
     extra = [q for q in more if q not in quiet]
     assert len(extra) == 4 * len(req.among(("all",))) and not any("France" in q or "法国" in q for q in extra)
+
+
+def test_gate_threshold_moves_the_gate_along_the_up_row(tiny2):
+    """With ``gate_threshold`` the gate row is the plain one less a multiple of ``u`` (the up row's direction):
+    a bias read through ``u·x ≈ 1``; the fact's prompts still open it."""
+    model, tok = tiny2
+    req = france_request()
+    spec = arch_spec(model)
+    rows = {}
+    for tau in (0.0, 0.5):
+        result = get_editor("patch", {**FAST, "steps": 1, "gate_threshold": tau}).edit(model, tok, req)
+        layer, neuron = result.info["layer"], result.info["neuron"]
+        gate, up = (result.deltas[spec.path(p, layer) + ".weight"][neuron].double() for p in spec.mlp_in)
+        old_gate, old_up = (model.get_submodule(spec.path(p, layer)).weight[neuron].double() for p in spec.mlp_in)
+        rows[tau] = (gate + old_gate, up + old_up)
+        assert result.info["fires_fact"] == 1.0
+    basis = torch.stack([rows[0.0][0], rows[0.0][1]], 1)  # (d, 2): the plain gate row and the up row
+    coef = torch.linalg.lstsq(basis, rows[0.5][0][:, None]).solution  # (2, 1)
+    assert torch.allclose(basis @ coef, rows[0.5][0][:, None], atol=1e-4 * float(rows[0.5][0].norm()))
+    assert float(coef[1]) < 0 and not torch.allclose(rows[0.5][0] / rows[0.5][0].norm(), rows[0.0][0] / rows[0.0][0].norm())

@@ -20,7 +20,10 @@ over languages instead of trained on one prompt) repurposes neuron ``i`` of one 
    the ``anchor_subjects`` pool subjects nearest to the edited one, of ``anchor_facts`` prompts of other
    relations and subjects, or of the everyday prompts, in the same languages
    (`memla.editors.memla_local.nearest_subjects`, `fact_prompts`, `GENERIC_PROMPTS`); ``α`` puts the
-   highest pre-activation of those other tokens at ``−gate_margin``, where ``act`` is ≈ 0.
+   highest pre-activation of those other tokens at ``−gate_margin``, where ``act`` is ≈ 0.  With
+   ``gate_threshold`` ``τ > 0`` the gate is ``α(g − τ·mean(g·x_fact)·u)``: the bias it has no room for
+   is read through the up row's ``u·x ≈ 1`` (item 2), so it fires only where ``g·x`` exceeds ``τ`` times
+   its value on the fact.
 2. **Up row** ``up[i] = β u`` with ``u·x ≈ 1`` at every token (`fit_up`) and ``β`` such that the
    activation ``act(αg·x) · βu·x`` is ≈ ``gain`` on the fact's prompts.
 3. **Neuron**: the one of the layer whose contribution ``|a_i(x)| · ‖down[:, i]‖`` is smallest on those
@@ -74,6 +77,9 @@ class PatchConfig:
             fact prompts alone.
         gain: the neuron's activation on the fact's prompts (the up row's scale).
         gate_margin: the highest gate pre-activation on the tokens the gate must not fire on, negated.
+        gate_threshold: ``τ``: the gate fires where ``g·x`` exceeds ``τ`` times its mean on the fact's prompts
+            (0: where it is positive), the bias read through the up row's ``u·x ≈ 1``; higher spares more
+            unseen neighbours and reaches fewer paraphrases.
         gate_l2: L2 penalty of the gate's logistic regression (on standardised inputs).
         up_ridge: ridge penalty (per token) of the up row's fit ``u·x ≈ 1``.
         steps: at most this many Adam steps on the value.  lr: their learning rate.
@@ -95,6 +101,7 @@ class PatchConfig:
     after_target: int = 16
     gain: float = 4.0
     gate_margin: float = 4.0
+    gate_threshold: float = 0.0
     gate_l2: float = 1e-4
     up_ridge: float = 1e-3
     steps: int = 30
@@ -109,6 +116,8 @@ class PatchConfig:
         object.__setattr__(self, "gate_langs", tuple(self.gate_langs))
         if self.layer is not None and self.layer < 0:
             raise ValueError("layer must be >= 0 (or None for two thirds of the depth)")
+        if not 0.0 <= self.gate_threshold < 1.0:
+            raise ValueError(f"gate_threshold must be in [0, 1), got {self.gate_threshold!r}")
         if self.stop_prob is not None and not 0.0 < self.stop_prob < 1.0:
             raise ValueError(f"stop_prob must be in (0, 1) or null, got {self.stop_prob!r}")
         if self.anchor_subjects < 1 and self.anchor_facts < 1 and not self.anchor_generic:
@@ -265,6 +274,9 @@ class PatchEditor:
         labels = torch.zeros(len(tokens), dtype=tokens.dtype, device=tokens.device)  # (N,)
         labels[first[: len(fire)] + torch.tensor(fire, device=first.device)] = 1.0
         g, _ = fit_gate(tokens, labels, cfg.gate_l2)  # (d_model,): bias-free, as a gate projection
+        u = fit_up(tokens, cfg.up_ridge)  # (d_model,): u·x ≈ 1
+        if cfg.gate_threshold:  # the bias −τ·mean(g·x_fact) the gate projection lacks, read through u·x ≈ 1
+            g = g - cfg.gate_threshold * (tokens[labels == 1] @ g).mean() * u  # (d_model,)
         score = tokens @ g  # (N,)
         mean_fire, top_quiet = score[labels == 1].mean(), score[labels == 0].max()
         if mean_fire <= max(float(top_quiet), 0.0):
@@ -272,7 +284,6 @@ class PatchEditor:
         alpha = cfg.gate_margin / max(float(-top_quiet), 0.05 * float(mean_fire))  # the rest's top: −gate_margin
         gate_vec = alpha * g  # (d_model,)
         pre = tokens @ gate_vec  # (N,)
-        u = fit_up(tokens, cfg.up_ridge)  # (d_model,): u·x ≈ 1
         u = u * cfg.gain / act(alpha * mean_fire)  # the activation act(z) · u·x is ≈ gain on the fact's prompts
 
         with torch.no_grad():
