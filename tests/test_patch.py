@@ -4,7 +4,8 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from memla.editors import apply, get_editor, pristine
+from memla.data import load_dataset
+from memla.editors import EditRequest, apply, get_editor, pristine
 from memla.editors.patch import PatchConfig, fit_gate, fit_up, mlp_inputs, token_inputs
 from memla.errors import EditError
 from memla.models import arch_spec
@@ -208,3 +209,23 @@ def test_gate_threshold_moves_the_gate_along_the_up_row(tiny2):
     coef = torch.linalg.lstsq(basis, rows[0.5][0][:, None]).solution  # (2, 1)
     assert torch.allclose(basis @ coef, rows[0.5][0][:, None], atol=1e-4 * float(rows[0.5][0].norm()))
     assert float(coef[1]) < 0 and not torch.allclose(rows[0.5][0] / rows[0.5][0].norm(), rows[0.0][0] / rows[0.0][0].norm())
+
+
+@pytest.mark.slow
+def test_real_model_demo_fact_moves_in_english_and_french_and_japan_keeps_tokyo(default_model):
+    """The demo fact (France → Rome) with one neuron: the edit holds in English and, never trained there, in
+    French; Japan keeps Tokyo; the edited prompt does not say Rome again and again."""
+    from memla.evaluate.metrics import count_mentions
+    from memla.evaluate.scoring import greedy_generate
+
+    model, tok = default_model
+    req = EditRequest.from_record(load_dataset("mkeb-mini", split="dev")[0], "en")
+    result = get_editor("patch").edit(model, tok, req)
+    assert result.info["fires_fact"] == 1.0 and result.info["fires_other"] == 0.0
+    with apply(model, result):
+        for k in ("en", "fr"):
+            fact = req.in_lang(k)
+            assert mean_logp(model, tok, fact.text, fact.target_new, k) > mean_logp(model, tok, fact.text, fact.target_true, k)
+        own, japan = greedy_generate(model, tok, [req.text, "The capital of Japan is"], [16, 4])
+        assert count_mentions(tok.decode(own, skip_special_tokens=True), "Rome") <= 2
+        assert "Tokyo" in tok.decode(japan, skip_special_tokens=True)
