@@ -125,10 +125,10 @@ class PatchConfig:
             raise ValueError(f"stop_prob must be in (0, 1) or null, got {self.stop_prob!r}")
         if self.anchor_subjects < 1 and self.anchor_facts < 1 and not self.anchor_generic:
             raise ValueError("the gate needs negatives: anchor_subjects or anchor_facts >= 1, or anchor_generic")
-        if min(self.anchor_subjects, self.anchor_facts, self.after_target, self.steps) < 0 or self.gain <= 0 or self.gate_l2 < 0 or self.lr <= 0 \
-                or self.weight_decay < 0 or self.up_ridge <= 0:
-            raise ValueError("anchor_subjects, anchor_facts, after_target and steps must be >= 0, gain, lr and up_ridge > 0, gate_l2 and "
-                             "weight_decay >= 0")
+        if min(self.anchor_subjects, self.anchor_facts, self.after_target, self.steps) < 0 or self.gain <= 0 \
+                or self.gate_l2 < 0 or self.lr <= 0 or self.weight_decay < 0 or self.up_ridge <= 0:
+            raise ValueError("anchor_subjects, anchor_facts, after_target and steps must be >= 0, gain, lr and up_ridge > 0, "
+                             "gate_l2 and weight_decay >= 0")
 
 
 def mlp_inputs(model: nn.Module, tokenizer, texts: list[str], layers: list[int]) -> dict[int, Tensor]:
@@ -241,15 +241,15 @@ class PatchEditor:
         """
         cfg = self.config
         fire, quiet = self.prompts(model, tokenizer, request)
-        langs = request.among(cfg.gate_langs)
-        prompts = [encode_text(tokenizer, text) for text in fire]
-        facts = prompts
         if cfg.after_target:
-            pairs = [encode_pair(tokenizer, request.in_lang(k).text, request.in_lang(k).target_new, k) for k in langs]
+            pairs = [encode_pair(tokenizer, request.in_lang(k).text, request.in_lang(k).target_new, k)
+                     for k in request.among(cfg.gate_langs)]
+            heads = [list(e.prompt_ids) for e in pairs]
             facts = sample_ids(model, tokenizer, [e.prompt_ids + e.target_ids for e in pairs],
-                               new_tokens=cfg.after_target, top_k=1)
-            prompts = [list(e.prompt_ids) for e in pairs]
-        return facts + [encode_text(tokenizer, text) for text in quiet], [len(p) - 1 for p in prompts]
+                               new_tokens=cfg.after_target, top_k=1)  # greedy
+        else:
+            facts = heads = [encode_text(tokenizer, text) for text in fire]
+        return facts + [encode_text(tokenizer, text) for text in quiet], [len(h) - 1 for h in heads]
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
         """Repurpose one neuron so that it fires on the fact in every gate language and says ``target_new``.
