@@ -6,6 +6,7 @@ from tiny import tiny_model
 
 from memla.data import load_dataset
 from memla.editors import EditRequest, apply, get_editor, pristine
+from memla.editors.kv.keys import locate_request
 from memla.editors.patch import PatchConfig, fit_gate, fit_up, mlp_inputs, token_inputs
 from memla.errors import EditError
 from memla.models import arch_spec
@@ -153,7 +154,7 @@ def test_patch_refuses_an_mlp_without_a_gate():
 @pytest.mark.parametrize("bad, match", [({"layer": -1}, "layer"), ({"gain": 0.0}, "gain"),
                                         ({"anchor_subjects": 0, "anchor_generic": False}, "negatives"),
                                         ({"anchor_facts": -1}, "anchor_facts"), ({"after_target": -1}, "after_target"),
-                                        ({"gate_threshold": 1.0}, "gate_threshold"),
+                                        ({"gate_threshold": 1.0}, "gate_threshold"), ({"gate_at": "first"}, "gate_at"),
                                         ({"steps": -1}, "steps"), ({"stop_prob": 1.0}, "stop_prob")])
 def test_patch_config_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -180,6 +181,35 @@ def test_the_gate_is_fitted_on_the_prompt_then_target_new_and_its_continuation(t
     bare, fire0 = get_editor("patch", {**FAST, "after_target": 0}).sequences(model, tok, req)
     assert bare[: len(fire0)] == [encode_text(tok, req.in_lang(k).text) for k in req.among(("all",))]
     assert fire0 == [len(q) - 1 for q in bare[: len(fire0)]] and bare[len(fire0):] == seqs[len(fire):]
+
+
+def test_gate_at_subject_fires_at_the_subjects_last_token(tiny2):
+    """With ``gate_at: subject`` the sequences are the same and the gate fires at the subject's last token
+    (ROME's key), the prompt's last where the subject is not in the prompt; the layer defaults to ROME's."""
+    model, tok = tiny2
+    req = france_request()
+    seqs, last = get_editor("patch", FAST).sequences(model, tok, req)
+    same, fire = get_editor("patch", {**FAST, "gate_at": "subject"}).sequences(model, tok, req)
+    assert same == seqs and len(fire) == len(last)
+    for j, k in enumerate(req.among(("all",))):
+        fact = req.in_lang(k)
+        prompt = encode_text(tok, fact.text)
+        assert fire[j] == locate_request(tok, fact, ids=prompt).pos <= last[j] == len(prompt) - 1
+        if k == "en":
+            assert fire[j] < last[j] and tok.decode(prompt[: fire[j] + 1]).endswith("France")
+    assert get_editor("patch", {"gate_at": "subject"}).layer(model) == get_editor("rome").layer(model)
+
+
+def test_a_subject_gate_edits_the_fact(tiny2):
+    """The neuron fires at the subject's last token; its value reaches the answer only through the attention
+    of the layers above (a tiny random model's is near uniform, so the rise is small, but it is there)."""
+    model, tok = tiny2
+    req = france_request()
+    before = first_logp(model, tok, req.text, "Tokyo")
+    result = get_editor("patch", {**FAST, "gate_at": "subject", "layer": 0}).edit(model, tok, req)
+    assert result.info["fires_fact"] == 1.0 and result.info["fires_other"] < 0.05
+    with apply(model, result):
+        assert first_logp(model, tok, req.text, "Tokyo") > before + 0.02
 
 
 def test_anchor_facts_adds_prompts_of_other_facts_in_every_gate_language(tiny2):

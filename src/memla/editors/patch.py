@@ -49,8 +49,10 @@ from torch import Tensor, nn
 
 from memla.devices import input_device
 from memla.editors.base import EditRequest, EditResult, register_editor
-from memla.editors.layers import check_layers
+from memla.editors.kv.keys import locate_request
+from memla.editors.layers import check_layers, scaled_layers
 from memla.editors.memla_local import GENERIC_PROMPTS, fact_prompts, nearest_subjects, template_of
+from memla.editors.rome import RomeEditor
 from memla.errors import EditError
 from memla.hooks import trace
 from memla.models import arch_spec, num_layers
@@ -64,7 +66,12 @@ class PatchConfig:
 
     Attributes:
         layer: the layer whose MLP gets the neuron; None = two thirds of the depth (12 of Gemma 3
-            270M's 18), where `benchmarks/gate_probe.py` found the gate that generalises best.
+            270M's 18), where `benchmarks/gate_probe.py` found the gate that generalises best, or with
+            ``gate_at: subject`` ROME's layer (GPT-J's 5 of 28 scaled: 3 of 18).
+        gate_at: the token of each fact prompt the gate fires at: ``"last"`` (the prompt's last, where the
+            answer is read) or ``"subject"`` (the subject's last, ROME's key, Meng et al. 2022 Eq. 3; the
+            prompt's last where the subject is not found): there the fact's subject differs from its
+            neighbours', and the value reaches the answer through attention.
         gate_langs: languages whose fact prompt the gate fires on (and whose anchors it must not fire
             on): ``("all",)`` every language the request has, or a tuple of codes (the source first).
         anchor_subjects: pool subjects nearest to the edited one whose template prompts are the gate's
@@ -97,6 +104,7 @@ class PatchConfig:
     """
 
     layer: int | None = None
+    gate_at: str = "last"
     gate_langs: tuple[str, ...] = ("all",)
     anchor_subjects: int = 16
     anchor_facts: int = 0
@@ -119,6 +127,8 @@ class PatchConfig:
         object.__setattr__(self, "gate_langs", tuple(self.gate_langs))
         if self.layer is not None and self.layer < 0:
             raise ValueError("layer must be >= 0 (or None for two thirds of the depth)")
+        if self.gate_at not in ("last", "subject"):
+            raise ValueError(f"gate_at must be 'last' or 'subject', got {self.gate_at!r}")
         if not 0.0 <= self.gate_threshold < 1.0:
             raise ValueError(f"gate_threshold must be in [0, 1), got {self.gate_threshold!r}")
         if self.stop_prob is not None and not 0.0 < self.stop_prob < 1.0:
@@ -206,9 +216,12 @@ class PatchEditor:
             self.used = None
 
     def layer(self, model: nn.Module) -> int:
-        """The configured layer, or two thirds of the depth."""
-        layer = self.config.layer if self.config.layer is not None else (2 * num_layers(model)) // 3
-        return check_layers((layer,), model)[0]
+        """The configured layer, or two thirds of the depth (ROME's scaled layer with ``gate_at: subject``)."""
+        if self.config.layer is not None:
+            return check_layers((self.config.layer,), model)[0]
+        if self.config.gate_at == "subject":
+            return scaled_layers((RomeEditor.reference_layer,), model)[0]
+        return check_layers(((2 * num_layers(model)) // 3,), model)[0]
 
     def prompts(self, model: nn.Module, tokenizer, request: EditRequest) -> tuple[list[str], list[str]]:
         """The gate's positives (the fact prompt per gate language) and negative prompts (the template with the
@@ -240,16 +253,18 @@ class PatchEditor:
             only one the gate fires at.
         """
         cfg = self.config
-        fire, quiet = self.prompts(model, tokenizer, request)
-        if cfg.after_target:
-            pairs = [encode_pair(tokenizer, request.in_lang(k).text, request.in_lang(k).target_new, k)
-                     for k in request.among(cfg.gate_langs)]
-            heads = [list(e.prompt_ids) for e in pairs]
-            facts = sample_ids(model, tokenizer, [e.prompt_ids + e.target_ids for e in pairs],
-                               new_tokens=cfg.after_target, top_k=1)  # greedy
+        _, quiet = self.prompts(model, tokenizer, request)
+        facts = [request.in_lang(k) for k in request.among(cfg.gate_langs)]
+        pairs = [encode_pair(tokenizer, f.text, f.target_new, f.lang) for f in facts]
+        heads = [list(e.prompt_ids) for e in pairs]
+        if cfg.gate_at == "subject":  # the subject's last token (the prompt's last where the subject is not found)
+            at = [locate_request(tokenizer, f, ids=h).pos for f, h in zip(facts, heads)]
         else:
-            facts = heads = [encode_text(tokenizer, text) for text in fire]
-        return facts + [encode_text(tokenizer, text) for text in quiet], [len(h) - 1 for h in heads]
+            at = [len(h) - 1 for h in heads]
+        if cfg.after_target:
+            heads = sample_ids(model, tokenizer, [e.prompt_ids + e.target_ids for e in pairs],
+                               new_tokens=cfg.after_target, top_k=1)  # greedy
+        return heads + [encode_text(tokenizer, text) for text in quiet], at
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
         """Repurpose one neuron so that it fires on the fact in every gate language and says ``target_new``.
