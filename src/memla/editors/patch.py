@@ -7,14 +7,19 @@ into another language moves that language's neighbours with it.  A neuron is not
 where its gate fires.  `benchmarks/gate_probe.py` fits a gate on the fact prompt in all 12 languages
 against prompts of the same template with other subjects; on prompts it never saw it fires on 83–89%
 of the fact's paraphrases and on 8–9% of the neighbourhood prompts (layer 12 of 18, 16 dev records).
+At the prompt's last token, though, some neighbours look to the gate as the fact does (P(new) ≈ 0.98 on
+"The country of origin of tequila is" after editing sushi's); at the subject's last token, ROME's key
+(Meng et al. 2022, §3.1), they differ by their subject, so the gate fires there by default and the value
+reaches the answer through the attention of the layers above, as ROME's does.
 
 The edit (T-Patcher's one neuron per mistake, Huang et al. 2023, §3; its gate fitted in closed form
 over languages instead of trained on one prompt) repurposes neuron ``i`` of one layer's gated MLP
 ``down(act(gate x) ⊙ up x)``:
 
 1. **Gate** ``gate[i] = αg``: a logistic regression ``g·x`` without bias (a gated MLP's gate projection
-   has none) of the MLP input ``x``, fire at the last token of the fact prompt in every ``gate_langs``
-   language, not at any other token of those prompts, nor at the ``after_target`` tokens the unedited
+   has none) of the MLP input ``x``, fire at the subject's last token (``gate_at: subject``; the prompt's
+   last where the subject is not in it) or at the prompt's last token (``gate_at: last``) of the fact
+   prompt in every ``gate_langs`` language, not at any other token of those prompts, nor at the ``after_target`` tokens the unedited
    model writes after the prompt and ``target_new`` in that language (where the edited model would
    otherwise say the new object again and again), nor at any token of the edit template filled with
    the ``anchor_subjects`` pool subjects nearest to the edited one, of ``anchor_facts`` prompts of other
@@ -62,16 +67,22 @@ from memla.tokens import encode_pair, encode_text, forward, left_pad, pad_id
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """Settings of patch (defaults chosen on 16 mkeb-mini dev records: `benchmarks/patch_probe.py`, the sweep runs).
+    """Settings of patch (defaults chosen on 16 mkeb-mini dev records: `benchmarks/patch_probe.py`, the sweep runs
+    `benchmarks/results/locality_sweep_dev16/patch_*`; the numbers of ``after_target``, ``gate_threshold`` and
+    ``stop_prob`` were measured with ``gate_at: last`` and ``gate_margin: 4``).
 
     Attributes:
         layer: the layer whose MLP gets the neuron; None = two thirds of the depth (12 of Gemma 3
             270M's 18), where `benchmarks/gate_probe.py` found the gate that generalises best, or with
             ``gate_at: subject`` ROME's layer (GPT-J's 5 of 28 scaled: 3 of 18).
-        gate_at: the token of each fact prompt the gate fires at: ``"last"`` (the prompt's last, where the
-            answer is read) or ``"subject"`` (the subject's last, ROME's key, Meng et al. 2022 Eq. 3; the
-            prompt's last where the subject is not found): there the fact's subject differs from its
-            neighbours', and the value reaches the answer through attention.
+        gate_at: the token of each fact prompt the gate fires at: ``"subject"`` (the subject's last, ROME's key,
+            Meng et al. 2022 Eq. 3; the prompt's last where the subject is not found: there the fact's subject
+            differs from its neighbours', and the value reaches the answer through attention) or ``"last"``
+            (the prompt's last, where the answer is read). On the 16 dev records, against ``last``
+            (`locality_sweep_dev16/patch_v7_subject_m8` against `patch_v5_tau025`): NS-margin en / en-avg 93.8 /
+            70.7, the unedited model's, against 81.2 / 66.5; NS en 55.0 against 47.4 (unedited 58.1); PS en /
+            en-avg 96.9 / 71.9 against 78.1 / 66.5; ES en-avg 76.7 against 79.0; but QS en 6.2 against 37.5:
+            a two-hop prompt does not name the subject, so the gate does not open.
         gate_langs: languages whose fact prompt the gate fires on (and whose anchors it must not fire
             on): ``("all",)`` every language the request has, or a tuple of codes (the source first).
         anchor_subjects: pool subjects nearest to the edited one whose template prompts are the gate's
@@ -84,7 +95,12 @@ class PatchConfig:
             fact prompts alone. 16: the edited prompt's English continuation repeats the new object 1.12
             times on the 16 dev records instead of 5.81 (`patch_v4_after16` against `patch_v3_stop09`).
         gain: the neuron's activation on the fact's prompts (the up row's scale).
-        gate_margin: the highest gate pre-activation on the tokens the gate must not fire on, negated.
+        gate_margin: the highest gate pre-activation on the tokens the gate must not fire on, negated. 8: an
+            unseen subject's token then sits far enough below 0 that ``act`` (GELU: at least −0.17, at −0.75)
+            times the value is ≈ 0; at 4, "Japan" in "The capital of Japan is" came out at ≈ −2, and −0.03 times
+            the demo edit's ‖v‖ of 45 at layer 3 turned its "Tokyo" into "a city of contrasts". Dev: NS-keep en /
+            en-avg 96.9 / 99.9 against 94.5 / 99.3 at 4, the other scores the same (`patch_v7_subject_m8`,
+            `patch_v6_subject`).
         gate_threshold: ``τ``: the gate fires where ``g·x`` exceeds ``τ`` times its mean on the fact's prompts
             (0: where it is positive), the bias read through the up row's ``u·x ≈ 1``; higher spares more
             unseen neighbours and reaches fewer paraphrases. 0.25: on the 16 dev records PS en-avg 66.5
@@ -104,14 +120,14 @@ class PatchConfig:
     """
 
     layer: int | None = None
-    gate_at: str = "last"
+    gate_at: str = "subject"
     gate_langs: tuple[str, ...] = ("all",)
     anchor_subjects: int = 16
     anchor_facts: int = 0
     anchor_generic: bool = True
     after_target: int = 16
     gain: float = 4.0
-    gate_margin: float = 4.0
+    gate_margin: float = 8.0
     gate_threshold: float = 0.25
     gate_l2: float = 1e-4
     up_ridge: float = 1e-3
@@ -126,7 +142,7 @@ class PatchConfig:
             object.__setattr__(self, "gate_langs", (self.gate_langs,))
         object.__setattr__(self, "gate_langs", tuple(self.gate_langs))
         if self.layer is not None and self.layer < 0:
-            raise ValueError("layer must be >= 0 (or None for two thirds of the depth)")
+            raise ValueError("layer must be >= 0 (or None for the default of gate_at)")
         if self.gate_at not in ("last", "subject"):
             raise ValueError(f"gate_at must be 'last' or 'subject', got {self.gate_at!r}")
         if not 0.0 <= self.gate_threshold < 1.0:
