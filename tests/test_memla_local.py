@@ -336,16 +336,16 @@ def test_demo_config_is_checked_before_loading_the_model(monkeypatch, tmp_path, 
 
     monkeypatch.setattr(demo, "load_model_from_args", load)
     bad, missing, good = tmp_path / "bad.yaml", tmp_path / "missing.yaml", tmp_path / "good.yaml"
-    bad.write_text("weight_tru: 4.0\n", encoding="utf-8")
-    good.write_text("weight_true: 4.0\n", encoding="utf-8")
+    bad.write_text("gate_a: last\n", encoding="utf-8")
+    good.write_text("gate_at: last\n", encoding="utf-8")
     assert main(["demo", "--config", str(bad)]) == 2  # an unknown field: a one-line error, no model loaded
-    assert "weight_tru" in capsys.readouterr().err
+    assert "gate_a" in capsys.readouterr().err
     assert main(["demo", "--config", str(missing)]) == 2
     built = []
     monkeypatch.setattr(memla.editors, "get_editor", lambda *a: built.append(get_editor(*a)) or built[-1])
     with pytest.raises(Loaded):
         main(["demo", "--config", str(good)])
-    assert built[0].name == "memla-local" and built[0].config.weight_true == 4.0
+    assert built[0].name == "patch" and built[0].config.gate_at == "last"  # the demo's default method
 
 
 @pytest.mark.slow

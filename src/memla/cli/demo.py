@@ -1,4 +1,4 @@
-"""`memla demo`: what `make demo` runs — one edit (memla-local by default) on the embedded model, shown in 12 languages."""
+"""`memla demo`: what `make demo` runs — one edit (patch by default) on the embedded model, shown in 12 languages."""
 
 from __future__ import annotations
 
@@ -14,19 +14,20 @@ DEMO_RECORD = 0  # mkeb-mini record 0: the capital of France, Paris -> Rome
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="edit one fact with memla-local on the embedded model and show the effect in 12 languages",
+        help="edit one fact with patch on the embedded model and show the effect in 12 languages",
         description="Load the embedded default model (Gemma 3 270M), edit 'The capital of France is Paris' "
-        "to Rome in English with memla-local (MEMLA's neurons located in en, zh, fr, trained to keep unrelated "
-        "facts; --method memla for the paper's MEMLA), and print for all 12 languages P(Rome) vs P(Paris) and "
-        "the greedy completion before and after, plus unrelated capitals to show that other knowledge holds.",
+        "to Rome in English with patch (one gated neuron that fires at the subject in every language; "
+        "--method memla-local for the locality-trained MEMLA, --method memla for the paper's), and print for "
+        "all 12 languages P(Rome) vs P(Paris) and the greedy completion before and after, plus unrelated "
+        "capitals to show that other knowledge holds.",
     )
     p.add_argument("--record", default=DEMO_RECORD, help="mkeb-mini record to edit (default: %(default)s)")
     p.add_argument("--lang", default="en", help="source language of the edit (default: %(default)s)")
-    add_method_argument(p, "--method", default="memla-local",
-                        help="editing method (%(methods)s; default: memla-local; memla is the paper's, which "
+    add_method_argument(p, "--method", default="patch",
+                        help="editing method (%(methods)s; default: patch; memla is the paper's, which "
                              "also changes unrelated facts of the relation)")
     p.add_argument("--config", help="YAML/JSON file with the method's config (as `memla edit --config`), "
-                                    "e.g. 'weight_true: 4.0' to try a memla-local setting on the demo fact")
+                                    "e.g. 'gate_at: last' to try a patch setting on the demo fact")
     add_compute_arguments(p)
     p.set_defaults(func=run, model=None)
 
