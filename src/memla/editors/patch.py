@@ -19,9 +19,10 @@ over languages instead of trained on one prompt) repurposes neuron ``i`` of one 
 1. **Gate** ``gate[i] = αg``: a logistic regression ``g·x`` without bias (a gated MLP's gate projection
    has none) of the MLP input ``x``, fire at the subject's last token (``gate_at: subject``; the prompt's
    last where the subject is not in it) or at the prompt's last token (``gate_at: last``) of the fact
-   prompt in every ``gate_langs`` language, not at any other token of those prompts, nor at the ``after_target`` tokens the unedited
-   model writes after the prompt and ``target_new`` in that language (where the edited model would
-   otherwise say the new object again and again), nor at any token of the edit template filled with
+   prompt in every ``gate_langs`` language, not at any other token of those prompts, nor at the
+   ``after_target`` tokens the unedited model writes after the prompt and ``target_new`` in that
+   language (where the edited model would otherwise say the new object again and again), nor at any
+   token of the edit template filled with
    the ``anchor_subjects`` pool subjects nearest to the edited one, of ``anchor_facts`` prompts of other
    relations and subjects, or of the everyday prompts, in the same languages
    (`memla.editors.memla_local.nearest_subjects`, `fact_prompts`, `GENERIC_PROMPTS`); ``α`` puts the
@@ -72,9 +73,9 @@ class PatchConfig:
     ``stop_prob`` were measured with ``gate_at: last`` and ``gate_margin: 4``).
 
     Attributes:
-        layer: the layer whose MLP gets the neuron; None = two thirds of the depth (12 of Gemma 3
-            270M's 18), where `benchmarks/gate_probe.py` found the gate that generalises best, or with
-            ``gate_at: subject`` ROME's layer (GPT-J's 5 of 28 scaled: 3 of 18).
+        layer: the layer whose MLP gets the neuron; None = ROME's layer with ``gate_at: subject`` (GPT-J's 5
+            of 28 scaled: 3 of Gemma 3 270M's 18), two thirds of the depth with ``gate_at: last`` (12 of 18,
+            where `benchmarks/gate_probe.py` found the last-token gate that generalises best).
         gate_at: the token of each fact prompt the gate fires at: ``"subject"`` (the subject's last, ROME's key,
             Meng et al. 2022 Eq. 3; the prompt's last where the subject is not found: there the fact's subject
             differs from its neighbours', and the value reaches the answer through attention) or ``"last"``
@@ -232,7 +233,7 @@ class PatchEditor:
             self.used = None
 
     def layer(self, model: nn.Module) -> int:
-        """The configured layer, or two thirds of the depth (ROME's scaled layer with ``gate_at: subject``)."""
+        """The configured layer, or ROME's scaled layer (``gate_at: subject``) or two thirds of the depth (``last``)."""
         if self.config.layer is not None:
             return check_layers((self.config.layer,), model)[0]
         if self.config.gate_at == "subject":
@@ -260,27 +261,27 @@ class PatchEditor:
         return fire, quiet
 
     def sequences(self, model: nn.Module, tokenizer, request: EditRequest) -> tuple[list[list[int]], list[int]]:
-        """Token ids of every text the gate is fitted on, and the fact prompts' last positions.
+        """Token ids of every text the gate is fitted on, and the positions the gate fires at.
 
         Returns:
             ``(seqs, fire)``: per gate language the fact prompt followed (``after_target`` > 0) by
             ``target_new`` and the unedited model's greedy continuation of ``after_target`` tokens, then the
-            negative `prompts`; ``fire[j]`` is the position of the prompt's last token in ``seqs[j]``, the
-            only one the gate fires at.
+            negative `prompts`; ``fire[j]`` is the position in ``seqs[j]`` of the subject's last token
+            (``gate_at: subject``) or of the prompt's last (``gate_at: last``), the only one the gate fires at.
         """
         cfg = self.config
         _, quiet = self.prompts(model, tokenizer, request)
         facts = [request.in_lang(k) for k in request.among(cfg.gate_langs)]
         pairs = [encode_pair(tokenizer, f.text, f.target_new, f.lang) for f in facts]
-        heads = [list(e.prompt_ids) for e in pairs]
+        seqs = [list(e.prompt_ids) for e in pairs]
         if cfg.gate_at == "subject":  # the subject's last token (the prompt's last where the subject is not found)
-            at = [locate_request(tokenizer, f, ids=h).pos for f, h in zip(facts, heads)]
+            fire = [locate_request(tokenizer, f, ids=ids).pos for f, ids in zip(facts, seqs)]
         else:
-            at = [len(h) - 1 for h in heads]
+            fire = [len(ids) - 1 for ids in seqs]
         if cfg.after_target:
-            heads = sample_ids(model, tokenizer, [e.prompt_ids + e.target_ids for e in pairs],
-                               new_tokens=cfg.after_target, top_k=1)  # greedy
-        return heads + [encode_text(tokenizer, text) for text in quiet], at
+            seqs = sample_ids(model, tokenizer, [e.prompt_ids + e.target_ids for e in pairs],
+                              new_tokens=cfg.after_target, top_k=1)  # greedy
+        return seqs + [encode_text(tokenizer, text) for text in quiet], fire
 
     def edit(self, model: nn.Module, tokenizer, request: EditRequest) -> EditResult:
         """Repurpose one neuron so that it fires on the fact in every gate language and says ``target_new``.
